@@ -1,0 +1,733 @@
+"""LedgerApplication: executes commands against DataSubject aggregates (DESIGN 3).
+
+A command travels: parse (`commands`) → load aggregates → the aggregate checks the rules
+and, through the sealer, encrypts personal values with the subject's scope keys → one
+transaction saves every event of the unit of work → keys of shredded scopes are destroyed
+(after the `ScopeShredded` event is safe, DESIGN 4.3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import orjson
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError, Transcoder
+
+from ledger.canonical import canonical_json
+from ledger.clock import Clock, SystemClock
+from ledger.commands import Command, parse_command
+from ledger.config import Settings
+from ledger.crypto.keystore import DataKey, KeyStore
+from ledger.crypto.lookup import LOOKUP_KINDS, lookup_digest, normalise_identifier
+from ledger.crypto.sealing import seal
+from ledger.domain.calendar import local_date
+from ledger.domain.policy import PolicyCatalogue
+from ledger.domain.retention import due_scopes
+from ledger.domain.subject import DataSubject
+from ledger.errors import LedgerError
+from ledger.logs import get_logger
+
+log = get_logger("ledger.app")
+
+CLOCK_SKEW = timedelta(minutes=1)
+MAX_ATTEMPTS = 8
+RECEIPT_NAMESPACE = UUID("6f1c1a52-4d1e-4bb5-9a57-0c9b1c1ad0e5")
+
+
+class OrjsonTranscoder(Transcoder):
+    """Events hold plain JSON values; only the library's `timestamp` is a datetime."""
+
+    def encode(self, obj: Any) -> bytes:
+        return orjson.dumps(obj)
+
+    def decode(self, data: bytes) -> Any:
+        state = orjson.loads(data)
+        stamp = state.get("timestamp")
+        if isinstance(stamp, str):
+            state["timestamp"] = datetime.fromisoformat(stamp)
+        return state
+
+
+class CommandReceipt(Aggregate):
+    """The first result of a command sent with an idempotency key.
+
+    Saved in the same transaction as the command's events; its id is derived from the key,
+    so a concurrent repeat collides on the event store's unique constraint.
+    """
+
+    class Received(Aggregate.Created):
+        payload_hash: str
+        result: dict[str, Any]
+
+    def __init__(self, payload_hash: str, result: dict[str, Any]) -> None:
+        self.payload_hash = payload_hash
+        self.result = result
+
+    @staticmethod
+    def id_for(key: str) -> UUID:
+        return uuid.uuid5(RECEIPT_NAMESPACE, key)
+
+    @classmethod
+    def issue(cls, key: str, payload_hash: str, result: dict[str, Any]) -> CommandReceipt:
+        return cls._create(cls.Received, id=cls.id_for(key), payload_hash=payload_hash, result=result)
+
+
+def payload_hash(raw: dict[str, Any]) -> str:
+    body = {k: v for k, v in raw.items() if k != "idempotency_key"}
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+class ScopeSealer:
+    """Seals values for one unit of work; keys live only as long as the unit of work."""
+
+    def __init__(self, keystore: KeyStore) -> None:
+        self.keystore = keystore
+        self._keys: dict[tuple[str, str], DataKey] = {}
+
+    def seal(self, subject: str, scope: str, category: str, value: Any) -> dict[str, str]:
+        key = self._keys.get((subject, scope))
+        if key is None:
+            key = self.keystore.ensure_key(subject, scope)
+            self._keys[(subject, scope)] = key
+        sealed = seal(
+            key.key, subject=subject, scope=scope, kid=key.kid, category=category, value=value
+        )
+        return sealed.to_dict()
+
+    def forget(self) -> None:
+        self._keys.clear()
+
+
+@dataclass
+class UnitOfWork:
+    """Everything one transaction will write."""
+
+    subjects: dict[str, DataSubject] = field(default_factory=dict)
+    receipts: list[CommandReceipt] = field(default_factory=list)
+    lookups: dict[str, dict[str, bytes]] = field(default_factory=dict)
+
+    def shredded_keys(self) -> list[tuple[str, str, list[str]]]:
+        """The keys that the pending `ScopeShredded` events say must be destroyed."""
+        return [
+            (subject_id, event.scope, list(event.kids))
+            for subject_id, subject in self.subjects.items()
+            for event in subject.pending_events
+            if isinstance(event, DataSubject.ScopeShredded)
+        ]
+
+
+class LedgerApplication(Application[UUID]):
+    """The event-sourced core. Front ends go through `Ledger` (the facade in `ledger`)."""
+
+    name = "Ledger"
+
+    def __init__(
+        self,
+        *,
+        env: dict[str, str],
+        policy: PolicyCatalogue,
+        keystore: KeyStore,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(env=env)
+        self.policy = policy
+        self.keystore = keystore
+        self.clock: Clock = clock or SystemClock()
+
+    def construct_transcoder(self) -> Transcoder:
+        return OrjsonTranscoder()
+
+    # -- execution --------------------------------------------------------------------
+
+    def execute(self, command: Any, *, actor: str | None = None) -> dict[str, Any]:
+        return self.execute_many([command], actor=actor, atomic=True)[0]
+
+    def execute_many(
+        self, commands: Sequence[Any], *, actor: str | None = None, atomic: bool = True
+    ) -> list[dict[str, Any]]:
+        """Execute commands in order in one transaction: all are written, or none.
+
+        If one is rejected, its result carries its error and every other result says the
+        batch was rolled back because of it (same code), so a caller sees one cause.
+        """
+        started = time.perf_counter()
+        try:
+            parsed = [self._parse(c, actor) for c in commands]
+        except _Rejected as rejected:
+            return self._rolled_back(len(commands), rejected.index, rejected.error)
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                results = self._attempt(parsed)
+            except _Rejected as rejected:
+                self._log_results(parsed, None, rejected, started)
+                return self._rolled_back(len(commands), rejected.index, rejected.error)
+            except IntegrityError:
+                # Another writer got there first (same subject version, or the same
+                # idempotency key): load fresh state and try again.
+                time.sleep(0.001 * (2**attempt) * (0.5 + (hash(time.time()) % 100) / 100))
+                continue
+            self._log_results(parsed, results, None, started)
+            return results
+        error = LedgerError("conflict", "concurrent writers kept changing these subjects; retry")
+        return self._rolled_back(len(commands), 0, error)
+
+    def _parse(self, data: Any, actor: str | None) -> Command:
+        try:
+            command = parse_command(data)
+        except LedgerError as error:
+            raise _Rejected(-1, error) from None
+        if actor is not None and command.actor is None:
+            command = Command(
+                type=command.type,
+                fields=command.fields,
+                occurred_at=command.occurred_at,
+                actor=actor,
+                idempotency_key=command.idempotency_key,
+                raw=command.raw,
+            )
+        return command
+
+    def _rolled_back(self, count: int, index: int, error: LedgerError) -> list[dict[str, Any]]:
+        if count == 1:
+            return [error.to_result()]
+        results: list[dict[str, Any]] = []
+        for i in range(count):
+            if i == index or index < 0 and i == 0:
+                results.append(error.to_result())
+            else:
+                results.append(
+                    {
+                        "ok": False,
+                        "rolled_back": True,
+                        "error": {
+                            "code": error.code,
+                            "message": f"not written: command {max(index, 0) + 1} of this "
+                            f"transaction was rejected ({error.code})",
+                        },
+                    }
+                )
+        return results
+
+    def _attempt(self, commands: Sequence[Command]) -> list[dict[str, Any]]:
+        uow = UnitOfWork()
+        sealer = ScopeSealer(self.keystore)
+        results: list[dict[str, Any]] = []
+        try:
+            with self.keystore.batch():
+                for index, command in enumerate(commands):
+                    try:
+                        results.append(self._run_one(uow, sealer, command))
+                    except LedgerError as error:
+                        raise _Rejected(index, error) from None
+                for subject_id, kinds in uow.lookups.items():
+                    for kind, digest in kinds.items():
+                        self.keystore.replace_lookup(subject_id, kind, digest)
+        finally:
+            sealer.forget()
+        shreds = uow.shredded_keys()
+        if any(s.pending_events for s in uow.subjects.values()) or uow.receipts:
+            self.save(*uow.subjects.values(), *uow.receipts)
+        if shreds:
+            self.keystore.shred_many(shreds)
+        return results
+
+    def _run_one(self, uow: UnitOfWork, sealer: ScopeSealer, command: Command) -> dict[str, Any]:
+        if command.idempotency_key is not None:
+            digest = payload_hash(command.raw)
+            first = self._receipt(uow, command.idempotency_key)
+            if first is not None:
+                if first.payload_hash != digest:
+                    raise LedgerError(
+                        "duplicate",
+                        "this idempotency key was used before with a different command",
+                    )
+                return dict(first.result)
+        now = self.clock.now()
+        occurred_at = command.occurred_at or now
+        if occurred_at > now + CLOCK_SKEW:
+            raise LedgerError("invalid_command", "field 'occurred_at' is in the future")
+        handler = getattr(self, f"_do_{command.type}")
+        extra: dict[str, Any] = handler(uow, sealer, command, occurred_at)
+        result = {"ok": True, **extra}
+        if command.idempotency_key is not None:
+            receipt = CommandReceipt.issue(command.idempotency_key, digest, result)
+            uow.receipts.append(receipt)
+        return result
+
+    def _receipt(self, uow: UnitOfWork, key: str) -> CommandReceipt | None:
+        receipt_id = CommandReceipt.id_for(key)
+        for pending in uow.receipts:
+            if pending.id == receipt_id:
+                return pending
+        try:
+            found = self.repository.get(receipt_id)
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(found, CommandReceipt)
+        return found
+
+    # -- loading ----------------------------------------------------------------------
+
+    def load_subject(self, subject_id: str) -> DataSubject:
+        try:
+            found = self.repository.get(UUID(subject_id))
+        except (AggregateNotFoundError, ValueError):
+            raise LedgerError("unknown_subject", f"no subject {subject_id}") from None
+        if not isinstance(found, DataSubject):
+            raise LedgerError("unknown_subject", f"no subject {subject_id}")
+        return found
+
+    def subject_exists(self, subject_id: str) -> bool:
+        try:
+            self.load_subject(subject_id)
+        except LedgerError:
+            return False
+        return True
+
+    def _subject(self, uow: UnitOfWork, command: Command) -> DataSubject:
+        subject_id = command.subject
+        assert subject_id is not None
+        found = uow.subjects.get(subject_id)
+        if found is None:
+            found = self.load_subject(subject_id)
+            uow.subjects[subject_id] = found
+        return found
+
+    # -- index ------------------------------------------------------------------------
+
+    def _index(self, uow: UnitOfWork, subject: DataSubject, kind: str, value: Any) -> None:
+        if kind not in LOOKUP_KINDS:
+            return
+        try:
+            normalised = normalise_identifier(kind, str(value))
+        except ValueError:
+            raise LedgerError("invalid_command", f"'{kind}' is not a valid {kind}") from None
+        digest = lookup_digest(self.keystore.lookup_key(), kind, normalised)
+        uow.lookups.setdefault(subject.subject_id, {})[kind] = digest
+
+    # -- handlers: one per command type (DESIGN 5.1) ----------------------------------
+
+    def _do_register_subject(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        subject_id = c.get("subject") or str(uuid.uuid4())
+        if subject_id in uow.subjects or self.subject_exists(subject_id):
+            raise LedgerError("duplicate", f"subject {subject_id} is already registered")
+        provided_by = c.get("provided_by")
+        if provided_by is not None and provided_by not in uow.subjects:
+            self.load_subject(provided_by)
+        identifiers: dict[str, str] = c.get("identifiers") or {}
+        if c.get("cpr_ground") and "cpr" not in identifiers:
+            raise LedgerError("invalid_command", "cpr_ground given without a cpr identifier")
+        subject = DataSubject.register(
+            UUID(subject_id),
+            policy=self.policy,
+            kind=c.fields["kind"],
+            purpose=c.fields["purpose"],
+            legal_basis=c.fields["legal_basis"],
+            provided_by=provided_by,
+            occurred_at=at,
+            actor=c.actor,
+        )
+        for kind in ("cpr", "email", "phone", "customer_number", "cvr"):
+            if kind not in identifiers:
+                continue
+            self._index(uow, subject, kind, identifiers[kind])
+            subject.collect(
+                policy=self.policy,
+                sealer=sealer,
+                category=kind,
+                value=identifiers[kind],
+                purpose=c.fields["purpose"],
+                legal_basis=c.fields["legal_basis"],
+                source="third_party" if provided_by else "subject",
+                occurred_at=at,
+                actor=c.actor,
+                cpr_ground=c.get("cpr_ground") if kind == "cpr" else None,
+            )
+        uow.subjects[subject_id] = subject
+        return {"subject": subject_id}
+
+    def _do_collect(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        subject = self._subject(uow, c)
+        category = c.fields["category"]
+        value = c.fields["value"]
+        subject.collect(
+            policy=self.policy,
+            sealer=sealer,
+            category=category,
+            value=value,
+            purpose=c.fields["purpose"],
+            legal_basis=c.fields["legal_basis"],
+            source=c.fields["source"],
+            occurred_at=at,
+            actor=c.actor,
+            competition=c.get("competition"),
+            cpr_ground=c.get("cpr_ground"),
+        )
+        self._index(uow, subject, category, value)
+        return {}
+
+    def _do_rectify(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        subject = self._subject(uow, c)
+        subject.rectify(
+            policy=self.policy,
+            sealer=sealer,
+            category=c.fields["category"],
+            value=c.fields["value"],
+            request=c.get("request"),
+            occurred_at=at,
+            actor=c.actor,
+        )
+        self._index(uow, subject, c.fields["category"], c.fields["value"])
+        return {}
+
+    def _do_give_consent(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        self._subject(uow, c).give_consent(
+            policy=self.policy,
+            purpose=c.fields["purpose"],
+            notice_version=c.fields["notice_version"],
+            method=c.fields["method"],
+            channels=c.get("channels") or [],
+            explicit=bool(c.get("explicit", False)),
+            categories=c.get("categories") or [],
+            occurred_at=at,
+            actor=c.actor,
+        )
+        return {}
+
+    def _do_withdraw_consent(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        self._subject(uow, c).withdraw_consent(
+            policy=self.policy,
+            purpose=c.fields["purpose"],
+            channels=c.get("channels") or [],
+            occurred_at=at,
+            actor=c.actor,
+        )
+        return {}
+
+    def _do_object(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        self._subject(uow, c).object(
+            policy=self.policy, purpose=c.fields["purpose"], occurred_at=at, actor=c.actor
+        )
+        return {}
+
+    def _do_restrict(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        self._subject(uow, c).restrict(reason=c.get("reason"), occurred_at=at, actor=c.actor)
+        return {}
+
+    def _do_lift_restriction(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        self._subject(uow, c).lift_restriction(
+            reason=c.get("reason"), occurred_at=at, actor=c.actor
+        )
+        return {}
+
+    def _do_agree_disclosure(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        agreement = str(uuid.uuid4())
+        recipient = c.fields["recipient"]
+        self._subject(uow, c).agree_disclosure(
+            policy=self.policy,
+            sealer=sealer,
+            agreement=agreement,
+            recipient_kind=recipient["kind"],
+            recipient_name=recipient["name"],
+            country=recipient["country"],
+            categories=c.fields["categories"],
+            purpose=c.fields["purpose"],
+            valid_until=c.get("valid_until"),
+            occurred_at=at,
+            actor=c.actor,
+        )
+        return {"agreement": agreement}
+
+    def _do_revoke_disclosure_agreement(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        self._subject(uow, c).revoke_disclosure_agreement(
+            agreement=c.fields["agreement"], occurred_at=at, actor=c.actor
+        )
+        return {}
+
+    def _do_disclose(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        self._subject(uow, c).disclose(
+            policy=self.policy,
+            agreement=c.fields["agreement"],
+            categories=c.fields["categories"],
+            occurred_at=at,
+            actor=c.actor,
+        )
+        return {}
+
+    def _do_transfer(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        self._subject(uow, c).transfer(
+            policy=self.policy,
+            categories=c.fields["categories"],
+            country=c.fields["country"],
+            recipient=c.fields["recipient"],
+            occurred_at=at,
+            actor=c.actor,
+        )
+        return {}
+
+    def _do_process(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        self._subject(uow, c).process(
+            policy=self.policy,
+            purpose=c.fields["purpose"],
+            activity=c.fields["activity"],
+            channel=c.get("channel"),
+            categories=c.get("categories") or [],
+            occurred_at=at,
+            actor=c.actor,
+        )
+        return {}
+
+    def _do_start_relationship(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        self._subject(uow, c).start_relationship(
+            policy=self.policy,
+            relationship=c.fields["relationship"],
+            occurred_at=at,
+            actor=c.actor,
+        )
+        return {}
+
+    def _do_end_relationship(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        self._subject(uow, c).end_relationship(
+            relationship=c.fields["relationship"], occurred_at=at, actor=c.actor
+        )
+        return {}
+
+    def _do_record_dialogue(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        self._subject(uow, c).record_dialogue(occurred_at=at, actor=c.actor)
+        return {}
+
+    def _do_enter_competition(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        self._subject(uow, c).enter_competition(
+            policy=self.policy,
+            competition=c.fields["competition"],
+            ends_on=c.fields["competition_ends_on"],
+            occurred_at=at,
+            actor=c.actor,
+        )
+        return {}
+
+    def _do_notify_subject(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        self._subject(uow, c).notify(
+            policy=self.policy,
+            notice=c.fields["notice"],
+            policy_version=c.fields["policy_version"],
+            purpose=c.get("purpose"),
+            occurred_at=at,
+            actor=c.actor,
+        )
+        return {}
+
+    def _do_place_legal_hold(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        hold = str(uuid.uuid4())
+        self._subject(uow, c).place_legal_hold(
+            hold=hold, reason=c.fields["reason"], occurred_at=at, actor=c.actor
+        )
+        return {"hold": hold}
+
+    def _do_release_legal_hold(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        self._subject(uow, c).release_legal_hold(
+            hold=c.fields["hold"], occurred_at=at, actor=c.actor
+        )
+        return {}
+
+    def _do_open_request(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        request = str(uuid.uuid4())
+        due = self._subject(uow, c).open_request(
+            request=request,
+            right=c.fields["right"],
+            received_at=c.get("received_at") or at,
+            occurred_at=at,
+            actor=c.actor,
+        )
+        return {"request": request, "due": due}
+
+    def _do_verify_identity(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        self._subject(uow, c).verify_identity(
+            request=c.fields["request"], occurred_at=at, actor=c.actor
+        )
+        return {}
+
+    def _do_extend_request(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        due = self._subject(uow, c).extend_request(
+            request=c.fields["request"], reason=c.fields["reason"], occurred_at=at, actor=c.actor
+        )
+        return {"due": due}
+
+    def _do_complete_request(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        self._subject(uow, c).complete_request(
+            request=c.fields["request"],
+            outcome=c.fields["outcome"],
+            note=c.get("note"),
+            occurred_at=at,
+            actor=c.actor,
+        )
+        return {}
+
+    def _do_erase(
+        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
+    ) -> dict[str, Any]:
+        subject = self._subject(uow, c)
+        outcome = subject.erase(
+            policy=self.policy, request=c.get("request"), occurred_at=at, actor=c.actor
+        )
+        return {"shredded": outcome.shredded, "retained": outcome.retained}
+
+    # -- retention --------------------------------------------------------------------
+
+    def shred_due(
+        self, subject_id: str, now: datetime, *, actor: str | None = "retention-sweeper"
+    ) -> list[dict[str, str]]:
+        """Shred every scope of one subject past its deadline (one transaction, retried)."""
+        for _ in range(MAX_ATTEMPTS):
+            subject = self.load_subject(subject_id)
+            due = due_scopes(subject, self.policy, local_date(now))
+            if not due:
+                return []
+            shreds = [
+                (
+                    subject_id,
+                    item.scope,
+                    subject.shred_scope(
+                        scope=item.scope,
+                        reason="retention",
+                        deadline=item.deadline,
+                        occurred_at=now,
+                        actor=actor,
+                    ),
+                )
+                for item in due
+            ]
+            try:
+                self.save(subject)
+            except IntegrityError:
+                continue
+            self.keystore.shred_many(shreds)
+            return [{"scope": d.scope, "deadline": d.deadline.isoformat()} for d in due]
+        raise LedgerError("conflict", f"subject {subject_id} kept changing during the sweep")
+
+    # -- logging ----------------------------------------------------------------------
+
+    def _log_results(
+        self,
+        commands: Sequence[Command],
+        results: list[dict[str, Any]] | None,
+        rejected: _Rejected | None,
+        started: float,
+    ) -> None:
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
+        for index, command in enumerate(commands):
+            if rejected is None:
+                log.info(
+                    "command",
+                    type=command.type,
+                    subject=command.subject or (results[index].get("subject") if results else None),
+                    actor=command.actor,
+                    ok=True,
+                    duration_ms=elapsed_ms,
+                )
+            elif index == rejected.index:
+                log.info(
+                    "command_rejected",
+                    type=command.type,
+                    subject=command.subject,
+                    actor=command.actor,
+                    ok=False,
+                    code=rejected.error.code,
+                    duration_ms=elapsed_ms,
+                )
+
+
+class _Rejected(Exception):
+    def __init__(self, index: int, error: LedgerError) -> None:
+        super().__init__(error.message)
+        self.index = index
+        self.error = error
+
+
+def application_env(settings: Settings) -> dict[str, str]:
+    """The eventsourcing environment for the configured database."""
+    db = settings.database
+    if db.backend == "sqlite":
+        assert db.sqlite_path is not None
+        db.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(db.sqlite_path),
+            "SQLITE_LOCK_TIMEOUT": "30",
+            "CREATE_TABLE": "y",
+            "AGGREGATE_CACHE_MAXSIZE": "1000",
+            "AGGREGATE_CACHE_FASTFORWARD": "y",
+        }
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": db.dbname,
+        "POSTGRES_HOST": db.host,
+        "POSTGRES_PORT": str(db.port),
+        "POSTGRES_USER": db.user,
+        "POSTGRES_PASSWORD": db.password,
+        "POSTGRES_POOL_SIZE": "5",
+        "POSTGRES_MAX_OVERFLOW": "10",
+        "CREATE_TABLE": "y",
+        "AGGREGATE_CACHE_MAXSIZE": "1000",
+        "AGGREGATE_CACHE_FASTFORWARD": "y",
+    }
+    if db.schema:
+        env["POSTGRES_SCHEMA"] = db.schema
+    return env

@@ -1,0 +1,370 @@
+"""The command schema (DESIGN 5.1): one strict parser for Python, the CLI and HTTP.
+
+Unknown fields, missing fields and wrong types are `invalid_command`. Messages name the
+field, never its value, so no personal value can leak into an error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+from uuid import UUID
+
+from ledger.clock import parse_instant
+from ledger.errors import LedgerError
+
+Validator = Callable[[str, Any], Any]
+
+
+def _fail(name: str, what: str) -> LedgerError:
+    return LedgerError("invalid_command", f"field '{name}' {what}")
+
+
+def text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(name, "must be a non-empty string")
+    if len(value) > 10_000:
+        raise _fail(name, "is too long")
+    return value
+
+
+def uuid(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _fail(name, "must be a UUID string")
+    try:
+        return str(UUID(value))
+    except ValueError:
+        raise _fail(name, "must be a UUID") from None
+
+
+def boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(name, "must be true or false")
+    return value
+
+
+def instant(name: str, value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise _fail(name, "must be an RFC 3339 time with offset")
+    try:
+        return parse_instant(value)
+    except ValueError:
+        raise _fail(name, "must be an RFC 3339 time with offset") from None
+
+
+def day(name: str, value: Any) -> date:
+    if not isinstance(value, str):
+        raise _fail(name, "must be a date (YYYY-MM-DD)")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise _fail(name, "must be a date (YYYY-MM-DD)") from None
+
+
+def any_value(name: str, value: Any) -> Any:
+    if value is None:
+        raise _fail(name, "must not be null")
+    return value
+
+
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+
+
+def country(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not _COUNTRY.match(value):
+        raise _fail(name, "must be an ISO 3166 alpha-2 country code (two capital letters)")
+    return value
+
+
+def one_of(*choices: str) -> Validator:
+    def check(name: str, value: Any) -> str:
+        if value not in choices:
+            raise _fail(name, f"must be one of: {', '.join(choices)}")
+        return str(value)
+
+    check.choices = choices  # type: ignore[attr-defined]
+    return check
+
+
+def list_of(item: Validator, *, non_empty: bool = True) -> Validator:
+    def check(name: str, value: Any) -> list[Any]:
+        if not isinstance(value, list) or (non_empty and not value):
+            raise _fail(name, "must be a non-empty list" if non_empty else "must be a list")
+        return [item(f"{name}[{i}]", v) for i, v in enumerate(value)]
+
+    check.item = item  # type: ignore[attr-defined]
+    return check
+
+
+def record(spec: Mapping[str, tuple[Validator, bool]]) -> Validator:
+    """A nested object with its own strict fields: {name: (validator, required)}."""
+
+    def check(name: str, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise _fail(name, "must be an object")
+        unknown = sorted(set(value) - set(spec))
+        if unknown:
+            raise _fail(name, f"has unknown fields: {', '.join(unknown)}")
+        out: dict[str, Any] = {}
+        for key, (validator, required) in spec.items():
+            if key in value and value[key] is not None:
+                out[key] = validator(f"{name}.{key}", value[key])
+            elif required:
+                raise _fail(f"{name}.{key}", "is required")
+        return out
+
+    check.spec = spec  # type: ignore[attr-defined]
+    return check
+
+
+SUBJECT_KINDS = one_of(
+    "customer", "prospect", "contact_person", "competition_entrant", "company_contact"
+)
+LEGAL_BASIS = one_of("consent", "contract", "legal_obligation", "legitimate_interest")
+SOURCE = one_of("subject", "third_party", "observed", "derived", "system")
+CHANNEL = one_of("email", "sms", "phone", "post", "online_ads")
+IDENTIFIERS = record(
+    {
+        "cpr": (text, False),
+        "email": (text, False),
+        "phone": (text, False),
+        "customer_number": (text, False),
+        "cvr": (text, False),
+    }
+)
+RECIPIENT = record(
+    {
+        "kind": (one_of("family_member", "general_practitioner", "public_authority", "other"), True),
+        "name": (text, True),
+        "country": (country, True),
+    }
+)
+
+R, O = True, False  # required, optional
+
+COMMANDS: dict[str, dict[str, tuple[Validator, bool]]] = {
+    "register_subject": {
+        "kind": (SUBJECT_KINDS, R),
+        "purpose": (text, R),
+        "legal_basis": (LEGAL_BASIS, R),
+        "identifiers": (IDENTIFIERS, O),
+        "cpr_ground": (one_of("law", "consent", "identification"), O),
+        "provided_by": (uuid, O),
+        "subject": (uuid, O),
+    },
+    "collect": {
+        "subject": (uuid, R),
+        "category": (text, R),
+        "value": (any_value, R),
+        "purpose": (text, R),
+        "legal_basis": (LEGAL_BASIS, R),
+        "source": (SOURCE, R),
+        "competition": (text, O),
+        "cpr_ground": (one_of("law", "consent", "identification"), O),
+    },
+    "rectify": {
+        "subject": (uuid, R),
+        "category": (text, R),
+        "value": (any_value, R),
+        "request": (uuid, O),
+    },
+    "give_consent": {
+        "subject": (uuid, R),
+        "purpose": (text, R),
+        "notice_version": (text, R),
+        "method": (one_of("web_form", "phone_call", "paper", "email", "in_person"), R),
+        "channels": (list_of(CHANNEL, non_empty=False), O),
+        "explicit": (boolean, O),
+        "categories": (list_of(text, non_empty=False), O),
+    },
+    "withdraw_consent": {
+        "subject": (uuid, R),
+        "purpose": (text, R),
+        "channels": (list_of(CHANNEL, non_empty=False), O),
+    },
+    "object": {"subject": (uuid, R), "purpose": (text, R)},
+    "restrict": {"subject": (uuid, R), "reason": (text, O)},
+    "lift_restriction": {"subject": (uuid, R), "reason": (text, O)},
+    "agree_disclosure": {
+        "subject": (uuid, R),
+        "recipient": (RECIPIENT, R),
+        "categories": (list_of(text), R),
+        "purpose": (text, R),
+        "valid_until": (day, O),
+    },
+    "revoke_disclosure_agreement": {"subject": (uuid, R), "agreement": (uuid, R)},
+    "disclose": {"subject": (uuid, R), "agreement": (uuid, R), "categories": (list_of(text), R)},
+    "transfer": {
+        "subject": (uuid, R),
+        "categories": (list_of(text), R),
+        "country": (country, R),
+        "recipient": (text, R),
+    },
+    "process": {
+        "subject": (uuid, R),
+        "purpose": (text, R),
+        "activity": (text, R),
+        "channel": (CHANNEL, O),
+        "categories": (list_of(text, non_empty=False), O),
+    },
+    "start_relationship": {
+        "subject": (uuid, R),
+        "relationship": (one_of("customer", "subscription"), R),
+    },
+    "end_relationship": {
+        "subject": (uuid, R),
+        "relationship": (one_of("customer", "subscription"), R),
+    },
+    "record_dialogue": {"subject": (uuid, R)},
+    "enter_competition": {
+        "subject": (uuid, R),
+        "competition": (text, R),
+        "competition_ends_on": (day, R),
+    },
+    "place_legal_hold": {"subject": (uuid, R), "reason": (text, R)},
+    "release_legal_hold": {"subject": (uuid, R), "hold": (uuid, R)},
+    "open_request": {
+        "subject": (uuid, R),
+        "right": (
+            one_of(
+                "access", "rectification", "erasure", "restriction", "objection", "portability"
+            ),
+            R,
+        ),
+        "received_at": (instant, O),
+    },
+    "verify_identity": {"subject": (uuid, R), "request": (uuid, R)},
+    "extend_request": {"subject": (uuid, R), "request": (uuid, R), "reason": (text, R)},
+    "complete_request": {
+        "subject": (uuid, R),
+        "request": (uuid, R),
+        "outcome": (one_of("fulfilled", "partially_fulfilled", "refused"), R),
+        "note": (text, O),
+    },
+    "erase": {"subject": (uuid, R), "request": (uuid, O)},
+    "notify_subject": {
+        "subject": (uuid, R),
+        "notice": (one_of("privacy_policy", "new_purpose"), R),
+        "policy_version": (text, R),
+        "purpose": (text, O),
+    },
+}
+
+COMMON: dict[str, tuple[Validator, bool]] = {
+    "occurred_at": (instant, O),
+    "actor": (text, O),
+    "idempotency_key": (text, O),
+}
+
+# Which commands an HTTP role may send (DESIGN 5.4): officers handle rights and holds.
+OFFICER_COMMANDS = frozenset(
+    {
+        "restrict",
+        "lift_restriction",
+        "place_legal_hold",
+        "release_legal_hold",
+        "open_request",
+        "verify_identity",
+        "extend_request",
+        "complete_request",
+        "erase",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Command:
+    type: str
+    fields: dict[str, Any]
+    occurred_at: datetime | None = None
+    actor: str | None = None
+    idempotency_key: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.fields.get(name, default)
+
+    @property
+    def subject(self) -> str | None:
+        value = self.fields.get("subject")
+        return str(value) if value is not None else None
+
+
+def parse_command(data: Any) -> Command:
+    """Validate one command object; raises LedgerError('invalid_command') naming the field."""
+    if not isinstance(data, dict):
+        raise LedgerError("invalid_command", "a command must be a JSON object")
+    kind = data.get("type")
+    if not isinstance(kind, str) or kind not in COMMANDS:
+        raise LedgerError(
+            "invalid_command",
+            "field 'type' must be one of: " + ", ".join(sorted(COMMANDS)),
+        )
+    spec = COMMANDS[kind]
+    unknown = sorted(set(data) - set(spec) - set(COMMON) - {"type"})
+    if unknown:
+        raise LedgerError("invalid_command", f"unknown fields for '{kind}': {', '.join(unknown)}")
+    fields: dict[str, Any] = {}
+    for name, (validator, required) in spec.items():
+        if name in data and data[name] is not None:
+            fields[name] = validator(name, data[name])
+        elif required:
+            raise _fail(name, f"is required for '{kind}'")
+    common = {
+        name: validator(name, data[name])
+        for name, (validator, _) in COMMON.items()
+        if name in data and data[name] is not None
+    }
+    return Command(
+        type=kind,
+        fields=fields,
+        occurred_at=common.get("occurred_at"),
+        actor=common.get("actor"),
+        idempotency_key=common.get("idempotency_key"),
+        raw=data,
+    )
+
+
+def json_schema(kind: str) -> dict[str, Any]:
+    """A JSON Schema of one command type (for the OpenAPI document)."""
+    spec = {**COMMANDS[kind], **COMMON}
+    properties: dict[str, Any] = {"type": {"const": kind}}
+    required = ["type"]
+    for name, (validator, needed) in spec.items():
+        properties[name] = _schema_of(validator)
+        if needed:
+            required.append(name)
+    return {
+        "type": "object",
+        "title": kind,
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+    }
+
+
+def _schema_of(validator: Validator) -> dict[str, Any]:
+    if hasattr(validator, "choices"):
+        return {"type": "string", "enum": list(validator.choices)}
+    if hasattr(validator, "item"):
+        return {"type": "array", "items": _schema_of(validator.item)}
+    if hasattr(validator, "spec"):
+        inner = validator.spec
+        return {
+            "type": "object",
+            "properties": {k: _schema_of(v) for k, (v, _) in inner.items()},
+            "required": [k for k, (_, req) in inner.items() if req],
+            "additionalProperties": False,
+        }
+    formats = {
+        uuid: {"type": "string", "format": "uuid"},
+        instant: {"type": "string", "format": "date-time"},
+        day: {"type": "string", "format": "date"},
+        boolean: {"type": "boolean"},
+        country: {"type": "string", "pattern": "^[A-Z]{2}$"},
+        any_value: {"description": "any JSON value (sealed before it is stored)"},
+    }
+    return formats.get(validator, {"type": "string", "minLength": 1})

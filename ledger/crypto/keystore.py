@@ -1,0 +1,519 @@
+"""The key store (DESIGN 4.3): per-subject, per-scope data keys, wrapped under a master key.
+
+Keys live apart from the events: a SQLite file of their own by default, a PostgreSQL table
+when the ledger runs on PostgreSQL. Nothing is cached across calls, so once `shred` has
+returned no process can open that scope again. The keyed-hash lookup index lives here too,
+beside the keys, so shredding `customer_data` and dropping the subject's index rows is one
+transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ledger.canonical import canonical_json
+from ledger.config import DatabaseURL
+
+CUSTOMER_DATA = "customer_data"
+_MASTER_CHECK = b"ledger/v1/master-check"
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS ledger_keys (
+        subject TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        kid TEXT NOT NULL UNIQUE,
+        wrapped BYTEA,
+        created_at TEXT NOT NULL,
+        shredded_at TEXT,
+        PRIMARY KEY (subject, scope, generation))""",
+    """CREATE TABLE IF NOT EXISTS ledger_lookup (
+        kind TEXT NOT NULL,
+        digest BYTEA NOT NULL,
+        subject TEXT NOT NULL,
+        PRIMARY KEY (kind, digest, subject))""",
+    "CREATE INDEX IF NOT EXISTS ledger_lookup_subject ON ledger_lookup (subject)",
+    """CREATE TABLE IF NOT EXISTS ledger_secrets (
+        name TEXT PRIMARY KEY,
+        value BYTEA NOT NULL)""",
+)
+
+
+class KeyStoreError(Exception):
+    """The key store cannot be used (wrong master key, damaged row)."""
+
+
+@dataclass(frozen=True)
+class DataKey:
+    subject: str
+    scope: str
+    generation: int
+    kid: str
+    key: bytes
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """A key's bookkeeping without the key: what reconciler and reports need."""
+
+    subject: str
+    scope: str
+    generation: int
+    kid: str
+    shredded_at: str | None
+
+
+class _Database:
+    """The few SQL operations the store needs, on SQLite or PostgreSQL."""
+
+    placeholder = "?"
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def rollback(self) -> None:
+        raise NotImplementedError
+
+    def compact(self) -> None:
+        """Make deleted key bytes unrecoverable from the database files."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _SQLite(_Database):
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute("PRAGMA secure_delete=ON")
+        self.conn.execute("PRAGMA busy_timeout=30000")
+        self._in_tx = False
+        os.chmod(path, 0o600)
+
+    def _begin(self) -> None:
+        if not self._in_tx:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._in_tx = True
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self._begin()
+        return self.conn.execute(sql, tuple(params)).fetchall()
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._begin()
+        self.conn.executemany(sql, rows)
+
+    def commit(self) -> None:
+        if self._in_tx:
+            self.conn.execute("COMMIT")
+            self._in_tx = False
+
+    def rollback(self) -> None:
+        if self._in_tx:
+            self.conn.execute("ROLLBACK")
+            self._in_tx = False
+
+    def compact(self) -> None:
+        self.commit()
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def close(self) -> None:
+        self.rollback()
+        self.conn.close()
+
+
+class _Postgres(_Database):
+    placeholder = "%s"
+
+    def __init__(self, url: DatabaseURL) -> None:
+        import psycopg
+
+        self.url = url
+        self.conn = psycopg.connect(url.conninfo(), autocommit=False)
+        if url.schema:
+            with self.conn.cursor() as cur:
+                cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{url.schema}"')
+                cur.execute(f'SET search_path TO "{url.schema}"')
+            self.conn.commit()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self.conn.cursor() as cur:
+            cur.execute(sql.replace("?", "%s"), tuple(params))  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self.conn.cursor() as cur:
+            cur.executemany(sql.replace("?", "%s"), rows)  # type: ignore[arg-type]
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    def rollback(self) -> None:
+        self.conn.rollback()
+
+    def compact(self) -> None:
+        self.conn.commit()
+        self.conn.autocommit = True
+        try:
+            self.conn.execute("VACUUM ledger_keys")
+            self.conn.execute("VACUUM ledger_lookup")
+        finally:
+            self.conn.autocommit = False
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class KeyStore:
+    """Per-subject scope keys, the lookup key and the lookup index."""
+
+    def __init__(self, db: _Database, master_key: bytes) -> None:
+        if len(master_key) != 32:
+            raise KeyStoreError("the master key must be 32 bytes")
+        self._db = db
+        self._master = AESGCM(master_key)
+        self._master_key = master_key
+        self._lock = threading.RLock()
+        self._batch_depth = 0
+        with self._lock:
+            for statement in _SCHEMA:
+                self._db.execute(statement)
+            self._check_master()
+            self._db.commit()
+
+    @classmethod
+    def open(cls, url: DatabaseURL, master_key: bytes) -> KeyStore:
+        if url.backend == "sqlite":
+            assert url.sqlite_path is not None
+            return cls(_SQLite(url.sqlite_path), master_key)
+        return cls(_Postgres(url), master_key)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- transactions ---------------------------------------------------------------
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group key creations into one transaction; rolled back if the block raises."""
+        with self._lock:
+            self._batch_depth += 1
+            try:
+                yield
+            except BaseException:
+                self._batch_depth -= 1
+                if self._batch_depth == 0:
+                    self._db.rollback()
+                raise
+            self._batch_depth -= 1
+            if self._batch_depth == 0:
+                self._db.commit()
+
+    def _done(self) -> None:
+        if self._batch_depth == 0:
+            self._db.commit()
+
+    # -- master key -------------------------------------------------------------------
+
+    def _check_master(self) -> None:
+        check = hmac.new(self._master_key, _MASTER_CHECK, hashlib.sha256).digest()
+        rows = self._db.execute("SELECT value FROM ledger_secrets WHERE name = ?", ("master-check",))
+        if not rows:
+            self._db.execute(
+                "INSERT INTO ledger_secrets (name, value) VALUES (?, ?)", ("master-check", check)
+            )
+        elif not hmac.compare_digest(bytes(rows[0][0]), check):
+            raise KeyStoreError("the master key does not match this key store")
+
+    def _wrap(self, key: bytes, aad: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._master.encrypt(nonce, key, aad)
+
+    def _unwrap(self, wrapped: bytes, aad: bytes) -> bytes:
+        try:
+            return self._master.decrypt(wrapped[:12], wrapped[12:], aad)
+        except InvalidTag as exc:
+            raise KeyStoreError("a wrapped key does not open under the master key") from exc
+
+    @staticmethod
+    def _aad(subject: str, scope: str, kid: str) -> bytes:
+        return canonical_json(["ledger/v1/wrap", subject, scope, kid])
+
+    # -- data keys --------------------------------------------------------------------
+
+    def active_key(self, subject: str, scope: str) -> DataKey | None:
+        """The scope's live generation, if any (never a shredded one)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT generation, kid, wrapped FROM ledger_keys "
+                "WHERE subject = ? AND scope = ? AND wrapped IS NOT NULL "
+                "ORDER BY generation DESC LIMIT 1",
+                (subject, scope),
+            )
+            self._done()
+        if not rows:
+            return None
+        generation, kid, wrapped = rows[0]
+        key = self._unwrap(bytes(wrapped), self._aad(subject, scope, kid))
+        return DataKey(subject, scope, int(generation), kid, key)
+
+    def ensure_key(self, subject: str, scope: str) -> DataKey:
+        """The live key of a scope, or a new generation after the last (shredded) one."""
+        with self._lock:
+            existing = self.active_key(subject, scope)
+            if existing is not None:
+                return existing
+            rows = self._db.execute(
+                "SELECT COALESCE(MAX(generation), 0) FROM ledger_keys WHERE subject = ? AND scope = ?",
+                (subject, scope),
+            )
+            generation = int(rows[0][0]) + 1
+            kid = os.urandom(8).hex()
+            key = AESGCM.generate_key(bit_length=256)
+            self._db.execute(
+                "INSERT INTO ledger_keys (subject, scope, generation, kid, wrapped, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (subject, scope, generation, kid, self._wrap(key, self._aad(subject, scope, kid)), _now()),
+            )
+            self._done()
+            created = self.active_key(subject, scope)
+            if created is None:  # pragma: no cover - lost a race and the winner was shredded
+                raise KeyStoreError("could not create a key for this scope")
+            return created
+
+    def key(self, subject: str, scope: str, kid: str) -> bytes | None:
+        """The key with this id, or None once it is shredded (or never existed)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT wrapped FROM ledger_keys WHERE subject = ? AND scope = ? AND kid = ?",
+                (subject, scope, kid),
+            )
+            self._done()
+        if not rows or rows[0][0] is None:
+            return None
+        return self._unwrap(bytes(rows[0][0]), self._aad(subject, scope, kid))
+
+    def keys(self, subject: str) -> dict[str, bytes]:
+        """Every live key of a subject by kid (for reading many values at once)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT scope, kid, wrapped FROM ledger_keys WHERE subject = ? AND wrapped IS NOT NULL",
+                (subject,),
+            )
+            self._done()
+        return {
+            kid: self._unwrap(bytes(wrapped), self._aad(subject, scope, kid))
+            for scope, kid, wrapped in rows
+        }
+
+    def records(self, subject: str | None = None) -> list[KeyRecord]:
+        with self._lock:
+            if subject is None:
+                rows = self._db.execute(
+                    "SELECT subject, scope, generation, kid, shredded_at FROM ledger_keys"
+                )
+            else:
+                rows = self._db.execute(
+                    "SELECT subject, scope, generation, kid, shredded_at FROM ledger_keys "
+                    "WHERE subject = ?",
+                    (subject,),
+                )
+            self._done()
+        return [KeyRecord(r[0], r[1], int(r[2]), r[3], r[4]) for r in rows]
+
+    def shred(self, subject: str, scope: str, kids: Sequence[str]) -> list[str]:
+        """Destroy these keys of a scope; returns the kids actually destroyed now.
+
+        The row stays as a tombstone (no key bytes) so the generation is never reused.
+        Destroying a `customer_data` key drops the subject's lookup index rows in the same
+        transaction. Idempotent: a key already destroyed is skipped.
+        """
+        return self.shred_many([(subject, scope, kids)])
+
+    def shred_many(self, items: Sequence[tuple[str, str, Sequence[str]]]) -> list[str]:
+        destroyed: list[str] = []
+        with self._lock:
+            try:
+                now = _now()
+                for subject, scope, kids in items:
+                    for kid in kids:
+                        rows = self._db.execute(
+                            "SELECT kid FROM ledger_keys WHERE subject = ? AND scope = ? "
+                            "AND kid = ? AND wrapped IS NOT NULL",
+                            (subject, scope, kid),
+                        )
+                        if not rows:
+                            continue
+                        self._db.execute(
+                            "UPDATE ledger_keys SET wrapped = NULL, shredded_at = ? WHERE kid = ?",
+                            (now, kid),
+                        )
+                        destroyed.append(kid)
+                        if scope == CUSTOMER_DATA:
+                            self._db.execute(
+                                "DELETE FROM ledger_lookup WHERE subject = ?", (subject,)
+                            )
+                if self._batch_depth == 0:
+                    self._db.commit()
+                    if destroyed:
+                        self._db.compact()
+            except BaseException:
+                if self._batch_depth == 0:
+                    self._db.rollback()
+                raise
+        return destroyed
+
+    def live_kids(self) -> set[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT kid FROM ledger_keys WHERE wrapped IS NOT NULL")
+            self._done()
+        return {r[0] for r in rows}
+
+    def secret(self, name: str) -> bytes | None:
+        """A small named value kept beside the keys (positions, the lookup key)."""
+        with self._lock:
+            rows = self._db.execute("SELECT value FROM ledger_secrets WHERE name = ?", (name,))
+            self._done()
+        return bytes(rows[0][0]) if rows else None
+
+    def set_secret(self, name: str, value: bytes) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO ledger_secrets (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+            self._done()
+
+    def compact(self) -> None:
+        with self._lock:
+            if self._batch_depth == 0:
+                self._db.compact()
+
+    def rewrap(self, new_master_key: bytes) -> int:
+        """Re-encrypt every live key (and the lookup key) under a new master key."""
+        if len(new_master_key) != 32:
+            raise KeyStoreError("the master key must be 32 bytes")
+        new = AESGCM(new_master_key)
+        count = 0
+        with self._lock:
+            try:
+                rows = self._db.execute(
+                    "SELECT subject, scope, kid, wrapped FROM ledger_keys WHERE wrapped IS NOT NULL"
+                )
+                for subject, scope, kid, wrapped in rows:
+                    aad = self._aad(subject, scope, kid)
+                    key = self._unwrap(bytes(wrapped), aad)
+                    nonce = os.urandom(12)
+                    self._db.execute(
+                        "UPDATE ledger_keys SET wrapped = ? WHERE kid = ?",
+                        (nonce + new.encrypt(nonce, key, aad), kid),
+                    )
+                    count += 1
+                lookup = self._db.execute(
+                    "SELECT value FROM ledger_secrets WHERE name = ?", ("lookup-key",)
+                )
+                if lookup:
+                    aad = self._aad("*", "lookup", "lookup-key")
+                    key = self._unwrap(bytes(lookup[0][0]), aad)
+                    nonce = os.urandom(12)
+                    self._db.execute(
+                        "UPDATE ledger_secrets SET value = ? WHERE name = ?",
+                        (nonce + new.encrypt(nonce, key, aad), "lookup-key"),
+                    )
+                check = hmac.new(new_master_key, _MASTER_CHECK, hashlib.sha256).digest()
+                self._db.execute(
+                    "UPDATE ledger_secrets SET value = ? WHERE name = ?", (check, "master-check")
+                )
+                self._db.commit()
+            except BaseException:
+                self._db.rollback()
+                raise
+            self._master = new
+            self._master_key = new_master_key
+            self._db.compact()
+        return count
+
+    # -- lookup index -----------------------------------------------------------------
+
+    def lookup_key(self) -> bytes:
+        """The HMAC key of the lookup index, created on first use."""
+        aad = self._aad("*", "lookup", "lookup-key")
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT value FROM ledger_secrets WHERE name = ?", ("lookup-key",)
+            )
+            if not rows:
+                self._db.execute(
+                    "INSERT INTO ledger_secrets (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    ("lookup-key", self._wrap(os.urandom(32), aad)),
+                )
+                rows = self._db.execute(
+                    "SELECT value FROM ledger_secrets WHERE name = ?", ("lookup-key",)
+                )
+            self._done()
+        return self._unwrap(bytes(rows[0][0]), aad)
+
+    def add_lookups(self, subject: str, entries: Sequence[tuple[str, bytes]]) -> None:
+        with self._lock:
+            self._db.executemany(
+                "INSERT INTO ledger_lookup (kind, digest, subject) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                [(kind, digest, subject) for kind, digest in entries],
+            )
+            self._done()
+
+    def replace_lookup(self, subject: str, kind: str, digest: bytes) -> None:
+        """The subject's current identifier of this kind (latest value wins)."""
+        with self._lock:
+            self._db.execute(
+                "DELETE FROM ledger_lookup WHERE subject = ? AND kind = ?", (subject, kind)
+            )
+            self._db.execute(
+                "INSERT INTO ledger_lookup (kind, digest, subject) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (kind, digest, subject),
+            )
+            self._done()
+
+    def find(self, kind: str, digest: bytes) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT subject FROM ledger_lookup WHERE kind = ? AND digest = ? ORDER BY subject",
+                (kind, digest),
+            )
+            self._done()
+        return [r[0] for r in rows]
+
+    def remove_lookups(self, subject: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM ledger_lookup WHERE subject = ?", (subject,))
+            self._done()

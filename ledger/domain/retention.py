@@ -1,0 +1,78 @@
+"""Retention deadlines (DESIGN 4.2): when each of a subject's scopes must be gone.
+
+"N months after" is calendar arithmetic on the Copenhagen date of the anchor event.
+A deadline is the first day the data may no longer exist: the sweeper shreds a scope
+on or after it, unless a legal hold keeps it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import TYPE_CHECKING
+
+from ledger.domain.calendar import add_months, add_years, local_date
+from ledger.domain.policy import PolicyCatalogue, RetentionClass
+
+if TYPE_CHECKING:
+    from ledger.domain.subject import DataSubject
+
+
+@dataclass(frozen=True)
+class DueScope:
+    scope: str
+    deadline: date
+
+
+def _after(klass: RetentionClass, anchor: date) -> date:
+    return add_years(add_months(anchor, klass.months), klass.years)
+
+
+def _date_of(text: str | None) -> date | None:
+    from ledger.domain.subject import parse_iso
+
+    return local_date(parse_iso(text)) if text else None
+
+
+def scope_deadline(subject: DataSubject, policy: PolicyCatalogue, scope: str) -> date | None:
+    """The scope's deadline, or None while nothing starts its clock (an active relationship)."""
+    class_name, _, qualifier = scope.partition(":")
+    klass = policy.retention.get(class_name)
+    if klass is None:
+        return None
+    anchor: date | None
+    if klass.anchor == "financial_year_end":
+        anchor = date(int(qualifier), 12, 31)
+    elif klass.anchor == "competition_end":
+        ends_on = subject.competitions.get(qualifier)
+        anchor = date.fromisoformat(ends_on) if ends_on else None
+    elif klass.anchor == "newest_registration":
+        anchor = _date_of(subject.marketing_registered_at)
+    elif klass.anchor in ("relationship_end", "relationship_end_or_last_dialogue"):
+        if subject.has_active_relationship():
+            return None
+        candidates = [
+            d
+            for d in (
+                _date_of(subject.relationship_ended_at),
+                _date_of(subject.last_dialogue_at),
+                None if subject.relationships else _date_of(subject.registered_at),
+            )
+            if d is not None
+        ]
+        anchor = max(candidates) if candidates else None
+    else:  # pragma: no cover - the catalogue validates anchors
+        anchor = None
+    return _after(klass, anchor) if anchor else None
+
+
+def due_scopes(subject: DataSubject, policy: PolicyCatalogue, today: date) -> list[DueScope]:
+    """Scopes past their deadline that no legal hold keeps."""
+    if subject.active_holds():
+        return []
+    due: list[DueScope] = []
+    for scope in subject.scopes_in_use():
+        deadline = scope_deadline(subject, policy, scope)
+        if deadline is not None and today >= deadline:
+            due.append(DueScope(scope, deadline))
+    return due

@@ -1,0 +1,241 @@
+"""`Ledger`: the Python front door (DESIGN 5.5). The CLI and HTTP service use it too."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+from eventsourcing.persistence import Notification
+from eventsourcing.utils import get_topic
+
+from ledger.app import LedgerApplication, application_env
+from ledger.clock import Clock, SystemClock
+from ledger.config import Settings
+from ledger.crypto.keystore import KeyStore
+from ledger.crypto.lookup import LOOKUP_KINDS, lookup_digest, normalise_identifier
+from ledger.crypto.master import load_master_key
+from ledger.domain.calendar import local_date
+from ledger.domain.policy import PolicyCatalogue
+from ledger.domain.retention import due_scopes
+from ledger.domain.subject import DataSubject
+from ledger.errors import LedgerError
+from ledger.logs import configure_logging, get_logger
+from ledger.policies import load_policy
+from ledger.queries import event_summary, subject_view
+
+log = get_logger("ledger")
+
+REGISTERED_TOPIC = get_topic(DataSubject.Registered)
+SHREDDED_TOPIC = get_topic(DataSubject.ScopeShredded)
+PAGE = 1000
+
+Progress = Callable[[int, int], None]
+
+
+class Ledger:
+    """An open ledger: the application, its key store and its policy."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        app: LedgerApplication,
+        keystore: KeyStore,
+        policy: PolicyCatalogue,
+    ) -> None:
+        self.settings = settings
+        self.app = app
+        self.keystore = keystore
+        self.policy = policy
+
+    # -- life cycle -------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        settings: Settings | None = None,
+        *,
+        clock: Clock | None = None,
+        policy: PolicyCatalogue | None = None,
+    ) -> Ledger:
+        """Open (and on first use create) the ledger the environment describes."""
+        settings = settings or Settings.from_env()
+        settings.home.mkdir(parents=True, exist_ok=True)
+        configure_logging(settings.log_path)
+        policy = policy or load_policy(settings.policy_path)
+        keystore = KeyStore.open(settings.keystore, load_master_key(settings))
+        app = LedgerApplication(
+            env=application_env(settings),
+            policy=policy,
+            keystore=keystore,
+            clock=clock or SystemClock(),
+        )
+        ledger = cls(settings, app, keystore, policy)
+        ledger.reconcile_keys()
+        return ledger
+
+    def close(self) -> None:
+        self.app.close()
+        self.keystore.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def clock(self) -> Clock:
+        return self.app.clock
+
+    # -- commands ---------------------------------------------------------------------
+
+    def execute(self, command: Any, *, actor: str | None = None) -> dict[str, Any]:
+        """One command in its own transaction; returns the result object of DESIGN 5.2."""
+        return self.app.execute(command, actor=actor)
+
+    def execute_many(self, commands: Sequence[Any], *, actor: str | None = None) -> list[dict[str, Any]]:
+        """Commands in order in one transaction: all written, or none."""
+        return self.app.execute_many(commands, actor=actor)
+
+    # -- queries ----------------------------------------------------------------------
+
+    def subject(
+        self,
+        subject_id: str,
+        *,
+        reveal: bool = False,
+        purpose: str | None = None,
+        actor: str | None = None,
+    ) -> dict[str, Any]:
+        """The subject's current state; a reveal needs a purpose and is recorded first."""
+        subject = self.app.load_subject(subject_id)
+        if not reveal:
+            return subject_view(subject, self.policy)
+        if not purpose or not purpose.strip():
+            raise LedgerError("invalid_command", "revealing personal data needs a purpose")
+        categories = sorted({item["category"] for item in subject.latest_items()})
+        subject.record_view(
+            purpose=purpose, categories=categories, occurred_at=self.clock.now(), actor=actor
+        )
+        self.app.save(subject)
+        log.info("data_viewed", subject=subject_id, actor=actor, categories=len(categories))
+        keys = self.keystore.keys(subject_id)
+        try:
+            return subject_view(subject, self.policy, keys)
+        finally:
+            keys.clear()
+
+    def find(self, kind: str, value: str) -> list[str]:
+        """Subjects whose current identifier of this kind matches (keyed-hash lookup)."""
+        if kind not in LOOKUP_KINDS:
+            raise LedgerError("invalid_command", f"cannot look up by '{kind}'")
+        try:
+            normalised = normalise_identifier(kind, value)
+        except ValueError:
+            raise LedgerError("invalid_command", f"not a valid {kind}") from None
+        digest = lookup_digest(self.keystore.lookup_key(), kind, normalised)
+        return [s for s in self.keystore.find(kind, digest) if self.app.subject_exists(s)]
+
+    def history(self, subject_id: str) -> list[dict[str, Any]]:
+        """Metadata of every event of the subject, oldest first, without any value."""
+        self.app.load_subject(subject_id)
+        from uuid import UUID
+
+        return [event_summary(e) for e in self.app.events.get(UUID(subject_id))]
+
+    # -- notifications ----------------------------------------------------------------
+
+    def notifications(
+        self, start: int = 1, topics: Sequence[str] = (), stop: int | None = None
+    ) -> Iterator[Notification]:
+        """Every recorded event in order, page by page."""
+        position = start
+        while True:
+            page = self.app.recorder.select_notifications(
+                start=position, limit=PAGE, stop=stop, topics=topics
+            )
+            if not page:
+                return
+            yield from page
+            position = page[-1].id + 1
+
+    def subject_ids(self) -> Iterator[str]:
+        for notification in self.notifications(topics=[REGISTERED_TOPIC]):
+            yield str(notification.originator_id)
+
+    def max_position(self) -> int:
+        return self.app.recorder.max_notification_id() or 0
+
+    # -- retention --------------------------------------------------------------------
+
+    def sweep(
+        self,
+        now: datetime | None = None,
+        *,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Shred every scope past its retention deadline that no hold keeps (idempotent)."""
+        moment = now or self.clock.now()
+        today = local_date(moment)
+        self.reconcile_keys()
+        subjects = list(self.subject_ids())
+        shredded: list[dict[str, str]] = []
+        for done, subject_id in enumerate(subjects, start=1):
+            if dry_run:
+                subject = self.app.load_subject(subject_id)
+                shredded.extend(
+                    {"subject": subject_id, "scope": d.scope, "deadline": d.deadline.isoformat()}
+                    for d in due_scopes(subject, self.policy, today)
+                )
+            else:
+                for item in self.app.shred_due(subject_id, moment):
+                    shredded.append({"subject": subject_id, **item})
+            if progress:
+                progress(done, len(subjects))
+        if shredded and not dry_run:
+            self.keystore.compact()
+        log.info("sweep", now=moment.isoformat(), dry_run=dry_run, scopes=len(shredded))
+        return {
+            "ok": True,
+            "now": moment.isoformat(),
+            "dry_run": dry_run,
+            "subjects": len(subjects),
+            "shredded": shredded,
+        }
+
+    def reconcile_keys(self) -> int:
+        """Finish half-done shreddings: destroy every key whose scope was recorded shredded.
+
+        Reads `ScopeShredded` notifications after the last reconciled position, so it is
+        cheap to run at every start and before every sweep.
+        """
+        start = self._reconciled_position() + 1
+        last = start - 1
+        pending: list[tuple[str, str, list[str]]] = []
+        for notification in self.notifications(start=start, topics=[SHREDDED_TOPIC]):
+            event = self.app.mapper.to_domain_event(notification)
+            state = vars(event)
+            pending.append((str(event.originator_id), state["scope"], list(state["kids"])))
+            last = notification.id
+        destroyed = self.keystore.shred_many(pending) if pending else []
+        if last >= start:
+            self._set_reconciled_position(last)
+        if destroyed:
+            log.warning("keys_reconciled", keys=len(destroyed))
+        return len(destroyed)
+
+    def _reconciled_position(self) -> int:
+        raw = self.keystore.secret("reconciled-position")
+        return struct.unpack(">Q", raw)[0] if raw else 0
+
+    def _set_reconciled_position(self, position: int) -> None:
+        self.keystore.set_secret("reconciled-position", struct.pack(">Q", position))

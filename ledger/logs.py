@@ -1,0 +1,49 @@
+"""Structured logs: structlog JSON lines with subject ids (pseudonyms), never a personal value.
+
+Callers log ids, types, codes and durations only; error messages are written without
+personal data by construction (`LedgerError`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+_configured: dict[str, Any] = {}
+
+
+def configure_logging(path: Path | None = None, *, stream: TextIO | None = None) -> None:
+    """Send JSON lines to a file (default `LEDGER_HOME/ledger.log`) or a stream."""
+    key = f"{path}|{id(stream)}"
+    if _configured.get("key") == key:
+        return
+    previous = _configured.get("handle")
+    if previous is not None and previous not in (sys.stdout, sys.stderr):
+        previous.close()
+    if stream is not None:
+        handle: TextIO = stream
+    elif path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a", encoding="utf-8")
+    else:
+        handle = sys.stderr
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(handle),
+        cache_logger_on_first_use=False,
+    )
+    _configured.update(key=key, handle=handle)
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)

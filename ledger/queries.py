@@ -1,0 +1,146 @@
+"""Query shapes of DESIGN 5.3, built from a subject's state.
+
+Values stay sealed unless the caller passes the subject's live keys (a reveal, which the
+facade records as `DataViewed` first). A shredded value is null with `erased: true`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ledger.crypto.sealing import SealedValue, SealError, unseal
+from ledger.domain.calendar import local_date
+from ledger.domain.policy import PolicyCatalogue
+from ledger.domain.retention import scope_deadline
+from ledger.domain.subject import RECIPIENT_NAME, DataSubject, parse_iso
+
+# Fields of events that are never shown in a history: they hold sealed values.
+SEALED_FIELDS = frozenset({"value", "recipient_name"})
+
+
+def _open(
+    subject: DataSubject, sealed: dict[str, str], category: str, keys: Mapping[str, bytes] | None
+) -> Any:
+    if keys is None or subject.is_shredded(sealed):
+        return None
+    key = keys.get(sealed["kid"])
+    if key is None:
+        return None
+    try:
+        return unseal(key, SealedValue.from_dict(sealed), subject=subject.subject_id, category=category)
+    except SealError:
+        return None
+
+
+def subject_view(
+    subject: DataSubject, policy: PolicyCatalogue, keys: Mapping[str, bytes] | None = None
+) -> dict[str, Any]:
+    """`ledger subject show --json` (values only with keys, i.e. on a recorded reveal)."""
+    data = []
+    for item in subject.latest_items():
+        erased = subject.is_shredded(item["value"])
+        data.append(
+            {
+                "category": item["category"],
+                "value": _open(subject, item["value"], item["category"], keys),
+                "erased": erased,
+                "purpose": item["purpose"],
+                "legal_basis": item["legal_basis"],
+                "source": item["source"],
+                "scope": item["scope"],
+                "collected_at": item["collected_at"],
+            }
+        )
+    held = bool(subject.active_holds())
+    retention = []
+    for scope, state in subject.scopes.items():
+        deadline = scope_deadline(subject, policy, scope)
+        live = [k for k in state["kids"] if k not in state["shredded"]]
+        shredded_at = None if live else max(state["shredded"].values(), default=None)
+        retention.append(
+            {
+                "scope": scope,
+                "deadline": deadline.isoformat() if deadline else None,
+                "held": held,
+                "shredded_at": shredded_at,
+            }
+        )
+    agreements = [
+        {
+            "agreement": a["agreement"],
+            "recipient": {
+                "kind": a["recipient_kind"],
+                "name": _open(subject, a["recipient_name"], RECIPIENT_NAME, keys),
+                "country": a["country"],
+            },
+            "categories": a["categories"],
+            "purpose": a["purpose"],
+            "valid_until": a["valid_until"],
+            "agreed_at": a["agreed_at"],
+            "revoked_at": a["revoked_at"],
+        }
+        for a in subject.agreements.values()
+    ]
+    return {
+        "subject": subject.subject_id,
+        "kind": subject.kind,
+        "status": subject.status,
+        "registered_at": subject.registered_at,
+        "provided_by": subject.provided_by,
+        "relationships": list(subject.relationships.values()),
+        "data": data,
+        "consents": list(subject.consents.values()),
+        "objections": [
+            {"purpose": purpose, "objected_at": at} for purpose, at in subject.objections.items()
+        ],
+        "restricted": subject.restricted,
+        "agreements": agreements,
+        "disclosures": list(subject.disclosures),
+        "transfers": list(subject.transfers),
+        "holds": list(subject.holds.values()),
+        "retention": retention,
+        "requests": [
+            {
+                "request": r["request"],
+                "right": r["right"],
+                "received_at": r["received_at"],
+                "due": r["due"],
+                "status": r["status"],
+                "extended": r["extended_at"] is not None,
+                "outcome": r["outcome"],
+                "completed_at": r["completed_at"],
+            }
+            for r in subject.requests.values()
+        ],
+        "erased_at": subject.erased_at,
+    }
+
+
+def event_summary(event: Any, *, recorded_at: str | None = None) -> dict[str, Any]:
+    """One line of `subject history`: what happened, when, by whom; never a value."""
+    state = {
+        k: v
+        for k, v in vars(event).items()
+        if k not in SEALED_FIELDS and k not in ("originator_id", "timestamp", "originator_topic")
+    }
+    summary: dict[str, Any] = {
+        "version": state.pop("originator_version"),
+        "type": type(event).__name__,
+        "occurred_at": state.pop("occurred_at", None),
+        "recorded_at": recorded_at or event.timestamp.isoformat(),
+        "actor": state.pop("actor", None),
+    }
+    if "value" in vars(event):
+        sealed = vars(event)["value"]
+        summary["sealed"] = {"scope": sealed["scope"], "kid": sealed["kid"], "commit": sealed["commit"]}
+    summary["details"] = state
+    return summary
+
+
+def is_overdue(request: Mapping[str, Any], today_iso: str) -> bool:
+    return request["status"] == "open" and request["due"] < today_iso
+
+
+def occurred_date(text: str) -> str:
+    return local_date(parse_iso(text)).isoformat()
