@@ -1,0 +1,22 @@
+"""The `ledger` command: one Typer app, each area in a module of its own."""
+
+from __future__ import annotations
+
+import typer
+
+from ledger.cli import core
+
+app = typer.Typer(
+    help="Personal data ledger: record processing, answer subjects, prove the history.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("init")(core.init)
+app.command("exec")(core.exec_)
+app.command("sweep")(core.sweep)
+app.add_typer(core.subject_app, name="subject")
+
+
+def main() -> None:
+    app()
