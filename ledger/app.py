@@ -21,6 +21,7 @@ import orjson
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Transcoder
+from eventsourcing.utils import EnvType
 
 from ledger.canonical import canonical_json
 from ledger.clock import Clock, SystemClock
@@ -35,6 +36,7 @@ from ledger.domain.retention import due_scopes
 from ledger.domain.subject import DataSubject
 from ledger.errors import LedgerError
 from ledger.logs import get_logger
+from ledger.policies import load_policy
 
 log = get_logger("ledger.app")
 
@@ -132,16 +134,23 @@ class LedgerApplication(Application[UUID]):
 
     def __init__(
         self,
+        env: EnvType | None = None,
         *,
-        env: dict[str, str],
-        policy: PolicyCatalogue,
-        keystore: KeyStore,
+        policy: PolicyCatalogue | None = None,
+        keystore: KeyStore | None = None,
         clock: Clock | None = None,
     ) -> None:
+        """`env` alone gives a read-only application (what projection runners construct)."""
         super().__init__(env=env)
-        self.policy = policy
-        self.keystore = keystore
+        self.policy = policy or load_policy(None)
+        self._keystore = keystore
         self.clock: Clock = clock or SystemClock()
+
+    @property
+    def keystore(self) -> KeyStore:
+        if self._keystore is None:
+            raise RuntimeError("this LedgerApplication was opened without a key store (read-only)")
+        return self._keystore
 
     def construct_transcoder(self) -> Transcoder:
         return OrjsonTranscoder()
