@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -142,7 +143,8 @@ class LedgerApplication(Application[UUID]):
     ) -> None:
         """`env` alone gives a read-only application (what projection runners construct)."""
         super().__init__(env=env)
-        self.policy = policy or load_policy(None)
+        policy_path = self.env.get("LEDGER_POLICY")
+        self.policy = policy or load_policy(Path(policy_path) if policy_path else None)
         self._keystore = keystore
         self.clock: Clock = clock or SystemClock()
 
@@ -210,7 +212,7 @@ class LedgerApplication(Application[UUID]):
             return [error.to_result()]
         results: list[dict[str, Any]] = []
         for i in range(count):
-            if i == index or index < 0 and i == 0:
+            if i == index or (index < 0 and i == 0):
                 results.append(error.to_result())
             else:
                 results.append(
