@@ -8,11 +8,13 @@ transaction saves every event of the unit of work → keys of shredded scopes ar
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import random
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from ledger.crypto.sealing import seal
 from ledger.domain.calendar import local_date
 from ledger.domain.policy import PolicyCatalogue
 from ledger.domain.retention import due_scopes
-from ledger.domain.subject import DataSubject
+from ledger.domain.subject import DataSubject, check_cpr
 from ledger.errors import LedgerError
 from ledger.logs import get_logger
 from ledger.policies import load_policy
@@ -118,6 +120,28 @@ class UnitOfWork:
     receipts: list[CommandReceipt] = field(default_factory=list)
     lookups: dict[str, dict[str, bytes]] = field(default_factory=dict)
 
+    def checkpoint(self, subject_id: str | None) -> tuple[str | None, Any, int, Any]:
+        """What one command may change, so a rejected command can be undone in a group."""
+        subject = self.subjects.get(subject_id) if subject_id else None
+        lookups = dict(self.lookups.get(subject_id, {})) if subject_id else None
+        return subject_id, copy.deepcopy(subject), len(self.receipts), lookups
+
+    def restore(self, saved: tuple[str | None, Any, int, Any] | None) -> None:
+        if saved is None:
+            return
+        subject_id, subject, receipts, lookups = saved
+        del self.receipts[receipts:]
+        if subject_id is None:
+            return
+        if subject is None:
+            self.subjects.pop(subject_id, None)
+        else:
+            self.subjects[subject_id] = subject
+        if lookups is None or not lookups:
+            self.lookups.pop(subject_id, None)
+        else:
+            self.lookups[subject_id] = lookups
+
     def shredded_keys(self) -> list[tuple[str, str, list[str]]]:
         """The keys that the pending `ScopeShredded` events say must be destroyed."""
         return [
@@ -160,59 +184,53 @@ class LedgerApplication(Application[UUID]):
     # -- execution --------------------------------------------------------------------
 
     def execute(self, command: Any, *, actor: str | None = None) -> dict[str, Any]:
-        return self.execute_many([command], actor=actor, atomic=True)[0]
+        return self.execute_many([command], actor=actor)[0]
 
     def execute_many(
         self, commands: Sequence[Any], *, actor: str | None = None, atomic: bool = True
     ) -> list[dict[str, Any]]:
-        """Execute commands in order in one transaction: all are written, or none.
+        """Execute commands in order in one transaction.
 
-        If one is rejected, its result carries its error and every other result says the
-        batch was rolled back because of it (same code), so a caller sees one cause.
+        `atomic=True` (a batch): all are written, or none; if one is rejected its result
+        carries its error and every other result says it was rolled back because of it.
+        `atomic=False` (group commit): each command stands alone; a rejected one is left
+        out and the rest are written together in one transaction.
         """
         started = time.perf_counter()
-        try:
-            parsed = [self._parse(c, actor) for c in commands]
-        except _Rejected as rejected:
-            return self._rolled_back(len(commands), rejected.index, rejected.error)
+        parsed: list[Command | LedgerError] = []
+        for index, data in enumerate(commands):
+            try:
+                parsed.append(self._parse(data, actor))
+            except LedgerError as error:
+                if atomic:
+                    return self._rolled_back(len(commands), index, error)
+                parsed.append(error)
         for attempt in range(MAX_ATTEMPTS):
             try:
-                results = self._attempt(parsed)
+                results = self._attempt(parsed, atomic=atomic)
             except _Rejected as rejected:
-                self._log_results(parsed, None, rejected, started)
+                self._log(parsed, None, rejected, started)
                 return self._rolled_back(len(commands), rejected.index, rejected.error)
             except IntegrityError:
                 # Another writer got there first (same subject version, or the same
                 # idempotency key): load fresh state and try again.
-                time.sleep(0.001 * (2**attempt) * (0.5 + (hash(time.time()) % 100) / 100))
+                time.sleep(0.001 * (2**attempt) * random.uniform(0.5, 1.5))
                 continue
-            self._log_results(parsed, results, None, started)
+            self._log(parsed, results, None, started)
             return results
         error = LedgerError("conflict", "concurrent writers kept changing these subjects; retry")
         return self._rolled_back(len(commands), 0, error)
 
     def _parse(self, data: Any, actor: str | None) -> Command:
-        try:
-            command = parse_command(data)
-        except LedgerError as error:
-            raise _Rejected(-1, error) from None
+        command = parse_command(data)
         if actor is not None and command.actor is None:
-            command = Command(
-                type=command.type,
-                fields=command.fields,
-                occurred_at=command.occurred_at,
-                actor=actor,
-                idempotency_key=command.idempotency_key,
-                raw=command.raw,
-            )
+            command = replace(command, actor=actor)
         return command
 
     def _rolled_back(self, count: int, index: int, error: LedgerError) -> list[dict[str, Any]]:
-        if count == 1:
-            return [error.to_result()]
         results: list[dict[str, Any]] = []
         for i in range(count):
-            if i == index or (index < 0 and i == 0):
+            if i == index:
                 results.append(error.to_result())
             else:
                 results.append(
@@ -221,24 +239,33 @@ class LedgerApplication(Application[UUID]):
                         "rolled_back": True,
                         "error": {
                             "code": error.code,
-                            "message": f"not written: command {max(index, 0) + 1} of this "
+                            "message": f"not written: command {index + 1} of this "
                             f"transaction was rejected ({error.code})",
                         },
                     }
                 )
         return results
 
-    def _attempt(self, commands: Sequence[Command]) -> list[dict[str, Any]]:
+    def _attempt(
+        self, commands: Sequence[Command | LedgerError], *, atomic: bool
+    ) -> list[dict[str, Any]]:
         uow = UnitOfWork()
         sealer = ScopeSealer(self.keystore)
         results: list[dict[str, Any]] = []
         try:
             with self.keystore.batch():
                 for index, command in enumerate(commands):
+                    if isinstance(command, LedgerError):
+                        results.append(command.to_result())
+                        continue
+                    saved = None if atomic else uow.checkpoint(command.subject)
                     try:
                         results.append(self._run_one(uow, sealer, command))
                     except LedgerError as error:
-                        raise _Rejected(index, error) from None
+                        if atomic:
+                            raise _Rejected(index, error) from None
+                        uow.restore(saved)
+                        results.append(error.to_result())
                 for subject_id, kinds in uow.lookups.items():
                     for kind, digest in kinds.items():
                         self.keystore.replace_lookup(subject_id, kind, digest)
@@ -315,15 +342,22 @@ class LedgerApplication(Application[UUID]):
 
     # -- index ------------------------------------------------------------------------
 
-    def _index(self, uow: UnitOfWork, subject: DataSubject, kind: str, value: Any) -> None:
+    def _digest(self, kind: str, value: Any) -> bytes | None:
+        """The lookup digest of an identifier category (validating its form), else None."""
         if kind not in LOOKUP_KINDS:
-            return
+            return None
+        if not isinstance(value, str):
+            raise LedgerError("invalid_command", f"a {kind} identifier must be a string")
         try:
-            normalised = normalise_identifier(kind, str(value))
+            normalised = normalise_identifier(kind, value)
         except ValueError:
-            raise LedgerError("invalid_command", f"'{kind}' is not a valid {kind}") from None
-        digest = lookup_digest(self.keystore.lookup_key(), kind, normalised)
-        uow.lookups.setdefault(subject.subject_id, {})[kind] = digest
+            code = "invalid_cpr" if kind == "cpr" else "invalid_command"
+            raise LedgerError(code, f"not a valid {kind}") from None
+        return lookup_digest(self.keystore.lookup_key(), kind, normalised)
+
+    def _index(self, uow: UnitOfWork, subject: DataSubject, kind: str, digest: bytes | None) -> None:
+        if digest is not None:
+            uow.lookups.setdefault(subject.subject_id, {})[kind] = digest
 
     # -- handlers: one per command type (DESIGN 5.1) ----------------------------------
 
@@ -349,10 +383,14 @@ class LedgerApplication(Application[UUID]):
             occurred_at=at,
             actor=c.actor,
         )
+        digests = {
+            kind: self._digest(kind, value) for kind, value in identifiers.items()
+        }
+        if "cpr" in identifiers:
+            check_cpr(identifiers["cpr"], c.get("cpr_ground"))
         for kind in ("cpr", "email", "phone", "customer_number", "cvr"):
             if kind not in identifiers:
                 continue
-            self._index(uow, subject, kind, identifiers[kind])
             subject.collect(
                 policy=self.policy,
                 sealer=sealer,
@@ -366,6 +404,9 @@ class LedgerApplication(Application[UUID]):
                 cpr_ground=c.get("cpr_ground") if kind == "cpr" else None,
             )
         uow.subjects[subject_id] = subject
+        for kind, digest in digests.items():
+            if digest is not None:
+                uow.lookups.setdefault(subject_id, {})[kind] = digest
         return {"subject": subject_id}
 
     def _do_collect(
@@ -374,6 +415,7 @@ class LedgerApplication(Application[UUID]):
         subject = self._subject(uow, c)
         category = c.fields["category"]
         value = c.fields["value"]
+        digest = self._digest(category, value) if category != "cpr" else None
         subject.collect(
             policy=self.policy,
             sealer=sealer,
@@ -387,13 +429,16 @@ class LedgerApplication(Application[UUID]):
             competition=c.get("competition"),
             cpr_ground=c.get("cpr_ground"),
         )
-        self._index(uow, subject, category, value)
+        if category == "cpr":
+            digest = self._digest(category, value)
+        self._index(uow, subject, category, digest)
         return {}
 
     def _do_rectify(
         self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
     ) -> dict[str, Any]:
         subject = self._subject(uow, c)
+        digest = self._digest(c.fields["category"], c.fields["value"])
         subject.rectify(
             policy=self.policy,
             sealer=sealer,
@@ -403,7 +448,7 @@ class LedgerApplication(Application[UUID]):
             occurred_at=at,
             actor=c.actor,
         )
-        self._index(uow, subject, c.fields["category"], c.fields["value"])
+        self._index(uow, subject, c.fields["category"], digest)
         return {}
 
     def _do_give_consent(
@@ -675,16 +720,28 @@ class LedgerApplication(Application[UUID]):
 
     # -- logging ----------------------------------------------------------------------
 
-    def _log_results(
+    def _log(
         self,
-        commands: Sequence[Command],
+        commands: Sequence[Command | LedgerError],
         results: list[dict[str, Any]] | None,
         rejected: _Rejected | None,
         started: float,
     ) -> None:
         elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
         for index, command in enumerate(commands):
-            if rejected is None:
+            if isinstance(command, LedgerError):
+                log.info("command_rejected", ok=False, code=command.code, duration_ms=elapsed_ms)
+            elif rejected is None and results is not None and not results[index]["ok"]:
+                log.info(
+                    "command_rejected",
+                    type=command.type,
+                    subject=command.subject,
+                    actor=command.actor,
+                    ok=False,
+                    code=results[index]["error"]["code"],
+                    duration_ms=elapsed_ms,
+                )
+            elif rejected is None:
                 log.info(
                     "command",
                     type=command.type,

@@ -621,7 +621,7 @@ class DataSubject(Aggregate):
         if source not in SOURCES:
             raise LedgerError("invalid_command", f"unknown source '{source}'")
         if category == "cpr":
-            _check_cpr(value, cpr_ground)
+            check_cpr(value, cpr_ground)
             if cpr_ground == "consent" and not self.consent_active(purpose):
                 raise LedgerError(
                     "consent_required", f"CPR on ground 'consent' needs an active consent for '{purpose}'"
@@ -696,7 +696,7 @@ class DataSubject(Aggregate):
                 "invalid_command", f"no '{category}' on file to rectify (use collect)"
             )
         if category == "cpr":
-            _check_cpr(value, previous.get("cpr_ground") or "law")
+            check_cpr(value, previous.get("cpr_ground") or "law")
             value = normalise_cpr(str(value))
         scope = previous["scope"]
         sealed = sealer.seal(self.subject_id, scope, category, value)
@@ -1275,7 +1275,7 @@ def _purpose_with_basis(policy: PolicyCatalogue, purpose: str, legal_basis: str)
     return found
 
 
-def _check_cpr(value: Any, ground: str | None) -> None:
+def check_cpr(value: Any, ground: str | None) -> None:
     if ground is None:
         raise LedgerError(
             "cpr_ground_required",
