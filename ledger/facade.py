@@ -101,7 +101,9 @@ class Ledger:
         """One command in its own transaction; returns the result object of DESIGN 5.2."""
         return self.app.execute(command, actor=actor)
 
-    def execute_many(self, commands: Sequence[Any], *, actor: str | None = None) -> list[dict[str, Any]]:
+    def execute_many(
+        self, commands: Sequence[Any], *, actor: str | None = None
+    ) -> list[dict[str, Any]]:
         """Commands in order in one transaction: all written, or none."""
         return self.app.execute_many(commands, actor=actor)
 

@@ -28,7 +28,9 @@ def _open(
     if key is None:
         return None
     try:
-        return unseal(key, SealedValue.from_dict(sealed), subject=subject.subject_id, category=category)
+        return unseal(
+            key, SealedValue.from_dict(sealed), subject=subject.subject_id, category=category
+        )
     except SealError:
         return None
 
@@ -133,13 +135,17 @@ def event_summary(event: Any, *, recorded_at: str | None = None) -> dict[str, An
     }
     if "value" in vars(event):
         sealed = vars(event)["value"]
-        summary["sealed"] = {"scope": sealed["scope"], "kid": sealed["kid"], "commit": sealed["commit"]}
+        summary["sealed"] = {
+            "scope": sealed["scope"],
+            "kid": sealed["kid"],
+            "commit": sealed["commit"],
+        }
     summary["details"] = state
     return summary
 
 
 def is_overdue(request: Mapping[str, Any], today_iso: str) -> bool:
-    return request["status"] == "open" and request["due"] < today_iso
+    return bool(request["status"] == "open" and request["due"] < today_iso)
 
 
 def occurred_date(text: str) -> str:

@@ -33,7 +33,10 @@ def init() -> None:
             ("home", str(settings.home)),
             ("events", _where(settings.database)),
             ("keys", _where(settings.keystore)),
-            ("master key", "LEDGER_MASTER_KEY" if settings.master_key else str(settings.master_key_file)),
+            (
+                "master key",
+                "LEDGER_MASTER_KEY" if settings.master_key else str(settings.master_key_file),
+            ),
             ("policy", f"{ledger.policy.name} {ledger.policy.version}"),
         ]
         after_write(ledger)
@@ -96,14 +99,18 @@ def subject_show(
     if as_json:
         print_json(view)
         return
-    console.print(f"[bold]Subject {view['subject']}[/bold]  {view['kind']}  status: {view['status']}")
+    console.print(
+        f"[bold]Subject {view['subject']}[/bold]  {view['kind']}  status: {view['status']}"
+    )
     print_table(
         "Data",
         ["category", "value", "purpose", "basis", "source", "scope", "collected"],
         [
             (
                 d["category"],
-                "(erased)" if d["erased"] else ("•••" if d["value"] is None else _short(d["value"])),
+                "(erased)"
+                if d["erased"]
+                else ("•••" if d["value"] is None else _short(d["value"])),
                 d["purpose"],
                 d["legal_basis"],
                 d["source"],
@@ -117,7 +124,14 @@ def subject_show(
         "Consents",
         ["purpose", "active", "channels", "explicit", "given", "withdrawn"],
         [
-            (c["purpose"], c["active"], ",".join(c["channels"]), c["explicit"], c["given_at"], c["withdrawn_at"])
+            (
+                c["purpose"],
+                c["active"],
+                ",".join(c["channels"]),
+                c["explicit"],
+                c["given_at"],
+                c["withdrawn_at"],
+            )
             for c in view["consents"]
         ],
     )
@@ -130,7 +144,10 @@ def subject_show(
         print_table(
             "Requests",
             ["request", "right", "received", "due", "status"],
-            [(r["request"], r["right"], r["received_at"], r["due"], r["status"]) for r in view["requests"]],
+            [
+                (r["request"], r["right"], r["received_at"], r["due"], r["status"])
+                for r in view["requests"]
+            ],
         )
 
 
@@ -159,22 +176,39 @@ def subject_find(
     """Find subjects by an identifier (through the keyed-hash index; nothing is decrypted)."""
     given = {
         k: v
-        for k, v in {"cpr": cpr, "email": email, "phone": phone, "customer_number": customer_number}.items()
+        for k, v in {
+            "cpr": cpr,
+            "email": email,
+            "phone": phone,
+            "customer_number": customer_number,
+        }.items()
         if v is not None
     }
     if len(given) != 1:
-        fail(LedgerError("invalid_command", "give exactly one of --cpr, --email, --phone, --customer-number"), as_json=as_json)
+        fail(
+            LedgerError(
+                "invalid_command", "give exactly one of --cpr, --email, --phone, --customer-number"
+            ),
+            as_json=as_json,
+        )
     kind, value = next(iter(given.items()))
     with open_ledger() as ledger:
         try:
             found = ledger.find(kind, value)
         except LedgerError as error:
             fail(error, as_json=as_json)
-        subjects = [{"subject": s, "kind": ledger.subject(s)["kind"], "status": ledger.subject(s)["status"]} for s in found]
+        subjects = [
+            {"subject": s, "kind": ledger.subject(s)["kind"], "status": ledger.subject(s)["status"]}
+            for s in found
+        ]
     if as_json:
         print_json({"subjects": subjects})
     else:
-        print_table(f"Subjects by {kind}", ["subject", "kind", "status"], [(s["subject"], s["kind"], s["status"]) for s in subjects])
+        print_table(
+            f"Subjects by {kind}",
+            ["subject", "kind", "status"],
+            [(s["subject"], s["kind"], s["status"]) for s in subjects],
+        )
 
 
 @subject_app.command("history")
@@ -195,7 +229,14 @@ def subject_history(
         f"History of {subject}",
         ["#", "event", "occurred", "recorded", "actor", "details"],
         [
-            (e["version"], e["type"], e["occurred_at"], e["recorded_at"], e["actor"], _details(e["details"]))
+            (
+                e["version"],
+                e["type"],
+                e["occurred_at"],
+                e["recorded_at"],
+                e["actor"],
+                _details(e["details"]),
+            )
             for e in events
         ],
     )
@@ -230,7 +271,8 @@ def sweep(
         return
     verb = "due" if dry_run else "shredded"
     print_table(
-        f"Sweep at {report['now']}: {len(report['shredded'])} scopes {verb} of {report['subjects']} subjects",
+        f"Sweep at {report['now']}: {len(report['shredded'])} scopes {verb} "
+        f"of {report['subjects']} subjects",
         ["subject", "scope", "deadline"],
         [(s["subject"], s["scope"], s["deadline"]) for s in report["shredded"]],
     )

@@ -14,7 +14,7 @@ import hmac
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,6 +54,10 @@ _SCHEMA = (
 
 class KeyStoreError(Exception):
     """The key store cannot be used (wrong master key, damaged row)."""
+
+
+class KeyConflict(Exception):
+    """Another writer created the same key generation first: retry the unit of work."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,8 @@ class _SQLite(_Database):
             self._in_tx = True
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        self._begin()
+        if not sql.startswith("SELECT"):
+            self._begin()  # reads outside a write transaction take no lock
         return self.conn.execute(sql, tuple(params)).fetchall()
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -152,43 +157,117 @@ class _Postgres(_Database):
         import psycopg
 
         self.url = url
-        self.conn = psycopg.connect(url.conninfo(), autocommit=False)
+        # Autocommit: reads cost one round trip; writes open a transaction explicitly.
+        self.conn = psycopg.connect(url.conninfo(), autocommit=True)
+        self._in_tx = False
         if url.schema:
-            with self.conn.cursor() as cur:
-                cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{url.schema}"')
-                cur.execute(f'SET search_path TO "{url.schema}"')
-            self.conn.commit()
+            self.conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{url.schema}"')
+            self.conn.execute(f'SET search_path TO "{url.schema}"')
+
+    def _begin(self) -> None:
+        if not self._in_tx:
+            self.conn.execute("BEGIN")
+            self._in_tx = True
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        if not sql.startswith("SELECT"):
+            self._begin()
         with self.conn.cursor() as cur:
             cur.execute(sql.replace("?", "%s"), tuple(params))  # type: ignore[arg-type]
             return cur.fetchall() if cur.description else []
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._begin()
         with self.conn.cursor() as cur:
             cur.executemany(sql.replace("?", "%s"), rows)  # type: ignore[arg-type]
 
     def commit(self) -> None:
-        self.conn.commit()
+        if self._in_tx:
+            self.conn.execute("COMMIT")
+            self._in_tx = False
 
     def rollback(self) -> None:
-        self.conn.rollback()
+        if self._in_tx:
+            self.conn.execute("ROLLBACK")
+            self._in_tx = False
 
     def compact(self) -> None:
-        self.conn.commit()
-        self.conn.autocommit = True
-        try:
-            self.conn.execute("VACUUM ledger_keys")
-            self.conn.execute("VACUUM ledger_lookup")
-        finally:
-            self.conn.autocommit = False
+        self.commit()
+        self.conn.execute("VACUUM ledger_keys")
+        self.conn.execute("VACUUM ledger_lookup")
 
     def close(self) -> None:
+        self.rollback()
         self.conn.close()
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+def _is_unique_violation(exc: Exception) -> bool:
+    if isinstance(exc, sqlite3.IntegrityError):
+        return True
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, psycopg.errors.UniqueViolation)
+
+
+class KeySession:
+    """The keys one unit of work needs.
+
+    Lives only as long as the unit of work (no key outlives a command); the aggregate's
+    optimistic concurrency protects against a concurrent shredding, because shredding is
+    an event on the same subject.
+    """
+
+    def __init__(self, store: KeyStore, rows: Sequence[tuple[Any, ...]]) -> None:
+        self._store = store
+        self._top: dict[tuple[str, str], tuple[int, str, bytes | None]] = {}
+        for subject, scope, generation, kid, wrapped in rows:
+            current = self._top.get((subject, scope))
+            if current is None or int(generation) > current[0]:
+                self._top[(subject, scope)] = (
+                    int(generation),
+                    kid,
+                    bytes(wrapped) if wrapped is not None else None,
+                )
+        self._open: dict[tuple[str, str], DataKey] = {}
+        self.new_keys: list[tuple[DataKey, bytes]] = []
+        self.lookups: list[tuple[str, str, bytes]] = []
+
+    def key_for_sealing(self, subject: str, scope: str) -> DataKey:
+        """The scope's live key, or a new generation after the last (shredded) one."""
+        found = self._open.get((subject, scope))
+        if found is not None:
+            return found
+        top = self._top.get((subject, scope))
+        if top is not None and top[2] is not None:
+            generation, kid, wrapped = top[0], top[1], top[2]
+            key = self._store._unwrap(wrapped, self._store._aad(subject, scope, kid))
+            found = DataKey(subject, scope, generation, kid, key)
+        else:
+            generation = top[0] + 1 if top else 1
+            kid = os.urandom(8).hex()
+            key = AESGCM.generate_key(bit_length=256)
+            found = DataKey(subject, scope, generation, kid, key)
+            wrapped_new = self._store._wrap(key, self._store._aad(subject, scope, kid))
+            self.new_keys.append((found, wrapped_new))
+        self._open[(subject, scope)] = found
+        return found
+
+    def replace_lookup(self, subject: str, kind: str, digest: bytes) -> None:
+        self.lookups.append((subject, kind, digest))
+
+    def commit(self) -> None:
+        """Write new keys and lookup rows in one transaction (before the events are saved)."""
+        self._store._write_session(self)
+
+    def forget(self) -> None:
+        self._open.clear()
+        self._top.clear()
 
 
 class KeyStore:
@@ -202,6 +281,7 @@ class KeyStore:
         self._master_key = master_key
         self._lock = threading.RLock()
         self._batch_depth = 0
+        self._lookup_key: bytes | None = None
         with self._lock:
             for statement in _SCHEMA:
                 self._db.execute(statement)
@@ -241,11 +321,62 @@ class KeyStore:
         if self._batch_depth == 0:
             self._db.commit()
 
+    def session(self, subjects: Iterable[str]) -> KeySession:
+        """Keys for one unit of work: read in one query, new keys written in one go."""
+        wanted = sorted(set(subjects))
+        rows: list[tuple[Any, ...]] = []
+        with self._lock:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ", ".join("?" for _ in chunk)
+                rows.extend(
+                    self._db.execute(
+                        "SELECT subject, scope, generation, kid, wrapped FROM ledger_keys "
+                        f"WHERE subject IN ({marks})",
+                        chunk,
+                    )
+                )
+        return KeySession(self, rows)
+
+    def _write_session(self, session: KeySession) -> None:
+        if not session.new_keys and not session.lookups:
+            return
+        with self._lock:
+            try:
+                if session.new_keys:
+                    self._db.executemany(
+                        "INSERT INTO ledger_keys "
+                        "(subject, scope, generation, kid, wrapped, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        [
+                            (k.subject, k.scope, k.generation, k.kid, wrapped, _now())
+                            for k, wrapped in session.new_keys
+                        ],
+                    )
+                if session.lookups:
+                    self._db.executemany(
+                        "DELETE FROM ledger_lookup WHERE subject = ? AND kind = ?",
+                        [(subject, kind) for subject, kind, _ in session.lookups],
+                    )
+                    self._db.executemany(
+                        "INSERT INTO ledger_lookup (kind, digest, subject) VALUES (?, ?, ?) "
+                        "ON CONFLICT DO NOTHING",
+                        [(kind, digest, subject) for subject, kind, digest in session.lookups],
+                    )
+                self._db.commit()
+            except Exception as exc:
+                self._db.rollback()
+                if _is_unique_violation(exc):
+                    raise KeyConflict("a key generation was created concurrently") from exc
+                raise
+
     # -- master key -------------------------------------------------------------------
 
     def _check_master(self) -> None:
         check = hmac.new(self._master_key, _MASTER_CHECK, hashlib.sha256).digest()
-        rows = self._db.execute("SELECT value FROM ledger_secrets WHERE name = ?", ("master-check",))
+        rows = self._db.execute(
+            "SELECT value FROM ledger_secrets WHERE name = ?", ("master-check",)
+        )
         if not rows:
             self._db.execute(
                 "INSERT INTO ledger_secrets (name, value) VALUES (?, ?)", ("master-check", check)
@@ -292,7 +423,8 @@ class KeyStore:
             if existing is not None:
                 return existing
             rows = self._db.execute(
-                "SELECT COALESCE(MAX(generation), 0) FROM ledger_keys WHERE subject = ? AND scope = ?",
+                "SELECT COALESCE(MAX(generation), 0) FROM ledger_keys "
+                "WHERE subject = ? AND scope = ?",
                 (subject, scope),
             )
             generation = int(rows[0][0]) + 1
@@ -301,7 +433,14 @@ class KeyStore:
             self._db.execute(
                 "INSERT INTO ledger_keys (subject, scope, generation, kid, wrapped, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (subject, scope, generation, kid, self._wrap(key, self._aad(subject, scope, kid)), _now()),
+                (
+                    subject,
+                    scope,
+                    generation,
+                    kid,
+                    self._wrap(key, self._aad(subject, scope, kid)),
+                    _now(),
+                ),
             )
             self._done()
             created = self.active_key(subject, scope)
@@ -325,7 +464,8 @@ class KeyStore:
         """Every live key of a subject by kid (for reading many values at once)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT scope, kid, wrapped FROM ledger_keys WHERE subject = ? AND wrapped IS NOT NULL",
+                "SELECT scope, kid, wrapped FROM ledger_keys "
+                "WHERE subject = ? AND wrapped IS NOT NULL",
                 (subject,),
             )
             self._done()
@@ -465,7 +605,13 @@ class KeyStore:
     # -- lookup index -----------------------------------------------------------------
 
     def lookup_key(self) -> bytes:
-        """The HMAC key of the lookup index, created on first use."""
+        """The HMAC key of the lookup index, created on first use.
+
+        Kept in memory once read: it is never shredded (only index rows are), so a cached
+        copy cannot outlive an erasure.
+        """
+        if self._lookup_key is not None:
+            return self._lookup_key
         aad = self._aad("*", "lookup", "lookup-key")
         with self._lock:
             rows = self._db.execute(
@@ -480,7 +626,8 @@ class KeyStore:
                     "SELECT value FROM ledger_secrets WHERE name = ?", ("lookup-key",)
                 )
             self._done()
-        return self._unwrap(bytes(rows[0][0]), aad)
+        self._lookup_key = self._unwrap(bytes(rows[0][0]), aad)
+        return self._lookup_key
 
     def add_lookups(self, subject: str, entries: Sequence[tuple[str, bytes]]) -> None:
         with self._lock:

@@ -51,7 +51,9 @@ def commitment(salt: bytes, canonical_value: bytes) -> str:
     return hashlib.sha256(COMMIT_PREFIX + salt + canonical_value).hexdigest()
 
 
-def seal(key: bytes, *, subject: str, scope: str, kid: str, category: str, value: Any) -> SealedValue:
+def seal(
+    key: bytes, *, subject: str, scope: str, kid: str, category: str, value: Any
+) -> SealedValue:
     """Encrypt one value: plaintext = salt || canonical JSON; commit over the same bytes."""
     salt = os.urandom(SALT_BYTES)
     body = canonical_json(value)
@@ -86,6 +88,8 @@ def opening(key: bytes, sealed: SealedValue, *, subject: str, category: str) -> 
     """The salt (hex) and value: what a subject or auditor needs to check a commit."""
     raw = base64.b64decode(sealed.ct, validate=True)
     plain = AESGCM(key).decrypt(
-        raw[:NONCE_BYTES], raw[NONCE_BYTES:], associated_data(subject, sealed.scope, sealed.kid, category)
+        raw[:NONCE_BYTES],
+        raw[NONCE_BYTES:],
+        associated_data(subject, sealed.scope, sealed.kid, category),
     )
     return plain[:SALT_BYTES].hex(), orjson.loads(plain[SALT_BYTES:])

@@ -13,6 +13,7 @@ from datetime import date, datetime
 from typing import Any, Protocol
 from uuid import UUID
 
+import orjson
 from eventsourcing.domain import Aggregate
 
 from ledger.domain.calendar import add_months, local_date, request_due_date
@@ -52,7 +53,9 @@ def parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-def scope_for(policy: PolicyCatalogue, category: str, occurred_at: datetime, competition: str | None) -> str:
+def scope_for(
+    policy: PolicyCatalogue, category: str, occurred_at: datetime, competition: str | None
+) -> str:
     """The retention scope a value of this category belongs to (DESIGN 4.2)."""
     klass = policy.categories[category].retention
     if klass == "competition":
@@ -479,6 +482,23 @@ class DataSubject(Aggregate):
             actor=actor,
         )
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> DataSubject:
+        """A fast deep copy (the repository's cache copies on every load).
+
+        State is plain JSON containers, so a JSON round trip copies it several times
+        faster than `copy.deepcopy`.
+        """
+        clone = object.__new__(type(self))
+        for name, value in self.__dict__.items():
+            if name == "_pending_events":
+                value = list(value)
+            elif isinstance(value, (dict, list)):
+                value = orjson.loads(orjson.dumps(value))
+            elif isinstance(value, set):
+                value = set(value)
+            clone.__dict__[name] = value
+        return clone
+
     # -- queries over state -----------------------------------------------------------
 
     @property
@@ -504,7 +524,8 @@ class DataSubject(Aggregate):
     def latest_item(self, category: str) -> dict[str, Any] | None:
         for item in reversed(self.items):
             if item["category"] == category:
-                return item
+                found: dict[str, Any] = item
+                return found
         return None
 
     def latest_items(self) -> list[dict[str, Any]]:
@@ -569,21 +590,20 @@ class DataSubject(Aggregate):
         if purpose.name not in self.objections:
             return
         if purpose.direct_marketing or legal_basis in (None, "legitimate_interest"):
-            raise LedgerError(
-                "objected", f"the subject objected to purpose '{purpose.name}'"
-            )
+            raise LedgerError("objected", f"the subject objected to purpose '{purpose.name}'")
 
     def _consent_for(self, purpose: Purpose, legal_basis: str | None, channel: str | None) -> None:
         if legal_basis == "consent" and not self.consent_active(purpose.name):
+            raise LedgerError("consent_required", f"no active consent for purpose '{purpose.name}'")
+        if (
+            channel is not None
+            and channel in purpose.consent_channels
+            and not self.consent_active(purpose.name, channel)
+        ):
             raise LedgerError(
-                "consent_required", f"no active consent for purpose '{purpose.name}'"
+                "consent_required",
+                f"no active consent for purpose '{purpose.name}' on channel '{channel}'",
             )
-        if channel is not None and channel in purpose.consent_channels:
-            if not self.consent_active(purpose.name, channel):
-                raise LedgerError(
-                    "consent_required",
-                    f"no active consent for purpose '{purpose.name}' on channel '{channel}'",
-                )
 
     def _known_categories(self, policy: PolicyCatalogue, categories: list[str]) -> None:
         for category in categories:
@@ -624,7 +644,8 @@ class DataSubject(Aggregate):
             check_cpr(value, cpr_ground)
             if cpr_ground == "consent" and not self.consent_active(purpose):
                 raise LedgerError(
-                    "consent_required", f"CPR on ground 'consent' needs an active consent for '{purpose}'"
+                    "consent_required",
+                    f"CPR on ground 'consent' needs an active consent for '{purpose}'",
                 )
         elif cpr_ground is not None:
             raise LedgerError("invalid_command", "cpr_ground applies to category 'cpr' only")
@@ -656,7 +677,9 @@ class DataSubject(Aggregate):
                     f"the subject has not entered competition '{competition}' (enter_competition)",
                 )
         elif competition is not None:
-            raise LedgerError("invalid_command", "'competition' applies to competition entries only")
+            raise LedgerError(
+                "invalid_command", "'competition' applies to competition entries only"
+            )
         scope = scope_for(policy, category, occurred_at, competition)
         stored = normalise_cpr(str(value)) if category == "cpr" else value
         sealed = sealer.seal(self.subject_id, scope, category, stored)
@@ -796,7 +819,9 @@ class DataSubject(Aggregate):
         self, *, reason: str | None, occurred_at: datetime, actor: str | None
     ) -> None:
         if not self.restricted:
-            raise LedgerError("invalid_command", f"processing of subject {self.id} is not restricted")
+            raise LedgerError(
+                "invalid_command", f"processing of subject {self.id} is not restricted"
+            )
         self.trigger_event(
             self.RestrictionLifted, reason=reason, occurred_at=iso(occurred_at), actor=actor
         )
@@ -849,7 +874,9 @@ class DataSubject(Aggregate):
         if found is None:
             raise LedgerError("unknown_agreement", f"no disclosure agreement {agreement}")
         if found["revoked_at"] is not None:
-            raise LedgerError("invalid_command", f"disclosure agreement {agreement} is already revoked")
+            raise LedgerError(
+                "invalid_command", f"disclosure agreement {agreement} is already revoked"
+            )
         self.trigger_event(
             self.DisclosureAgreementRevoked,
             agreement=agreement,
@@ -874,9 +901,15 @@ class DataSubject(Aggregate):
         if found is None:
             raise LedgerError("no_disclosure_agreement", f"no disclosure agreement {agreement}")
         if found["revoked_at"] is not None:
-            raise LedgerError("no_disclosure_agreement", f"disclosure agreement {agreement} was revoked")
-        if found["valid_until"] and local_date(occurred_at) > date.fromisoformat(found["valid_until"]):
-            raise LedgerError("no_disclosure_agreement", f"disclosure agreement {agreement} has expired")
+            raise LedgerError(
+                "no_disclosure_agreement", f"disclosure agreement {agreement} was revoked"
+            )
+        if found["valid_until"] and local_date(occurred_at) > date.fromisoformat(
+            found["valid_until"]
+        ):
+            raise LedgerError(
+                "no_disclosure_agreement", f"disclosure agreement {agreement} has expired"
+            )
         if parse_iso(found["agreed_at"]) > occurred_at:
             raise LedgerError(
                 "no_disclosure_agreement",
@@ -1059,7 +1092,11 @@ class DataSubject(Aggregate):
         self, *, hold: str, reason: str, occurred_at: datetime, actor: str | None
     ) -> None:
         self.trigger_event(
-            self.LegalHoldPlaced, hold=hold, reason=reason, occurred_at=iso(occurred_at), actor=actor
+            self.LegalHoldPlaced,
+            hold=hold,
+            reason=reason,
+            occurred_at=iso(occurred_at),
+            actor=actor,
         )
 
     def release_legal_hold(self, *, hold: str, occurred_at: datetime, actor: str | None) -> None:
@@ -1209,7 +1246,9 @@ class DataSubject(Aggregate):
             actor=actor,
         )
         for scope in shredded:
-            self.shred_scope(scope=scope, reason="erasure", deadline=None, occurred_at=occurred_at, actor=actor)
+            self.shred_scope(
+                scope=scope, reason="erasure", deadline=None, occurred_at=occurred_at, actor=actor
+            )
         return EraseOutcome(shredded=shredded, retained=retained)
 
     def shred_scope(

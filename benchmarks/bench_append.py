@@ -1,0 +1,293 @@
+"""Appending: the ledger beside plain eventsourcing and raw psycopg, same backend, same run.
+
+    python -m benchmarks.bench_append [--commands N] [--batches N] [--backends sqlite,postgres]
+
+1. One command per transaction: `collect` on existing subjects through `Ledger.execute`
+   (parse, load, rules, seal, save, log) beside plain eventsourcing doing get → trigger →
+   save of the same event with the value unencrypted (library defaults, same cache).
+2. `execute_many` with 1,000 commands per transaction (an onboarding mix: register with
+   e-mail and phone, name, address, relationship, consent, marketing send, invoice) beside
+   raw psycopg `executemany` of as many rows of the same size (PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import uuid
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from eventsourcing.application import Application
+from eventsourcing.domain import Aggregate, event
+
+from benchmarks.common import fresh_settings, postgres_reachable, report, timed
+from ledger.app import application_env
+from ledger.config import Settings
+from ledger.facade import Ledger
+
+
+class PlainSubject(Aggregate):
+    """The baseline: the same facts as plain eventsourcing would keep them, unencrypted."""
+
+    @event("Registered")
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.items: list[dict[str, Any]] = []
+
+    @event("DataCollected")
+    def collect(
+        self, category: str, value: Any, purpose: str, legal_basis: str, source: str, scope: str
+    ) -> None:
+        self.items.append({"category": category, "value": value})
+
+
+class PlainApplication(Application[UUID]):
+    name = "Plain"
+
+
+def _collect(subject: str, i: int) -> dict[str, Any]:
+    return {
+        "type": "collect",
+        "subject": subject,
+        "category": "correspondence",
+        "value": f"Kunden ringede om regning nummer {i} og bad om en kopi pr. post.",
+        "purpose": "customer_administration",
+        "legal_basis": "contract",
+        "source": "subject",
+    }
+
+
+def _register(subject: str, i: int) -> dict[str, Any]:
+    return {
+        "type": "register_subject",
+        "subject": subject,
+        "kind": "customer",
+        "purpose": "customer_administration",
+        "legal_basis": "contract",
+        "identifiers": {"email": f"kunde{i}@example.dk", "phone": f"+45{20000000 + i}"},
+    }
+
+
+def onboarding(i: int) -> list[dict[str, Any]]:
+    """Seven commands (nine events) for one new customer."""
+    s = str(uuid.uuid4())
+    base = {"subject": s, "purpose": "customer_administration", "legal_basis": "contract"}
+    return [
+        _register(s, i),
+        {**base, "type": "collect", "category": "name", "value": f"Kunde {i}", "source": "subject"},
+        {
+            **base,
+            "type": "collect",
+            "category": "address",
+            "value": f"Amagerbrogade {i % 300}, 2300 København S",
+            "source": "subject",
+        },
+        {"type": "start_relationship", "subject": s, "relationship": "customer"},
+        {
+            "type": "give_consent",
+            "subject": s,
+            "purpose": "marketing",
+            "notice_version": "2018-05-25",
+            "method": "web_form",
+            "channels": ["email"],
+        },
+        {
+            "type": "process",
+            "subject": s,
+            "purpose": "marketing",
+            "activity": "newsletter_sent",
+            "channel": "email",
+        },
+        {
+            "type": "collect",
+            "subject": s,
+            "category": "invoice",
+            "value": {"number": f"F-{i}", "amount_dkk": "499.00"},
+            "purpose": "bookkeeping",
+            "legal_basis": "legal_obligation",
+            "source": "system",
+        },
+    ]
+
+
+def single_commands(backend: str, commands: int, subjects: int) -> dict[str, Any]:
+    with fresh_settings(backend) as (settings, _env):
+        with Ledger.open(settings) as ledger:
+            ids = [str(uuid.uuid4()) for _ in range(subjects)]
+            ledger.execute_many([_register(s, i) for i, s in enumerate(ids)])
+            results: list[dict[str, Any]] = []
+
+            def run() -> None:
+                for i in range(commands):
+                    results.append(ledger.execute(_collect(ids[i % subjects], i)))
+
+            ledger_seconds = timed(run)
+            assert all(r["ok"] for r in results), results[:3]
+        plain_seconds = _plain_single(settings, commands, subjects)
+    ledger_rate = commands / ledger_seconds
+    plain_rate = commands / plain_seconds
+    return {
+        "backend": backend,
+        "test": "one command per transaction",
+        "events": commands,
+        "ledger_events_per_s": ledger_rate,
+        "baseline": "plain eventsourcing, unencrypted",
+        "baseline_events_per_s": plain_rate,
+        "ratio": ledger_rate / plain_rate,
+        "goal": ">= 0.8",
+    }
+
+
+def _plain_single(settings: Settings, commands: int, subjects: int) -> float:
+    env = application_env(settings)
+    if settings.database.backend == "sqlite":
+        assert settings.database.sqlite_path is not None
+        env["SQLITE_DBNAME"] = str(settings.database.sqlite_path.with_name("plain.db"))
+    else:
+        env["POSTGRES_SCHEMA"] = settings.database.schema + "_plain"
+        with psycopg.connect(settings.database.conninfo(), autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{env["POSTGRES_SCHEMA"]}"')
+    app = PlainApplication(env)
+    try:
+        aggregates = [PlainSubject(kind="customer") for _ in range(subjects)]
+        app.save(*aggregates)
+        ids = [a.id for a in aggregates]
+
+        def run() -> None:
+            for i in range(commands):
+                subject = app.repository.get(ids[i % subjects])
+                command = _collect(str(subject.id), i)
+                subject.collect(
+                    category=command["category"],
+                    value=command["value"],
+                    purpose=command["purpose"],
+                    legal_basis=command["legal_basis"],
+                    source=command["source"],
+                    scope="customer_data",
+                )
+                app.save(subject)
+
+        return timed(run)
+    finally:
+        app.close()
+        if settings.database.backend == "postgres":
+            with psycopg.connect(settings.database.conninfo(), autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{env["POSTGRES_SCHEMA"]}" CASCADE')
+
+
+def batches(backend: str, count: int) -> dict[str, Any]:
+    per_batch = 1000
+    work = []
+    i = 0
+    for _ in range(count):
+        batch: list[dict[str, Any]] = []
+        while len(batch) < per_batch:
+            batch.extend(onboarding(i))
+            i += 1
+        work.append(batch[:per_batch])
+    with fresh_settings(backend) as (settings, _env):
+        with Ledger.open(settings) as ledger:
+            before = ledger.max_position()
+            outcomes: list[dict[str, Any]] = []
+
+            def run() -> None:
+                for batch in work:
+                    outcomes.extend(ledger.execute_many(batch))
+
+            seconds = timed(run)
+            events = ledger.max_position() - before
+            bad = [r for r in outcomes if not r["ok"]]
+            assert not bad, bad[:3]
+            sizes = _stored_sizes(ledger)
+        rate = events / seconds
+        row: dict[str, Any] = {
+            "backend": backend,
+            "test": "execute_many, 1,000 commands a transaction",
+            "events": events,
+            "ledger_events_per_s": rate,
+        }
+        if backend == "postgres":
+            raw_rate = _raw_psycopg(settings, events, sizes, count)
+            row.update(
+                baseline="raw psycopg executemany, same row sizes",
+                baseline_events_per_s=raw_rate,
+                ratio=rate / raw_rate,
+                goal=">= 0.35",
+            )
+        else:
+            row.update(goal=">= 20,000 events/s")
+        return row
+
+
+def _stored_sizes(ledger: Ledger) -> list[int]:
+    return [len(n.state) for n in ledger.notifications()]
+
+
+def _raw_psycopg(settings: Settings, events: int, sizes: list[int], transactions: int) -> float:
+    schema = settings.database.schema + "_raw"
+    rows = [
+        ("Raw", uuid.uuid4(), 1, "ledger.domain.subject:DataSubject.DataCollected", os.urandom(n))
+        for n in (sizes[i % len(sizes)] for i in range(events))
+    ]
+    per_tx = max(1, len(rows) // transactions)
+    with psycopg.connect(settings.database.conninfo(), autocommit=False) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(
+            f'CREATE TABLE "{schema}".stored_events (application_name text, originator_id uuid, '
+            "originator_version bigint, topic text, state bytea, "
+            "notification_id bigserial, PRIMARY KEY (application_name, originator_id, "
+            "originator_version))"
+        )
+        conn.commit()
+
+        def run() -> None:
+            with conn.cursor() as cur:
+                for start in range(0, len(rows), per_tx):
+                    cur.executemany(
+                        f'INSERT INTO "{schema}".stored_events (application_name, originator_id, '
+                        "originator_version, topic, state) VALUES (%s, %s, %s, %s, %s)",
+                        rows[start : start + per_tx],
+                    )
+                    conn.commit()
+
+        seconds = timed(run)
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        conn.commit()
+    return events / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--commands", type=int, default=2000)
+    parser.add_argument("--subjects", type=int, default=200)
+    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--backends", default="sqlite,postgres")
+    args = parser.parse_args()
+    rows = []
+    for backend in args.backends.split(","):
+        if backend == "postgres" and not postgres_reachable():
+            print("PostgreSQL is not reachable: skipping its rows")
+            continue
+        rows.append(single_commands(backend, args.commands, args.subjects))
+        rows.append(batches(backend, args.batches))
+    report(
+        "append",
+        "Appending: ledger beside baselines (same backend, same run)",
+        rows,
+        [
+            "backend",
+            "test",
+            "events",
+            "ledger_events_per_s",
+            "baseline",
+            "baseline_events_per_s",
+            "ratio",
+            "goal",
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
