@@ -45,6 +45,7 @@ log = get_logger("ledger.app")
 
 CLOCK_SKEW = timedelta(minutes=1)
 MAX_ATTEMPTS = 8
+BATCH_LOG_THRESHOLD = 20
 RECEIPT_NAMESPACE = UUID("6f1c1a52-4d1e-4bb5-9a57-0c9b1c1ad0e5")
 
 
@@ -734,39 +735,55 @@ class LedgerApplication(Application[UUID]):
         rejected: _Rejected | None,
         started: float,
     ) -> None:
+        """One line per command in small transactions; a summary line for large batches.
+
+        Rejections are always logged one by one. Lines carry ids, types and codes only.
+        """
         elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
         for index, command in enumerate(commands):
+            code = None
             if isinstance(command, LedgerError):
-                log.info("command_rejected", ok=False, code=command.code, duration_ms=elapsed_ms)
+                code = command.code
+            elif rejected is not None and index == rejected.index:
+                code = rejected.error.code
             elif rejected is None and results is not None and not results[index]["ok"]:
+                code = results[index]["error"]["code"]
+            if code is not None:
                 log.info(
                     "command_rejected",
-                    type=command.type,
-                    subject=command.subject,
-                    actor=command.actor,
-                    ok=False,
-                    code=results[index]["error"]["code"],
+                    type=None if isinstance(command, LedgerError) else command.type,
+                    subject=None if isinstance(command, LedgerError) else command.subject,
+                    actor=None if isinstance(command, LedgerError) else command.actor,
+                    code=code,
                     duration_ms=elapsed_ms,
                 )
-            elif rejected is None:
+        if rejected is not None or results is None:
+            return
+        written = [
+            (command, result)
+            for command, result in zip(commands, results, strict=True)
+            if isinstance(command, Command) and result["ok"]
+        ]
+        if len(commands) <= BATCH_LOG_THRESHOLD:
+            for command, result in written:
                 log.info(
                     "command",
                     type=command.type,
-                    subject=command.subject or (results[index].get("subject") if results else None),
+                    subject=command.subject or result.get("subject"),
                     actor=command.actor,
-                    ok=True,
                     duration_ms=elapsed_ms,
                 )
-            elif index == rejected.index:
-                log.info(
-                    "command_rejected",
-                    type=command.type,
-                    subject=command.subject,
-                    actor=command.actor,
-                    ok=False,
-                    code=rejected.error.code,
-                    duration_ms=elapsed_ms,
-                )
+        elif written:
+            log.info(
+                "batch",
+                commands=len(written),
+                types=sorted({command.type for command, _ in written}),
+                subjects=len(
+                    {command.subject or result.get("subject") for command, result in written}
+                ),
+                actors=sorted({command.actor for command, _ in written if command.actor}),
+                duration_ms=elapsed_ms,
+            )
 
 
 class _Rejected(Exception):
