@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ledger.cli import core
+from ledger.cli import core, serve, token
 
 app = typer.Typer(
     help="Personal data ledger: record processing, answer subjects, prove the history.",
@@ -16,6 +16,8 @@ app.command("init")(core.init)
 app.command("exec")(core.exec_)
 app.command("sweep")(core.sweep)
 app.add_typer(core.subject_app, name="subject")
+app.command("serve")(serve.serve)
+app.add_typer(token.token_app, name="token")
 
 
 def main() -> None:

@@ -1,0 +1,240 @@
+"""The FastAPI application: its life cycle, error bodies, access log and OpenAPI document.
+
+`create_app` is for tests and embedding; `app_from_env` is the factory `ledger serve` hands
+to uvicorn, so every worker process builds its own application from the environment.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from ledger.api.auth import UNAUTHORIZED_HEADERS
+from ledger.api.background import BackgroundWorker
+from ledger.api.errors import ApiError, error_response
+from ledger.api.executor import ExecutorStopped, GroupCommitExecutor
+from ledger.api.openapi import command_schemas
+from ledger.api.options import ServerOptions
+from ledger.api.routes import router
+from ledger.api.tokens import TokenStore
+from ledger.clock import Clock
+from ledger.config import Settings
+from ledger.errors import LedgerError
+from ledger.facade import Ledger
+from ledger.logs import get_logger
+
+log = get_logger("ledger.http")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+DESCRIPTION = """\
+The personal data ledger of CEKURA A/S over HTTP. Every request but `/healthz` and this
+document needs `Authorization: Bearer <token>` (`ledger token create --role ROLE --name NAME`).
+Errors are `{"ok": false, "error": {"code", "message"}}`; see docs/http.md.
+"""
+
+
+class AccessLog:
+    """One JSON line per request: method, route template, status, duration, actor.
+
+    Never the concrete path's query string nor a body: an e-mail in `?email=` stays out
+    of the logs. Unmatched paths are logged as `<unmatched>`.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            state = scope.get("state") or {}
+            log.info(
+                "http_request",
+                method=scope["method"],
+                path=getattr(route, "path", None) or "<unmatched>",
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                actor=state.get("actor"),
+            )
+
+
+def _database_errors() -> tuple[type[Exception], ...]:
+    from eventsourcing.persistence import PersistenceError
+
+    errors: list[type[Exception]] = [PersistenceError, sqlite3.Error]
+    try:
+        import psycopg
+
+        errors.append(psycopg.Error)
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        pass
+    return tuple(errors)
+
+
+def create_app(
+    settings: Settings | None = None,
+    options: ServerOptions | None = None,
+    *,
+    clock: Clock | None = None,
+) -> FastAPI:
+    """An application serving the ledger `settings` describe (default: the environment)."""
+    settings = settings or Settings.from_env()
+    options = options or ServerOptions()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ledger = Ledger.open(settings, clock=clock)
+        tokens = TokenStore.open(settings, cache_seconds=options.token_cache_seconds)
+        executor = GroupCommitExecutor(
+            ledger,
+            group_commit=options.group_commit,
+            max_batch=options.group_max,
+            max_wait=options.group_wait_ms / 1000,
+        )
+        background = BackgroundWorker(
+            lambda: Ledger.open(settings, clock=clock),
+            tick=options.tick,
+            sweep_every=options.sweep_every,
+        )
+        app.state.ledger = ledger
+        app.state.tokens = tokens
+        app.state.executor = executor
+        app.state.options = options
+        app.state.background = background
+        executor.start()
+        if options.tick > 0:
+            background.start()
+        log.info(
+            "server_started",
+            group_commit=options.group_commit,
+            sweep_every=options.sweep_every,
+            backend=settings.database.backend,
+        )
+        try:
+            yield
+        finally:
+            # uvicorn has waited for in-flight requests; finish what is queued, then close.
+            background.stop()
+            executor.stop()
+            tokens.close()
+            ledger.close()
+            log.info("server_stopped", groups=executor.groups, commands=executor.commands)
+
+    app = FastAPI(
+        title="Personal data ledger",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.include_router(router)
+    app.add_middleware(AccessLog)
+    _install_error_handlers(app)
+    _install_openapi(app)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The uvicorn factory of `ledger serve`: settings and options from the environment."""
+    return create_app(Settings.from_env(), ServerOptions.from_env())
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        headers = UNAUTHORIZED_HEADERS if exc.status == 401 else None
+        return error_response(exc.status, exc.error.code, exc.error.message, headers)
+
+    async def ledger_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, LedgerError)
+        api = ApiError.of(exc)
+        return error_response(api.status, exc.code, exc.message)
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        names = sorted(
+            {
+                ".".join(str(p) for p in e.get("loc", ()) if p not in ("query", "path", "body"))
+                for e in exc.errors()
+            }
+        )
+        # Name the parameter, never its value: a query may hold an e-mail.
+        return error_response(400, "invalid_command", f"invalid parameters: {', '.join(names)}")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        message = {404: "no such endpoint", 405: "method not allowed"}.get(
+            exc.status_code, "bad request"
+        )
+        return error_response(exc.status_code, "invalid_command", message)
+
+    async def stopped(request: Request, exc: Exception) -> Response:
+        return error_response(503, "conflict", "the server is shutting down; retry")
+
+    async def database_error(request: Request, exc: Exception) -> Response:
+        log.error("database_error", error=type(exc).__name__, path=_template(request))
+        return error_response(
+            503, "conflict", "the database failed; nothing of this request was written; retry"
+        )
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log.error("internal_error", error=type(exc).__name__, path=_template(request))
+        return error_response(500, "conflict", "internal error (logged); retry or report it")
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(LedgerError, ledger_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(ExecutorStopped, stopped)
+    for kind in _database_errors():
+        app.add_exception_handler(kind, database_error)
+    app.add_exception_handler(Exception, internal_error)
+
+
+def _template(request: Request) -> str:
+    route = request.scope.get("route")
+    return str(getattr(route, "path", "<unmatched>"))
+
+
+def _install_openapi(app: FastAPI) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(command_schemas())
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

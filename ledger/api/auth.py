@@ -1,0 +1,80 @@
+"""Bearer-token authentication and the role matrix (DESIGN 5.4).
+
+`service` appends; `officer` can do all a service can and also reveals, handles requests,
+restricts, places holds and erases; `auditor` reads history, reports and proofs, never
+plaintext, and appends nothing; `admin` manages tokens and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+
+from ledger.api.errors import ApiError
+from ledger.api.tokens import TokenStore
+
+# What each permission needs; the routes name permissions, never roles.
+PERMISSIONS: Final[dict[str, frozenset[str]]] = {
+    "append": frozenset({"service", "officer"}),
+    "officer_command": frozenset({"officer"}),
+    "find": frozenset({"service", "officer"}),
+    "read_subject": frozenset({"officer", "auditor"}),
+    "reveal": frozenset({"officer"}),
+    "history": frozenset({"officer", "auditor"}),
+    "export": frozenset({"officer"}),
+    "requests": frozenset({"officer", "auditor"}),
+    "reports": frozenset({"officer", "auditor"}),
+    "audit": frozenset({"officer", "auditor"}),
+    "tokens": frozenset({"admin"}),
+}
+
+bearer = HTTPBearer(auto_error=False, description="A token from `ledger token create`.")
+UNAUTHORIZED_HEADERS: Final = {"WWW-Authenticate": "Bearer"}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who sends the request: the token's name is the actor of what it writes."""
+
+    name: str
+    role: str
+
+    def may(self, permission: str) -> bool:
+        return self.role in PERMISSIONS[permission]
+
+    def require(self, permission: str) -> None:
+        if not self.may(permission):
+            raise ApiError(403, "forbidden", f"the role '{self.role}' may not do this")
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message)
+
+
+def requires(permission: str) -> Callable[..., Awaitable[Principal]]:
+    """A dependency: a valid token whose role has this permission."""
+
+    async def dependency(
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Security(bearer),  # noqa: B008
+    ) -> Principal:
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise _unauthorized("a bearer token is required")
+        store: TokenStore = request.app.state.tokens
+        known, token = store.cached(credentials.credentials)
+        if not known:
+            token = await run_in_threadpool(store.authenticate, credentials.credentials)
+        if token is None:
+            raise _unauthorized("the token is not valid (unknown or revoked)")
+        principal = Principal(name=token.name, role=token.role)
+        request.state.actor = principal.name
+        principal.require(permission)
+        return principal
+
+    dependency.__name__ = f"requires_{permission}"
+    return dependency

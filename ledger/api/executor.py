@@ -1,0 +1,183 @@
+"""Group commit: concurrent single commands saved together in one transaction.
+
+The event store and the key store are synchronous, so every write of a server process runs
+on one dedicated thread. HTTP handlers hand it commands and await futures. The thread takes
+whatever has queued up (at most `max_batch`), waits a few milliseconds more only while other
+requests are known to be on their way, and executes the group with
+`LedgerApplication.execute_many(atomic=False)`: each command stands alone, a rejected one is
+left out, the rest are written in one transaction. A database failure fails the whole group
+and nothing of it is written; every caller in it gets the error.
+
+Work that must not share a transaction (an atomic batch, a reveal that records
+`DataViewed`) is queued as a job and runs alone between groups, in arrival order.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from ledger.facade import Ledger
+from ledger.logs import get_logger
+
+log = get_logger("ledger.http")
+
+
+@dataclass
+class _Command:
+    command: Any
+    future: Future[dict[str, Any]] = field(default_factory=Future)
+
+
+@dataclass
+class _Job:
+    action: Callable[[], Any]
+    future: Future[Any] = field(default_factory=Future)
+
+
+class ExecutorStopped(RuntimeError):
+    """The server is shutting down and takes no more work."""
+
+
+class GroupCommitExecutor:
+    """One writer thread per process; `group_commit=False` writes each command alone."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        group_commit: bool = True,
+        max_batch: int = 256,
+        max_wait: float = 0.002,
+    ) -> None:
+        self.ledger = ledger
+        self.group_commit = group_commit
+        self.max_batch = max(1, max_batch) if group_commit else 1
+        self.max_wait = max_wait if group_commit else 0.0
+        self._queue: deque[_Command | _Job] = deque()
+        self._cond = threading.Condition()
+        self._arriving = 0
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
+        self.groups = 0
+        self.commands = 0
+
+    # -- the event loop's side ----------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def arriving(self, delta: int) -> None:
+        """Count requests whose command is still being read, so a group may wait for them."""
+        with self._cond:
+            self._arriving += delta
+
+    def submit(self, command: Any) -> Future[dict[str, Any]]:
+        """Queue one command for the next group; the future holds its own result."""
+        item = _Command(command)
+        self._put(item)
+        return item.future
+
+    def submit_job(self, action: Callable[[], Any]) -> Future[Any]:
+        """Queue work that runs alone on the writer thread (its own transaction)."""
+        item = _Job(action)
+        self._put(item)
+        return item.future
+
+    def _put(self, item: _Command | _Job) -> None:
+        with self._cond:
+            if self._stopping:
+                raise ExecutorStopped("the server is shutting down")
+            self._queue.append(item)
+            self._cond.notify()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Take no more work, finish every queued group and job, then end the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # -- the writer thread --------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                first = self._queue.popleft()
+                if isinstance(first, _Job):
+                    work: _Job | list[_Command] = first
+                else:
+                    work = self._gather(first)
+            if isinstance(work, _Job):
+                self._run_job(work)
+            else:
+                self._run_group(work)
+
+    def _gather(self, first: _Command) -> list[_Command]:
+        """Take queued commands up to the next job; wait briefly while more are arriving.
+
+        Called with the condition held. A single client never waits: nothing else is
+        on its way.
+        """
+        group = [first]
+        deadline = time.monotonic() + self.max_wait
+        while len(group) < self.max_batch:
+            if self._queue:
+                if isinstance(self._queue[0], _Job):
+                    break
+                item = self._queue.popleft()
+                assert isinstance(item, _Command)
+                group.append(item)
+                continue
+            remaining = deadline - time.monotonic()
+            if self._arriving <= 0 or remaining <= 0 or self._stopping:
+                break
+            self._cond.wait(remaining)
+        return group
+
+    def _run_group(self, group: list[_Command]) -> None:
+        live = [item for item in group if item.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        started = time.perf_counter()
+        try:
+            if self.group_commit:
+                results = self.ledger.app.execute_many(
+                    [item.command for item in live], atomic=False
+                )
+            else:
+                results = [self.ledger.execute(item.command) for item in live]
+        except Exception as exc:  # a database failure: nothing of this group was written
+            log.error(
+                "group_failed",
+                commands=len(live),
+                error=type(exc).__name__,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+            for item in live:
+                item.future.set_exception(exc)
+            return
+        self.groups += 1
+        self.commands += len(live)
+        for item, result in zip(live, results, strict=True):
+            item.future.set_result(result)
+
+    def _run_job(self, job: _Job) -> None:
+        if not job.future.set_running_or_notify_cancel():
+            return
+        try:
+            result = job.action()
+        except BaseException as exc:
+            job.future.set_exception(exc)
+        else:
+            job.future.set_result(result)

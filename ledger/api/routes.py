@@ -1,0 +1,433 @@
+"""The endpoints of DESIGN 5.4.
+
+Writes (commands, reveals, exports) go to the process's writer thread; reads run in the
+thread pool, since the event store and key store are synchronous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Final, TypeVar
+
+import orjson
+from fastapi import APIRouter, Depends, Path, Query, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from ledger.api.auth import Principal, requires
+from ledger.api.errors import ApiError, JSONResponse, error_body, result_response, status_for
+from ledger.api.executor import GroupCommitExecutor
+from ledger.api.openapi import commands_request_body
+from ledger.api.tokens import TokenStore
+from ledger.clock import parse_instant
+from ledger.commands import OFFICER_COMMANDS
+from ledger.errors import LedgerError
+from ledger.facade import Ledger
+
+T = TypeVar("T")
+MAX_BATCH: Final = 1000
+RETRIES: Final = 8
+SUBJECT_ID = Path(description="The subject's id (a UUID).")
+
+router = APIRouter()
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _ledger(request: Request) -> Ledger:
+    ledger: Ledger = request.app.state.ledger
+    return ledger
+
+
+def _executor(request: Request) -> GroupCommitExecutor:
+    executor: GroupCommitExecutor = request.app.state.executor
+    return executor
+
+
+async def _read(call: Callable[[], T]) -> T:
+    """Run a synchronous read in the thread pool; a `LedgerError` becomes its HTTP error."""
+    try:
+        return await run_in_threadpool(call)
+    except LedgerError as error:
+        raise ApiError.of(error) from None
+
+
+async def _write(request: Request, call: Callable[[], T]) -> T:
+    """Run a write alone on the writer thread; retried if another process got there first."""
+
+    def attempt() -> T:
+        from eventsourcing.persistence import IntegrityError
+
+        for _ in range(RETRIES):
+            try:
+                return call()
+            except IntegrityError:
+                continue
+        raise LedgerError("conflict", "the subject kept changing; retry")
+
+    try:
+        return await asyncio.wrap_future(_executor(request).submit_job(attempt))
+    except LedgerError as error:
+        raise ApiError.of(error) from None
+
+
+async def _body(request: Request) -> Any:
+    """The JSON body, within the size limit: 413 past it, 400 if it is not JSON."""
+    limit: int = request.app.state.options.body_limit
+    too_large = ApiError(413, "invalid_command", f"the body is larger than {limit} bytes")
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    try:
+        return orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "invalid_command", "the body is not JSON") from None
+
+
+def _as_command(data: Any, principal: Principal) -> Any:
+    """The command with the token's name as its actor; officer commands need an officer."""
+    if not isinstance(data, dict):
+        return data  # the parser rejects it as invalid_command
+    if data.get("type") in OFFICER_COMMANDS and not principal.may("officer_command"):
+        raise ApiError(403, "forbidden", f"only an officer may send '{data['type']}'")
+    return {**data, "actor": principal.name}
+
+
+def _now(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_instant(value)
+    except ValueError:
+        raise ApiError(400, "invalid_command", "'now' must be an RFC 3339 time") from None
+
+
+def _not_available(what: str) -> ApiError:
+    return ApiError(501, "invalid_command", f"{what} is not available yet in this ledger")
+
+
+def _ok(payload: dict[str, Any]) -> JSONResponse:
+    return JSONResponse({"ok": True, **payload})
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+@router.post(
+    "/v1/commands",
+    tags=["commands"],
+    summary="Execute one command, or a batch in one transaction",
+    openapi_extra={"requestBody": commands_request_body()},
+    responses={
+        200: {"description": "The result: `{ok: true, ...}`; a batch adds `results`."},
+        400: {"description": "invalid_command (also a body that is not JSON)"},
+        401: {"description": "unauthorized"},
+        403: {"description": "forbidden (role)"},
+        404: {"description": "unknown_subject, unknown_request, unknown_agreement, unknown_hold"},
+        409: {"description": "conflict, duplicate"},
+        413: {"description": "the body is too large (invalid_command)"},
+        422: {"description": "the command breaks a rule of the policy (the code says which)"},
+        503: {"description": "the database failed; nothing of this group was written"},
+    },
+)
+async def post_commands(
+    request: Request,
+    principal: Principal = Depends(requires("append")),  # noqa: B008
+) -> Response:
+    """One command object (group commit), or `{"commands": [...]}` (one atomic transaction).
+
+    The actor of every command is the token's name, whatever the body says.
+    """
+    executor = _executor(request)
+    executor.arriving(1)
+    counted = True
+    try:
+        body = await _body(request)
+        if isinstance(body, dict) and "commands" in body and "type" not in body:
+            executor.arriving(-1)
+            counted = False
+            return await _batch(request, body, principal)
+        command = _as_command(body, principal)
+        future = executor.submit(command)
+        executor.arriving(-1)
+        counted = False
+        result: dict[str, Any] = await asyncio.wrap_future(future)
+        return result_response(result)
+    finally:
+        if counted:
+            executor.arriving(-1)
+
+
+async def _batch(request: Request, body: dict[str, Any], principal: Principal) -> Response:
+    items = body["commands"]
+    if set(body) != {"commands"}:
+        raise ApiError(400, "invalid_command", "a batch has only the field 'commands'")
+    if not isinstance(items, list) or not items:
+        raise ApiError(400, "invalid_command", "field 'commands' must be a non-empty list")
+    if len(items) > MAX_BATCH:
+        raise ApiError(400, "invalid_command", f"a batch holds at most {MAX_BATCH} commands")
+    commands = [_as_command(item, principal) for item in items]
+    ledger = _ledger(request)
+    results = await _write(request, lambda: ledger.execute_many(commands))
+    if all(r["ok"] for r in results):
+        return JSONResponse({"ok": True, "results": results})
+    first = next(r for r in results if not r["ok"] and not r.get("rolled_back"))
+    code = first["error"]["code"]
+    return JSONResponse(
+        {**error_body(code, first["error"]["message"]), "results": results},
+        status_code=status_for(code),
+    )
+
+
+# -- subjects -----------------------------------------------------------------------------
+
+
+@router.get("/v1/subjects/{subject_id}", tags=["subjects"], summary="A subject's current state")
+async def get_subject(
+    request: Request,
+    subject_id: str = SUBJECT_ID,
+    reveal: bool = Query(False, description="Decrypt values (officer; recorded as DataViewed)."),
+    purpose: str | None = Query(None, description="Why the values are revealed (needed)."),
+    principal: Principal = Depends(requires("read_subject")),  # noqa: B008
+) -> Response:
+    """The shape of `ledger subject show --json`; values are null unless revealed."""
+    ledger = _ledger(request)
+    if not reveal:
+        return _ok(await _read(lambda: ledger.subject(subject_id)))
+    principal.require("reveal")
+    if not purpose or not purpose.strip():
+        raise ApiError(400, "invalid_command", "revealing personal data needs a purpose")
+    view = await _write(
+        request,
+        lambda: ledger.subject(subject_id, reveal=True, purpose=purpose, actor=principal.name),
+    )
+    return _ok(view)
+
+
+@router.get("/v1/subjects", tags=["subjects"], summary="Find subjects by an identifier")
+async def find_subjects(
+    request: Request,
+    email: str | None = Query(None),
+    cpr: str | None = Query(None),
+    phone: str | None = Query(None),
+    customer_number: str | None = Query(None),
+    _: Principal = Depends(requires("find")),  # noqa: B008
+) -> Response:
+    """Exactly one identifier; matched through the keyed-hash index, never stored in clear."""
+    given = {
+        kind: value
+        for kind, value in (
+            ("email", email),
+            ("cpr", cpr),
+            ("phone", phone),
+            ("customer_number", customer_number),
+        )
+        if value is not None
+    }
+    if len(given) != 1:
+        raise ApiError(
+            400, "invalid_command", "give exactly one of: email, cpr, phone, customer_number"
+        )
+    ((kind, value),) = given.items()
+    ledger = _ledger(request)
+    return _ok({"subjects": await _read(lambda: ledger.find(kind, value))})
+
+
+@router.get("/v1/subjects/{subject_id}/history", tags=["subjects"], summary="A subject's events")
+async def get_history(
+    request: Request,
+    subject_id: str = SUBJECT_ID,
+    _: Principal = Depends(requires("history")),  # noqa: B008
+) -> Response:
+    """Metadata of every event of the subject, oldest first, without any value."""
+    ledger = _ledger(request)
+    events = await _read(lambda: ledger.history(subject_id))
+    return _ok({"subject": subject_id, "events": events})
+
+
+@router.get(
+    "/v1/subjects/{subject_id}/export",
+    tags=["subjects"],
+    summary="Everything about a subject (access and portability requests)",
+)
+async def get_export(
+    request: Request,
+    subject_id: str = SUBJECT_ID,
+    portable: bool = Query(False, description="Only what the subject provided (Art. 20)."),
+    principal: Principal = Depends(requires("export")),  # noqa: B008
+) -> Response:
+    """The subject's data in the clear, for an officer answering a request (recorded)."""
+    ledger = _ledger(request)
+    export = getattr(ledger, "export", None)
+    if export is None:
+        raise _not_available("subject export")
+    document = await _write(
+        request, lambda: export(subject_id, portable=portable, actor=principal.name)
+    )
+    return _ok(document if isinstance(document, dict) else {"export": document})
+
+
+# -- requests and reports -----------------------------------------------------------------
+
+
+@router.get("/v1/requests", tags=["requests"], summary="Data subject requests and deadlines")
+async def get_requests(
+    request: Request,
+    overdue: bool = Query(False, description="Only requests past their due date."),
+    now: str | None = Query(None, description="As of this time (RFC 3339); default now."),
+    _: Principal = Depends(requires("requests")),  # noqa: B008
+) -> Response:
+    ledger = _ledger(request)
+    listing = getattr(ledger, "requests", None)
+    if listing is None:
+        raise _not_available("the request list")
+    moment = _now(now)
+    found = await _read(lambda: listing(overdue=overdue, now=moment))
+    return _ok(found if isinstance(found, dict) else {"requests": found})
+
+
+@router.get("/v1/reports/{name}", tags=["reports"], summary="A compliance report")
+async def get_report(
+    request: Request,
+    name: str = Path(description="ropa, retention, consent, disclosures, requests, compliance"),
+    now: str | None = Query(None, description="As of this time (RFC 3339); default now."),
+    _: Principal = Depends(requires("reports")),  # noqa: B008
+) -> Response:
+    build = _report_builder()
+    if build is None:
+        raise _not_available("reports")
+    ledger = _ledger(request)
+    moment = _now(now)
+    report = await _read(lambda: build(ledger, name, moment))
+    return _ok(report if isinstance(report, dict) else {"report": report})
+
+
+def _report_builder() -> Callable[[Ledger, str, datetime | None], Any] | None:
+    """The report registry of `ledger.reports`, once it exists."""
+    try:
+        module = importlib.import_module("ledger.reports")
+    except ImportError:
+        return None
+    build = getattr(module, "build_report", None)
+    return build if callable(build) else None
+
+
+# -- audit --------------------------------------------------------------------------------
+
+
+def _audit_api(name: str) -> Callable[..., Any] | None:
+    try:
+        module = importlib.import_module("ledger.audit.service")
+    except ImportError:
+        return None
+    found = getattr(module, name, None)
+    return found if callable(found) else None
+
+
+@router.get("/v1/audit/checkpoint", tags=["audit"], summary="The latest signed checkpoint")
+async def get_checkpoint(
+    request: Request,
+    _: Principal = Depends(requires("audit")),  # noqa: B008
+) -> Response:
+    checkpoint = _audit_api("latest_checkpoint")
+    if checkpoint is None:
+        raise _not_available("the audit log")
+    ledger = _ledger(request)
+    return _ok(await _read(lambda: checkpoint(ledger)))
+
+
+@router.get("/v1/audit/proof", tags=["audit"], summary="An inclusion or consistency proof")
+async def get_proof(
+    request: Request,
+    subject: str | None = Query(None, description="Inclusion proofs of a subject's events."),
+    leaf: int | None = Query(None, ge=0, description="Inclusion proof of one leaf index."),
+    first: int | None = Query(None, ge=0, description="Consistency proof from this size."),
+    size: int | None = Query(None, ge=0, description="The tree size (default: the latest)."),
+    _: Principal = Depends(requires("audit")),  # noqa: B008
+) -> Response:
+    prove = _audit_api("proof")
+    if prove is None:
+        raise _not_available("the audit log")
+    ledger = _ledger(request)
+    return _ok(
+        await _read(lambda: prove(ledger, subject=subject, leaf=leaf, first=first, size=size))
+    )
+
+
+# -- tokens (admin) -----------------------------------------------------------------------
+
+
+def _tokens(request: Request) -> TokenStore:
+    store: TokenStore = request.app.state.tokens
+    return store
+
+
+@router.get("/v1/tokens", tags=["tokens"], summary="Every token (never the token itself)")
+async def list_tokens(
+    request: Request,
+    _: Principal = Depends(requires("tokens")),  # noqa: B008
+) -> Response:
+    store = _tokens(request)
+    tokens = await _read(store.all)
+    return _ok({"tokens": [t.to_dict() for t in tokens]})
+
+
+@router.post("/v1/tokens", tags=["tokens"], summary="Create a token (shown once)")
+async def create_token(
+    request: Request,
+    _: Principal = Depends(requires("tokens")),  # noqa: B008
+) -> Response:
+    """Body `{"role": ..., "name": ...}`; the answer holds the token, which is never shown again."""
+    body = await _body(request)
+    if not isinstance(body, dict) or set(body) != {"role", "name"}:
+        raise ApiError(400, "invalid_command", "a token needs exactly the fields 'role' and 'name'")
+    role, name = body["role"], body["name"]
+    if not isinstance(role, str) or not isinstance(name, str):
+        raise ApiError(400, "invalid_command", "'role' and 'name' must be strings")
+    store = _tokens(request)
+    token, record = await _read(lambda: store.create(role, name))
+    return _ok({"token": token, **record.to_dict()})
+
+
+@router.delete("/v1/tokens/{token}", tags=["tokens"], summary="Revoke a token by id or name")
+async def revoke_token(
+    request: Request,
+    token: str = Path(description="The token's id, or a name (revokes all its live tokens)."),
+    _: Principal = Depends(requires("tokens")),  # noqa: B008
+) -> Response:
+    store = _tokens(request)
+    revoked = await _read(lambda: store.revoke(token))
+    if not revoked:
+        raise ApiError(404, "invalid_command", "no live token with this id or name")
+    return _ok({"revoked": [t.to_dict() for t in revoked]})
+
+
+# -- health -------------------------------------------------------------------------------
+
+
+@router.get("/healthz", tags=["health"], summary="Liveness and database reachability")
+async def healthz(request: Request) -> Response:
+    """No token needed; says nothing about any subject."""
+    ledger = _ledger(request)
+    position = await run_in_threadpool(ledger.max_position)
+    executor = _executor(request)
+    return _ok(
+        {
+            "status": "ok",
+            "position": position,
+            "group_commit": executor.group_commit,
+            "groups": executor.groups,
+            "commands": executor.commands,
+        }
+    )

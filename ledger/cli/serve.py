@@ -1,0 +1,81 @@
+"""`ledger serve`: the HTTP service (DESIGN 5.4) on uvicorn."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from ledger.api.options import ServerOptions
+from ledger.api.tokens import TokenStore
+from ledger.cli.common import err_console, open_ledger
+from ledger.config import DatabaseURL
+
+
+def _where(url: DatabaseURL) -> str:
+    if url.backend == "sqlite":
+        return f"SQLite {url.sqlite_path}"
+    schema = f" (schema {url.schema})" if url.schema else ""
+    return f"PostgreSQL {url.host}:{url.port}/{url.dbname}{schema}"
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Server processes (PostgreSQL)."),
+    sweep_every: float = typer.Option(
+        3600.0, "--sweep-every", min=1.0, help="Seconds between retention sweeps."
+    ),
+    no_sweep: bool = typer.Option(False, "--no-sweep", help="No retention sweeper here."),
+    no_group_commit: bool = typer.Option(
+        False, "--no-group-commit", help="One transaction per command (for comparison)."
+    ),
+    group_max: int = typer.Option(256, "--group-max", min=1, help="Commands per group, at most."),
+    group_wait_ms: float = typer.Option(
+        2.0, "--group-wait-ms", min=0.0, help="How long a group waits for more commands."
+    ),
+) -> None:
+    """Serve the ledger over HTTP (FastAPI on uvicorn) until interrupted."""
+    import uvicorn
+
+    with open_ledger() as ledger:
+        settings = ledger.settings
+    if workers > 1 and settings.database.backend != "postgres":
+        err_console.print(
+            "[red]error[/red] several --workers need PostgreSQL (LEDGER_DATABASE_URL)"
+        )
+        raise typer.Exit(2)
+    tokens = TokenStore.open(settings)
+    try:
+        has_tokens = tokens.any_live()
+    finally:
+        tokens.close()
+    err_console.print(f"ledger home: {settings.home}")
+    err_console.print(f"events:      {_where(settings.database)}")
+    err_console.print(f"keys:        {_where(settings.keystore)}")
+    err_console.print(f"logs:        {settings.log_path} (one JSON line per request)")
+    if not has_tokens:
+        err_console.print(
+            "No tokens yet: every request needs one. Create one (shown once) with\n"
+            "  ledger token create --role service --name billing\n"
+            "(roles: service, officer, auditor, admin) and send it as "
+            "'Authorization: Bearer <token>'."
+        )
+    err_console.print(f"API document: http://{host}:{port}/docs")
+    options = ServerOptions(
+        group_commit=not no_group_commit,
+        group_max=group_max,
+        group_wait_ms=group_wait_ms,
+        sweep_every=None if no_sweep else sweep_every,
+    )
+    os.environ.update(options.to_env())
+    uvicorn.run(
+        "ledger.api.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=False,  # ours leaves query strings out; uvicorn's would log them
+        timeout_graceful_shutdown=30,
+        log_level="info",
+    )

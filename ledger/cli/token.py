@@ -1,0 +1,71 @@
+"""`ledger token create | revoke | list`: bearer tokens of the HTTP service."""
+
+from __future__ import annotations
+
+import typer
+
+from ledger.api.tokens import ROLES, TokenStore
+from ledger.cli.common import err_console, fail, print_json, print_table
+from ledger.config import Settings
+from ledger.errors import LedgerError
+
+token_app = typer.Typer(help="Bearer tokens of the HTTP service.", no_args_is_help=True)
+
+
+def _store() -> TokenStore:
+    return TokenStore.open(Settings.from_env())
+
+
+@token_app.command("create")
+def create(
+    role: str = typer.Option(..., "--role", help=f"One of: {', '.join(ROLES)}."),
+    name: str = typer.Option(..., "--name", help="Who uses it: the actor of what it writes."),
+) -> None:
+    """Create a token and print it alone on standard output (it is shown only once)."""
+    store = _store()
+    try:
+        token, record = store.create(role, name)
+    except LedgerError as error:
+        fail(error)
+    finally:
+        store.close()
+    err_console.print(
+        f"token {record.id} for '{record.name}' ({record.role}); keep it now, "
+        "the ledger stores only its hash"
+    )
+    print(token)
+
+
+@token_app.command("revoke")
+def revoke(
+    token: str = typer.Argument(..., help="The token's id, or a name (revokes all its tokens)."),
+) -> None:
+    """Revoke a token; servers refuse it within a second."""
+    store = _store()
+    try:
+        revoked = store.revoke(token)
+    finally:
+        store.close()
+    if not revoked:
+        err_console.print("[red]error[/red] no live token with this id or name")
+        raise typer.Exit(1)
+    for record in revoked:
+        err_console.print(f"revoked {record.id} ('{record.name}', {record.role})")
+
+
+@token_app.command("list")
+def list_(as_json: bool = typer.Option(False, "--json", help="JSON for programs.")) -> None:
+    """Every token with its role and name (never the token itself)."""
+    store = _store()
+    try:
+        records = store.all()
+    finally:
+        store.close()
+    if as_json:
+        print_json([r.to_dict() for r in records])
+        return
+    print_table(
+        "Tokens",
+        ["id", "name", "role", "created", "revoked"],
+        [(r.id, r.name, r.role, r.created_at, r.revoked_at) for r in records],
+    )
