@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID
 
 import orjson
@@ -50,17 +50,29 @@ RECEIPT_NAMESPACE = UUID("6f1c1a52-4d1e-4bb5-9a57-0c9b1c1ad0e5")
 
 
 class OrjsonTranscoder(Transcoder):
-    """Events hold plain JSON values; only the library's `timestamp` is a datetime."""
+    """Events hold plain JSON values; only the library's own times are datetimes.
+
+    Those are an event's `timestamp` and, inside a snapshot's `state`, the aggregate's
+    `_created_on` and `_modified_on`.
+    """
 
     def encode(self, obj: Any) -> bytes:
         return orjson.dumps(obj)
 
     def decode(self, data: bytes) -> Any:
         state = orjson.loads(data)
-        stamp = state.get("timestamp")
-        if isinstance(stamp, str):
-            state["timestamp"] = datetime.fromisoformat(stamp)
+        _to_datetime(state, "timestamp")
+        inner = state.get("state")
+        if isinstance(inner, dict) and "topic" in state:
+            _to_datetime(inner, "_created_on")
+            _to_datetime(inner, "_modified_on")
         return state
+
+
+def _to_datetime(state: dict[str, Any], key: str) -> None:
+    value = state.get(key)
+    if isinstance(value, str):
+        state[key] = datetime.fromisoformat(value)
 
 
 class CommandReceipt(Aggregate):
@@ -153,6 +165,9 @@ class LedgerApplication(Application[UUID]):
     """The event-sourced core. Front ends go through `Ledger` (the facade in `ledger`)."""
 
     name = "Ledger"
+    # A snapshot every 50 events keeps loading (and so erasure) cheap for long histories.
+    # Snapshots hold the aggregate's state: sealed values only, and outside the Merkle log.
+    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {DataSubject: 50}
 
     def __init__(
         self,

@@ -321,8 +321,8 @@ class DataSubject(Aggregate):
                     "notified_at": self.occurred_at,
                 }
             )
-            if self.purpose:
-                subject.notified_purposes.add(self.purpose)
+            if self.purpose and self.purpose not in subject.notified_purposes:
+                subject.notified_purposes.append(self.purpose)
 
     class LegalHoldPlaced(Event):
         hold: str
@@ -447,7 +447,7 @@ class DataSubject(Aggregate):
         self.marketing_registered_at: str | None = None
         self.competitions: dict[str, str] = {}
         self.notices: list[dict[str, Any]] = []
-        self.notified_purposes: set[str] = set()
+        self.notified_purposes: list[str] = []
         self.holds: dict[str, dict[str, Any]] = {}
         self.requests: dict[str, dict[str, Any]] = {}
         self.erased_at: str | None = None
