@@ -1,0 +1,579 @@
+"""The HTTP service against a real uvicorn server, on SQLite and PostgreSQL.
+
+Every endpoint, the whole role × endpoint matrix, every error status, oversized and
+malformed bodies, the actor rule, batches, idempotency, group commit and the access log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from ledger.api import routes
+from ledger.api.openapi import EXAMPLES
+from ledger.commands import COMMANDS, OFFICER_COMMANDS, parse_command
+from ledger.facade import Ledger
+from tests.test_api_support import Served, api_backend, register, served
+
+__all__ = ["api_backend", "served"]  # fixtures used by this module
+
+EMAIL = "karen.blixen@example.dk"
+
+
+@pytest.fixture(scope="module")
+def subject(served: Served) -> str:
+    """A customer with an e-mail, a name and marketing consent; registered by an officer."""
+    with served.client("officer") as client:
+        subject = register(client, identifiers={"email": EMAIL})
+        for command in (
+            {
+                "type": "collect",
+                "subject": subject,
+                "category": "name",
+                "value": "Karen Blixen",
+                "purpose": "customer_administration",
+                "legal_basis": "contract",
+                "source": "subject",
+            },
+            {
+                "type": "give_consent",
+                "subject": subject,
+                "purpose": "marketing",
+                "notice_version": "2018-05-25",
+                "method": "web_form",
+                "channels": ["email"],
+            },
+        ):
+            answer = client.post("/v1/commands", json=command)
+            assert answer.status_code == 200, answer.text
+    return subject
+
+
+# -- availability of endpoints whose back end other parts of the ledger provide -----------
+
+
+def available(what: str) -> bool:
+    if what == "export":
+        return hasattr(Ledger, "export")
+    if what == "requests":
+        return hasattr(Ledger, "requests")
+    if what == "reports":
+        return routes._report_builder() is not None
+    if what == "audit":
+        return routes._audit_api("proof") is not None
+    return True
+
+
+# -- the role × endpoint matrix ------------------------------------------------------------
+
+ALL = ("service", "officer", "auditor", "admin")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    method: str
+    path: Callable[[str], str]
+    allowed: tuple[str, ...]  # roles; "public" = no token needed
+    body: Callable[[str], Any] | None = None
+    success: int = 200
+    needs: str = ""
+
+
+ENDPOINTS = [
+    Endpoint(
+        "command",
+        "POST",
+        lambda s: "/v1/commands",
+        ("service", "officer"),
+        lambda s: {"type": "record_dialogue", "subject": s},
+    ),
+    Endpoint(
+        "officer command",
+        "POST",
+        lambda s: "/v1/commands",
+        ("officer",),
+        lambda s: {"type": "place_legal_hold", "subject": s, "reason": "matrix"},
+    ),
+    Endpoint(
+        "batch",
+        "POST",
+        lambda s: "/v1/commands",
+        ("service", "officer"),
+        lambda s: {"commands": [{"type": "record_dialogue", "subject": s}]},
+    ),
+    Endpoint("subject", "GET", lambda s: f"/v1/subjects/{s}", ("officer", "auditor")),
+    Endpoint(
+        "reveal", "GET", lambda s: f"/v1/subjects/{s}?reveal=true&purpose=matrix", ("officer",)
+    ),
+    Endpoint("find", "GET", lambda s: f"/v1/subjects?email={EMAIL}", ("service", "officer")),
+    Endpoint("history", "GET", lambda s: f"/v1/subjects/{s}/history", ("officer", "auditor")),
+    Endpoint("export", "GET", lambda s: f"/v1/subjects/{s}/export", ("officer",), needs="export"),
+    Endpoint("requests", "GET", lambda s: "/v1/requests", ("officer", "auditor"), needs="requests"),
+    Endpoint(
+        "report", "GET", lambda s: "/v1/reports/ropa", ("officer", "auditor"), needs="reports"
+    ),
+    Endpoint(
+        "checkpoint", "GET", lambda s: "/v1/audit/checkpoint", ("officer", "auditor"), needs="audit"
+    ),
+    Endpoint(
+        "proof",
+        "GET",
+        lambda s: f"/v1/audit/proof?subject={s}",
+        ("officer", "auditor"),
+        needs="audit",
+    ),
+    Endpoint("tokens", "GET", lambda s: "/v1/tokens", ("admin",)),
+    Endpoint(
+        "create token",
+        "POST",
+        lambda s: "/v1/tokens",
+        ("admin",),
+        lambda s: {"role": "service", "name": "matrix-made"},
+    ),
+    Endpoint(
+        "revoke token", "DELETE", lambda s: "/v1/tokens/no-such-token", ("admin",), success=404
+    ),
+    Endpoint("health", "GET", lambda s: "/healthz", ("public",)),
+    Endpoint("openapi", "GET", lambda s: "/openapi.json", ("public",)),
+]
+
+CALLERS = (None, "bogus", *ALL)
+
+
+def expected_status(endpoint: Endpoint, caller: str | None) -> int:
+    if "public" in endpoint.allowed:
+        return 200
+    if caller is None or caller == "bogus":
+        return 401
+    if caller not in endpoint.allowed:
+        return 403
+    if endpoint.needs and not available(endpoint.needs):
+        return 501
+    return endpoint.success
+
+
+def test_role_matrix(served: Served, subject: str) -> None:
+    """Every caller (none, a bad token, each role) against every endpoint."""
+    failures = []
+    with httpx.Client(base_url=served.url, timeout=30) as client:
+        for endpoint in ENDPOINTS:
+            for caller in CALLERS:
+                headers = {}
+                if caller == "bogus":
+                    headers["Authorization"] = "Bearer ldg_not-a-real-token"
+                elif caller is not None:
+                    headers = served.headers(caller)
+                body = endpoint.body(subject) if endpoint.body else None
+                answer = client.request(
+                    endpoint.method, endpoint.path(subject), headers=headers, json=body
+                )
+                want = expected_status(endpoint, caller)
+                if answer.status_code != want:
+                    failures.append(f"{endpoint.name} as {caller}: {answer.status_code} != {want}")
+                    continue
+                payload = answer.json()
+                if want == 401:
+                    assert payload["error"]["code"] == "unauthorized"
+                elif want == 403:
+                    assert payload == {"ok": False, "error": payload["error"]}
+                    assert payload["error"]["code"] == "forbidden"
+    assert failures == []
+
+
+def test_matrix_covers_every_route(served: Served) -> None:
+    paths = {route.path for route in routes.router.routes}  # type: ignore[attr-defined]
+    covered = {"/v1/commands", "/v1/subjects/{subject_id}", "/v1/subjects", "/healthz"}
+    covered |= {
+        "/v1/subjects/{subject_id}/history",
+        "/v1/subjects/{subject_id}/export",
+        "/v1/requests",
+        "/v1/reports/{name}",
+        "/v1/audit/checkpoint",
+        "/v1/audit/proof",
+        "/v1/tokens",
+        "/v1/tokens/{token}",
+    }
+    assert paths == covered
+    assert len({e.name for e in ENDPOINTS}) == len(ENDPOINTS)
+
+
+# -- endpoints ------------------------------------------------------------------------------
+
+
+def test_health_and_openapi(served: Served) -> None:
+    with served.client() as client:
+        health = client.get("/healthz").json()
+        assert health["ok"] is True and health["status"] == "ok"
+        document = client.get("/openapi.json").json()
+        assert client.get("/docs").status_code == 200
+    for path in ("/v1/commands", "/v1/subjects/{subject_id}", "/v1/audit/proof", "/healthz"):
+        assert path in document["paths"]
+    examples = document["paths"]["/v1/commands"]["post"]["requestBody"]["content"][
+        "application/json"
+    ]["examples"]
+    assert set(COMMANDS) <= set(examples)
+    for kind in COMMANDS:
+        assert f"command_{kind}" in document["components"]["schemas"]
+        assert parse_command(examples[kind]["value"]).type == kind
+        assert ("officer" in examples[kind]["summary"]) == (kind in OFFICER_COMMANDS)
+    assert set(EXAMPLES) == set(COMMANDS)
+    assert "bearer" in str(document["components"]["securitySchemes"]).lower()
+
+
+def test_subject_find_history_and_reveal(served: Served, subject: str) -> None:
+    with served.client("officer") as officer, served.client("auditor") as auditor:
+        sealed = auditor.get(f"/v1/subjects/{subject}").json()
+        assert sealed["ok"] is True and sealed["subject"] == subject
+        assert {d["category"]: d["value"] for d in sealed["data"]}["name"] is None
+        revealed = officer.get(
+            f"/v1/subjects/{subject}", params={"reveal": "true", "purpose": "phone call"}
+        ).json()
+        values = {d["category"]: d["value"] for d in revealed["data"]}
+        assert values["name"] == "Karen Blixen" and values["email"] == EMAIL
+        found = officer.get("/v1/subjects", params={"email": " Karen.Blixen@Example.dk "}).json()
+        assert found == {"ok": True, "subjects": [subject]}
+        assert officer.get("/v1/subjects", params={"email": "x@y.dk"}).json()["subjects"] == []
+        history = auditor.get(f"/v1/subjects/{subject}/history").json()
+        assert history["subject"] == subject
+        types = [e["type"] for e in history["events"]]
+        assert "DataViewed" in types
+        viewed = next(e for e in history["events"] if e["type"] == "DataViewed")
+        assert viewed["actor"] == "officer-token"
+        assert "Karen" not in str(history)
+
+
+def test_actor_is_the_token_name(served: Served, subject: str) -> None:
+    with served.client("service") as client:
+        answer = client.post(
+            "/v1/commands",
+            json={"type": "record_dialogue", "subject": subject, "actor": "mallory"},
+        )
+        assert answer.status_code == 200, answer.text
+    with served.client("auditor") as auditor:
+        events = auditor.get(f"/v1/subjects/{subject}/history").json()["events"]
+    assert "mallory" not in {e["actor"] for e in events}
+    assert events[-1]["actor"] == "service-token"
+
+
+def test_batch_is_one_transaction(served: Served) -> None:
+    new = str(uuid.uuid4())
+    register_cmd = {
+        "type": "register_subject",
+        "subject": new,
+        "kind": "customer",
+        "purpose": "customer_administration",
+        "legal_basis": "contract",
+    }
+    breaking = {
+        "type": "process",
+        "subject": new,
+        "purpose": "marketing",
+        "activity": "newsletter",
+        "channel": "email",
+    }
+    with served.client("service") as client, served.client("officer") as officer:
+        answer = client.post("/v1/commands", json={"commands": [register_cmd, breaking]})
+        assert answer.status_code == 422
+        payload = answer.json()
+        assert payload["ok"] is False and payload["error"]["code"] == "consent_required"
+        assert payload["results"][0]["rolled_back"] is True
+        assert officer.get(f"/v1/subjects/{new}").status_code == 404
+        collect = {
+            "type": "collect",
+            "subject": new,
+            "category": "name",
+            "value": "Isak Dinesen",
+            "purpose": "customer_administration",
+            "legal_basis": "contract",
+            "source": "subject",
+        }
+        answer = client.post("/v1/commands", json={"commands": [register_cmd, collect]})
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {
+            "ok": True,
+            "results": [{"ok": True, "subject": new}, {"ok": True}],
+        }
+        assert officer.get(f"/v1/subjects/{new}").status_code == 200
+
+
+def test_idempotency_over_http(served: Served) -> None:
+    command = {
+        "type": "register_subject",
+        "kind": "prospect",
+        "purpose": "customer_administration",
+        "legal_basis": "legitimate_interest",
+        "idempotency_key": f"k-{uuid.uuid4()}",
+    }
+    with served.client("service") as client:
+        first = client.post("/v1/commands", json=command).json()
+        again = client.post("/v1/commands", json=command).json()
+        assert first == again and first["ok"] is True
+        changed = client.post("/v1/commands", json={**command, "kind": "customer"})
+        assert changed.status_code == 409 and changed.json()["error"]["code"] == "duplicate"
+
+
+# -- every error status ----------------------------------------------------------------------
+
+
+def _error(answer: httpx.Response) -> tuple[int, str]:
+    payload = answer.json()
+    assert payload["ok"] is False and set(payload["error"]) == {"code", "message"}, payload
+    return answer.status_code, payload["error"]["code"]
+
+
+def test_error_statuses(served: Served, subject: str) -> None:
+    unknown = str(uuid.uuid4())
+    with served.client("officer") as c:
+        post = c.post
+        assert _error(post("/v1/commands", json={"type": "nope"})) == (400, "invalid_command")
+        assert _error(post("/v1/commands", json=[1, 2])) == (400, "invalid_command")
+        assert _error(post("/v1/commands", content=b'{"type": ')) == (400, "invalid_command")
+        assert _error(post("/v1/commands", content=b"\xff\xfe")) == (400, "invalid_command")
+        assert _error(post("/v1/commands", json={"commands": []})) == (400, "invalid_command")
+        assert _error(post("/v1/commands", json={"commands": [], "x": 1})) == (
+            400,
+            "invalid_command",
+        )
+        assert _error(c.get("/v1/subjects")) == (400, "invalid_command")
+        assert _error(c.get("/v1/subjects", params={"email": EMAIL, "phone": "1"})) == (
+            400,
+            "invalid_command",
+        )
+        assert _error(c.get(f"/v1/subjects/{subject}", params={"reveal": "true"})) == (
+            400,
+            "invalid_command",
+        )
+        bad_bool = c.get(f"/v1/subjects/{subject}", params={"reveal": EMAIL})
+        assert _error(bad_bool) == (400, "invalid_command")
+        assert EMAIL not in bad_bool.text
+        record = {"type": "record_dialogue", "subject": unknown}
+        assert _error(post("/v1/commands", json=record)) == (404, "unknown_subject")
+        assert _error(c.get(f"/v1/subjects/{unknown}")) == (404, "unknown_subject")
+        assert _error(c.get("/v1/subjects/not-a-uuid")) == (404, "unknown_subject")
+        assert _error(c.get(f"/v1/subjects/{unknown}/history")) == (404, "unknown_subject")
+        release = {"type": "release_legal_hold", "subject": subject, "hold": unknown}
+        assert _error(post("/v1/commands", json=release)) == (404, "unknown_hold")
+        verify = {"type": "verify_identity", "subject": subject, "request": unknown}
+        assert _error(post("/v1/commands", json=verify)) == (404, "unknown_request")
+        revoke = {"type": "revoke_disclosure_agreement", "subject": subject, "agreement": unknown}
+        assert _error(post("/v1/commands", json=revoke)) == (404, "unknown_agreement")
+        again = {
+            "type": "register_subject",
+            "subject": subject,
+            "kind": "customer",
+            "purpose": "customer_administration",
+            "legal_basis": "contract",
+        }
+        assert _error(post("/v1/commands", json=again)) == (409, "duplicate")
+        marketing = {
+            "type": "process",
+            "subject": subject,
+            "purpose": "marketing",
+            "activity": "sms_offer",
+            "channel": "sms",
+        }
+        assert _error(post("/v1/commands", json=marketing)) == (422, "consent_required")
+        outside = {
+            "type": "transfer",
+            "subject": subject,
+            "categories": ["name"],
+            "country": "US",
+            "recipient": "Acme Inc",
+        }
+        assert _error(post("/v1/commands", json=outside)) == (422, "transfer_outside_eu")
+        assert _error(c.get("/v1/nothing-here")) == (404, "invalid_command")
+        assert _error(c.delete("/v1/commands")) == (405, "invalid_command")
+        if available("requests"):
+            assert _error(c.get("/v1/requests", params={"now": "soon"})) == (400, "invalid_command")
+        for path, what in (
+            (f"/v1/subjects/{subject}/export", "export"),
+            ("/v1/requests", "requests"),
+            ("/v1/reports/ropa", "reports"),
+            ("/v1/audit/checkpoint", "audit"),
+        ):
+            if not available(what):
+                answer = c.get(path)
+                assert _error(answer) == (501, "invalid_command")
+                assert "not available yet" in answer.json()["error"]["message"]
+    with served.client() as anonymous:
+        assert _error(anonymous.post("/v1/commands", json=record)) == (401, "unauthorized")
+        basic = anonymous.get("/v1/tokens", headers={"Authorization": "Basic YTpi"})
+        assert _error(basic) == (401, "unauthorized")
+        assert basic.headers["www-authenticate"] == "Bearer"
+    with served.client("service") as service:
+        erase = {"type": "erase", "subject": subject}
+        assert _error(service.post("/v1/commands", json=erase)) == (403, "forbidden")
+        batch = {"commands": [{"type": "record_dialogue", "subject": subject}, erase]}
+        assert _error(service.post("/v1/commands", json=batch)) == (403, "forbidden")
+
+
+def test_oversized_bodies(served: Served, subject: str) -> None:
+    big = {
+        "type": "collect",
+        "subject": subject,
+        "category": "correspondence",
+        "value": "x" * (1024 * 1024 + 10),
+        "purpose": "customer_administration",
+        "legal_basis": "contract",
+        "source": "subject",
+    }
+    with served.client("service") as client:
+        answer = client.post("/v1/commands", json=big)
+        assert _error(answer) == (413, "invalid_command")
+
+        def chunks() -> Any:
+            for _ in range(40):
+                yield b"x" * 65536
+
+        chunked = client.post("/v1/commands", content=chunks())
+        assert _error(chunked) == (413, "invalid_command")
+        # A body just under the limit is read (and here rejected by the schema instead).
+        near = client.post("/v1/commands", content=b'{"type": "' + b"y" * 1_000_000 + b'"}')
+        assert _error(near) == (400, "invalid_command")
+        health = client.get("/healthz")
+        assert health.status_code == 200
+
+
+def test_revoked_token_is_refused(served: Served) -> None:
+    env = {**served.env}
+    created = subprocess.run(
+        [sys.executable, "-m", "ledger", "token", "create", "--role", "service", "--name", "temp"],
+        env={**_base_env(), **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    token = created.stdout.strip()
+    assert token.startswith("ldg_") and "\n" not in token
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(f"{served.url}/v1/subjects?email=a@b.dk", headers=headers).status_code == 200
+    listed = subprocess.run(
+        [sys.executable, "-m", "ledger", "token", "list", "--json"],
+        env={**_base_env(), **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "temp" in listed.stdout and token not in listed.stdout
+    subprocess.run(
+        [sys.executable, "-m", "ledger", "token", "revoke", "temp"],
+        env={**_base_env(), **env},
+        capture_output=True,
+        check=True,
+    )
+    deadline = time.monotonic() + 5
+    status = 200
+    while time.monotonic() < deadline and status != 401:
+        status = httpx.get(f"{served.url}/v1/subjects?email=a@b.dk", headers=headers).status_code
+        time.sleep(0.1)
+    assert status == 401
+
+
+def test_tokens_over_http(served: Served) -> None:
+    with served.client("admin") as admin:
+        made = admin.post("/v1/tokens", json={"role": "auditor", "name": "dt-auditor"}).json()
+        assert made["ok"] is True and made["token"].startswith("ldg_")
+        listed = admin.get("/v1/tokens").json()["tokens"]
+        assert any(t["name"] == "dt-auditor" for t in listed)
+        assert made["token"] not in str(listed)
+        bad = admin.post("/v1/tokens", json={"role": "root", "name": "x"})
+        assert _error(bad) == (400, "invalid_command")
+        assert _error(admin.post("/v1/tokens", json={"role": "service"})) == (
+            400,
+            "invalid_command",
+        )
+        revoked = admin.delete(f"/v1/tokens/{made['id']}").json()
+        assert revoked["revoked"][0]["id"] == made["id"]
+
+
+def _base_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+
+
+# -- group commit ----------------------------------------------------------------------------
+
+
+def test_concurrent_commands_get_their_own_results(served: Served, subject: str) -> None:
+    """64 concurrent single commands, every third one breaking a rule: each caller gets its
+    own result, the good ones are all written, and they were saved in fewer transactions."""
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(
+            base_url=served.url, headers=served.headers("service"), timeout=30
+        ) as client:
+
+            def command(i: int) -> dict[str, Any]:
+                if i % 3 == 0:
+                    return {
+                        "type": "process",
+                        "subject": subject,
+                        "purpose": "marketing",
+                        "activity": f"sms-{i}",
+                        "channel": "sms",
+                    }
+                return {
+                    "type": "process",
+                    "subject": subject,
+                    "purpose": "marketing",
+                    "activity": f"mail-{i}",
+                    "channel": "email",
+                }
+
+            return await asyncio.gather(
+                *(client.post("/v1/commands", json=command(i)) for i in range(64))
+            )
+
+    with served.client() as client:
+        before = client.get("/healthz").json()
+    with served.client("auditor") as auditor:
+        events_before = len(auditor.get(f"/v1/subjects/{subject}/history").json()["events"])
+    answers = asyncio.run(run())
+    for i, answer in enumerate(answers):
+        if i % 3 == 0:
+            assert _error(answer) == (422, "consent_required")
+        else:
+            assert answer.status_code == 200 and answer.json() == {"ok": True}
+    with served.client("auditor") as auditor:
+        events = auditor.get(f"/v1/subjects/{subject}/history").json()["events"]
+    activities = sorted(e["details"].get("activity", "") for e in events[events_before:])
+    assert activities == sorted(f"mail-{i}" for i in range(64) if i % 3)
+    with served.client() as client:
+        after = client.get("/healthz").json()
+    assert after["commands"] - before["commands"] == 64
+    assert after["groups"] - before["groups"] < 64
+
+
+# -- logs -------------------------------------------------------------------------------------
+
+
+def test_access_log_has_templates_and_no_personal_values(served: Served, subject: str) -> None:
+    with served.client("officer") as client:
+        client.get("/v1/subjects", params={"email": EMAIL})
+        client.get(f"/v1/subjects/{subject}", params={"reveal": "true", "purpose": "log test"})
+    time.sleep(0.2)
+    text = served.log_text()
+    import json
+
+    lines = [json.loads(line) for line in text.splitlines() if '"http_request"' in line]
+    assert lines
+    for line in lines:
+        assert set(line) >= {"method", "path", "status", "duration_ms", "actor"}
+        assert "?" not in line["path"]
+    paths = {line["path"] for line in lines}
+    assert "/v1/subjects" in paths and "/v1/subjects/{subject_id}" in paths
+    finds = [line for line in lines if line["path"] == "/v1/subjects" and line["status"] == 200]
+    assert finds and finds[-1]["actor"] == "officer-token"
+    for secret in (EMAIL, "karen.blixen", "Karen Blixen", "log test"):
+        assert secret not in text
