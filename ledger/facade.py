@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
+from uuid import UUID
 
 from eventsourcing.persistence import Notification
 from eventsourcing.utils import get_topic
@@ -19,17 +19,15 @@ from ledger.crypto.lookup import LOOKUP_KINDS, lookup_digest, normalise_identifi
 from ledger.crypto.master import load_master_key
 from ledger.domain.calendar import local_date
 from ledger.domain.policy import PolicyCatalogue
-from ledger.domain.retention import due_scopes
 from ledger.domain.subject import DataSubject
 from ledger.errors import LedgerError
 from ledger.logs import configure_logging, get_logger
 from ledger.policies import load_policy
-from ledger.queries import event_summary, subject_view
+from ledger.queries import event_summary, request_is_late, subject_view
 
 log = get_logger("ledger")
 
 REGISTERED_TOPIC = get_topic(DataSubject.Registered)
-SHREDDED_TOPIC = get_topic(DataSubject.ScopeShredded)
 PAGE = 1000
 
 Progress = Callable[[int, int], None]
@@ -149,9 +147,50 @@ class Ledger:
     def history(self, subject_id: str) -> list[dict[str, Any]]:
         """Metadata of every event of the subject, oldest first, without any value."""
         self.app.load_subject(subject_id)
-        from uuid import UUID
-
         return [event_summary(e) for e in self.app.events.get(UUID(subject_id))]
+
+    def export(
+        self, subject_id: str, *, portable: bool = False, actor: str | None = None
+    ) -> dict[str, Any]:
+        """The Art. 15 access answer (or, `portable`, the Art. 20 export); recorded as a view."""
+        from ledger.exports import access_report, portable_export
+
+        purpose = "data portability (Art. 20)" if portable else "access request (Art. 15)"
+        view = self.subject(subject_id, reveal=True, purpose=purpose, actor=actor)
+        now = self.clock.now()
+        if portable:
+            return portable_export(view, self.policy, generated_at=now)
+        subject = self.app.load_subject(subject_id)
+        return access_report(subject, view, self.policy, self.views(subject_id), generated_at=now)
+
+    def views(self, subject_id: str) -> list[dict[str, Any]]:
+        """Who read the subject's plaintext, when and why (CJEU C-579/21)."""
+        return [
+            {
+                "viewed_at": vars(event)["occurred_at"],
+                "recorded_at": event.timestamp.isoformat(),
+                "actor": vars(event)["actor"],
+                "purpose": vars(event)["purpose"],
+                "categories": vars(event)["categories"],
+            }
+            for event in self.app.events.get(UUID(subject_id))
+            if isinstance(event, DataSubject.DataViewed)
+        ]
+
+    def requests(
+        self, *, overdue: bool = False, now: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """Every data subject request with its due date; `overdue`: open past due at `now`."""
+        today = local_date(now or self.clock.now()).isoformat()
+        found = []
+        for subject_id in self.subject_ids():
+            subject = self.app.load_subject(subject_id)
+            for request in subject.requests.values():
+                late = request_is_late(request, today)
+                if overdue and not (request["status"] == "open" and late):
+                    continue
+                found.append({"subject": subject_id, **request, "late": late})
+        return sorted(found, key=lambda r: (r["due"], r["request"]))
 
     # -- notifications ----------------------------------------------------------------
 
@@ -186,58 +225,13 @@ class Ledger:
         progress: Progress | None = None,
     ) -> dict[str, Any]:
         """Shred every scope past its retention deadline that no hold keeps (idempotent)."""
-        moment = now or self.clock.now()
-        today = local_date(moment)
-        self.reconcile_keys()
-        subjects = list(self.subject_ids())
-        shredded: list[dict[str, str]] = []
-        for done, subject_id in enumerate(subjects, start=1):
-            if dry_run:
-                subject = self.app.load_subject(subject_id)
-                shredded.extend(
-                    {"subject": subject_id, "scope": d.scope, "deadline": d.deadline.isoformat()}
-                    for d in due_scopes(subject, self.policy, today)
-                )
-            else:
-                for item in self.app.shred_due(subject_id, moment):
-                    shredded.append({"subject": subject_id, **item})
-            if progress:
-                progress(done, len(subjects))
-        if shredded and not dry_run:
-            self.keystore.compact()
-        log.info("sweep", now=moment.isoformat(), dry_run=dry_run, scopes=len(shredded))
-        return {
-            "ok": True,
-            "now": moment.isoformat(),
-            "dry_run": dry_run,
-            "subjects": len(subjects),
-            "shredded": shredded,
-        }
+        from ledger.sweepers.retention import sweep
+
+        report = sweep(self, now or self.clock.now(), dry_run=dry_run, progress=progress)
+        return report.as_dict()
 
     def reconcile_keys(self) -> int:
-        """Finish half-done shreddings: destroy every key whose scope was recorded shredded.
+        """Finish half-done shreddings (see `ledger.sweepers.keys`)."""
+        from ledger.sweepers.keys import reconcile_keys
 
-        Reads `ScopeShredded` notifications after the last reconciled position, so it is
-        cheap to run at every start and before every sweep.
-        """
-        start = self._reconciled_position() + 1
-        last = start - 1
-        pending: list[tuple[str, str, list[str]]] = []
-        for notification in self.notifications(start=start, topics=[SHREDDED_TOPIC]):
-            event = self.app.mapper.to_domain_event(notification)
-            state = vars(event)
-            pending.append((str(event.originator_id), state["scope"], list(state["kids"])))
-            last = notification.id
-        destroyed = self.keystore.shred_many(pending) if pending else []
-        if last >= start:
-            self._set_reconciled_position(last)
-        if destroyed:
-            log.warning("keys_reconciled", keys=len(destroyed))
-        return len(destroyed)
-
-    def _reconciled_position(self) -> int:
-        raw = self.keystore.secret("reconciled-position")
-        return struct.unpack(">Q", raw)[0] if raw else 0
-
-    def _set_reconciled_position(self, position: int) -> None:
-        self.keystore.set_secret("reconciled-position", struct.pack(">Q", position))
+        return reconcile_keys(self)

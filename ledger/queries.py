@@ -144,8 +144,13 @@ def event_summary(event: Any, *, recorded_at: str | None = None) -> dict[str, An
     return summary
 
 
-def is_overdue(request: Mapping[str, Any], today_iso: str) -> bool:
-    return bool(request["status"] == "open" and request["due"] < today_iso)
+def request_is_late(request: Mapping[str, Any], today_iso: str) -> bool:
+    """Open past its due date, or completed after it."""
+    due = str(request["due"])
+    if request["status"] == "open":
+        return due < today_iso
+    completed = request.get("completed_at")
+    return bool(completed) and occurred_date(str(completed)) > due
 
 
 def occurred_date(text: str) -> str:

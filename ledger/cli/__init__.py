@@ -16,6 +16,7 @@ app.command("init")(core.init)
 app.command("exec")(core.exec_)
 app.command("sweep")(core.sweep)
 app.add_typer(core.subject_app, name="subject")
+app.add_typer(core.requests_app, name="requests")
 app.command("serve")(serve.serve)
 app.add_typer(token.token_app, name="token")
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from ledger.cli.common import (
     print_table,
 )
 from ledger.errors import LedgerError
+from ledger.facade import Ledger
 
 subject_app = typer.Typer(help="Query one data subject.", no_args_is_help=True)
 
@@ -249,30 +253,142 @@ def _details(details: dict[str, Any]) -> str:
 def sweep(
     now: str | None = typer.Option(None, "--now", help="Sweep as of this time (RFC 3339)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what is due."),
+    every: str | None = typer.Option(
+        None, "--every", help="Keep sweeping at this interval (30s, 15m, 1h, 1d) until stopped."
+    ),
     as_json: bool = typer.Option(False, "--json", help="JSON for programs."),
 ) -> None:
     """Shred every scope past its retention deadline that no legal hold keeps."""
     moment = parse_now(now)
+    if every is not None:
+        if moment is not None or dry_run:
+            fail(LedgerError("invalid_command", "--every sweeps at the real time, for real"))
+        _sweep_forever(parse_duration(every), as_json)
+        return
     with open_ledger(moment) as ledger:
-        if as_json or not sys.stderr.isatty():
-            report = ledger.sweep(moment, dry_run=dry_run)
-        else:
-            with Progress(console=err_console, transient=True) as bar:
-                task = bar.add_task("sweeping", total=None)
-
-                def tick(done: int, total: int) -> None:
-                    bar.update(task, completed=done, total=total)
-
-                report = ledger.sweep(moment, dry_run=dry_run, progress=tick)
+        report = _sweep_once(ledger, moment, dry_run, as_json)
         if not dry_run:
             after_write(ledger)
+    _print_sweep(report, as_json)
+
+
+def _sweep_once(
+    ledger: Ledger, moment: datetime | None, dry_run: bool, as_json: bool
+) -> dict[str, Any]:
+    if as_json or not sys.stderr.isatty():
+        return ledger.sweep(moment, dry_run=dry_run)
+    with Progress(console=err_console, transient=True) as bar:
+        task = bar.add_task("sweeping", total=None)
+
+        def tick(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return ledger.sweep(moment, dry_run=dry_run, progress=tick)
+
+
+def _print_sweep(report: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print_json(report)
         return
-    verb = "due" if dry_run else "shredded"
+    verb = "due" if report["dry_run"] else "shredded"
     print_table(
         f"Sweep at {report['now']}: {len(report['shredded'])} scopes {verb} "
         f"of {report['subjects']} subjects",
         ["subject", "scope", "deadline"],
         [(s["subject"], s["scope"], s["deadline"]) for s in report["shredded"]],
     )
+
+
+def _sweep_forever(interval: float, as_json: bool) -> None:
+    """The sweeper as a worker: sweep, sleep, repeat; stops cleanly on SIGTERM or Ctrl-C."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with open_ledger() as ledger:
+        while not stop.is_set():
+            report = ledger.sweep()
+            after_write(ledger)
+            if as_json:
+                print_json(report)
+            else:
+                err_console.print(
+                    f"{report['now']}: {len(report['shredded'])} scopes shredded, "
+                    f"{report['reconciled_keys']} keys reconciled"
+                )
+            stop.wait(interval)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """`30s`, `15m`, `1h`, `1d` (or plain seconds)."""
+    value = text.strip().lower()
+    try:
+        if value and value[-1] in _UNITS:
+            seconds = float(value[:-1]) * _UNITS[value[-1]]
+        else:
+            seconds = float(value)
+    except ValueError:
+        raise typer.BadParameter("a duration is like 30s, 15m, 1h or 1d") from None
+    if seconds <= 0:
+        raise typer.BadParameter("a duration must be positive")
+    return seconds
+
+
+requests_app = typer.Typer(help="Data subject requests and their deadlines.", no_args_is_help=True)
+
+
+@requests_app.command("list")
+def requests_list(
+    overdue: bool = typer.Option(False, "--overdue", help="Only open requests past due."),
+    now: str | None = typer.Option(None, "--now", help="As of this time (RFC 3339)."),
+    as_json: bool = typer.Option(False, "--json", help="JSON for programs."),
+) -> None:
+    """Every request with its due date (Art. 12(3)); late ones are marked."""
+    moment = parse_now(now)
+    with open_ledger(moment) as ledger:
+        found = ledger.requests(overdue=overdue, now=moment)
+    if as_json:
+        print_json({"requests": found})
+        return
+    print_table(
+        "Overdue requests" if overdue else "Requests",
+        ["subject", "request", "right", "received", "due", "status", "late"],
+        [
+            (
+                r["subject"],
+                r["request"],
+                r["right"],
+                r["received_at"],
+                r["due"],
+                r["status"],
+                "LATE" if r["late"] else "",
+            )
+            for r in found
+        ],
+    )
+
+
+@subject_app.command("export")
+def subject_export(
+    subject: str = typer.Argument(..., help="The subject's id."),
+    portable: bool = typer.Option(False, "--portable", help="Art. 20 export instead of Art. 15."),
+    fmt: str = typer.Option("json", "--format", help="json or html."),
+    actor: str | None = typer.Option(None, "--actor", help="Who exports (recorded)."),
+) -> None:
+    """The subject's own copy: Art. 15 access answer, or `--portable` Art. 20 data."""
+    if fmt not in ("json", "html"):
+        fail(LedgerError("invalid_command", "--format is json or html"))
+    with open_ledger() as ledger:
+        try:
+            document = ledger.export(subject, portable=portable, actor=actor or _user())
+        except LedgerError as error:
+            fail(error)
+        after_write(ledger)
+    if fmt == "json":
+        sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        from ledger.exports import render_html
+
+        sys.stdout.write(render_html(document) + "\n")

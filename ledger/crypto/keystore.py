@@ -498,7 +498,10 @@ class KeyStore:
         """
         return self.shred_many([(subject, scope, kids)])
 
-    def shred_many(self, items: Sequence[tuple[str, str, Sequence[str]]]) -> list[str]:
+    def shred_many(
+        self, items: Sequence[tuple[str, str, Sequence[str]]], *, compact: bool = True
+    ) -> list[str]:
+        """Destroy keys in one transaction; `compact=False` leaves compaction to the caller."""
         destroyed: list[str] = []
         with self._lock:
             try:
@@ -523,7 +526,7 @@ class KeyStore:
                             )
                 if self._batch_depth == 0:
                     self._db.commit()
-                    if destroyed:
+                    if destroyed and compact:
                         self._db.compact()
             except BaseException:
                 if self._batch_depth == 0:
