@@ -63,7 +63,8 @@ class ServerProcess:
         raise RuntimeError(f"the server did not answer within {timeout} s:\n{self.output()}")
 
     def output(self) -> str:
-        self._output.flush()
+        if not self._output.closed:
+            self._output.flush()
         return self.output_path.read_text(encoding="utf-8", errors="replace")
 
     def stop(self, timeout: float = 30.0) -> int:
