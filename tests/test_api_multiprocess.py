@@ -1,0 +1,186 @@
+"""Several processes on one PostgreSQL database under concurrent load.
+
+Two `ledger serve` processes (one of them with two uvicorn workers) take commands from 16
+concurrent clients while every process sweeps: both servers every second and a separate
+worker process in a loop. Thirty customers are past retention from the start, and their
+subjects are written to during the sweeps. Afterwards, from the event store itself:
+no acknowledged event is lost, none is duplicated, notification ids and versions have no
+repeats or holes per subject, and no scope was shredded twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ledger.api.process import ServerProcess
+from ledger.config import Settings
+from ledger.facade import Ledger
+from tests.test_api_support import drop_schema, ledger_env, make_tokens
+
+CLIENTS = 16
+PER_CLIENT = 25
+OLD = "2024-01-10T09:00:00+01:00"
+
+WORKER = """
+import pathlib, sys, time
+from ledger.facade import Ledger
+stop = pathlib.Path(sys.argv[1])
+with Ledger.open() as ledger:
+    while not stop.exists():
+        ledger.sweep()
+        time.sleep(0.05)
+"""
+
+
+@pytest.fixture
+def pg_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    from tests.conftest import require_postgres
+
+    require_postgres()
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    try:
+        yield ledger_env(tmp_path / "home", "postgres", schema)
+    finally:
+        drop_schema(schema)
+
+
+def _customer(subject: str, at: str) -> list[dict[str, Any]]:
+    base = {"subject": subject, "occurred_at": at}
+    data = {"purpose": "customer_administration", "legal_basis": "contract", "source": "subject"}
+    return [
+        {
+            "type": "register_subject",
+            "kind": "customer",
+            "purpose": "customer_administration",
+            "legal_basis": "contract",
+            "identifiers": {"phone": "+4511223344"},
+            **base,
+        },
+        {"type": "collect", "category": "name", "value": "Old Customer", **data, **base},
+        {"type": "collect", "category": "address", "value": "Nytorv 2", **data, **base},
+        {"type": "start_relationship", "relationship": "customer", **base},
+        {
+            **base,
+            "type": "end_relationship",
+            "relationship": "customer",
+            "occurred_at": "2024-03-31T12:00:00+02:00",
+        },
+    ]
+
+
+def _process(subject: str, activity: str, at: str | None = None) -> dict[str, Any]:
+    command = {
+        "type": "process",
+        "subject": subject,
+        "purpose": "customer_administration",
+        "activity": activity,
+    }
+    if at:
+        command["occurred_at"] = at
+    return command
+
+
+def test_two_servers_and_a_worker_on_one_database(pg_env: dict[str, str], tmp_path: Path) -> None:
+    settings = Settings.from_env(pg_env)
+    old = [str(uuid.uuid4()) for _ in range(30)]
+    fresh = [str(uuid.uuid4()) for _ in range(CLIENTS)]
+    with Ledger.open(settings) as ledger:
+        results = ledger.execute_many([c for s in old for c in _customer(s, OLD)])
+        assert all(r["ok"] for r in results)
+    tokens = make_tokens(settings)
+    headers = {"Authorization": f"Bearer {tokens['officer']}"}
+
+    servers = [
+        ServerProcess(pg_env, ["--sweep-every", "1", "--workers", "2"], log_dir=tmp_path),
+        ServerProcess(pg_env, ["--sweep-every", "1"], log_dir=tmp_path),
+    ]
+    stop = tmp_path / "stop-worker"
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(stop)],
+        env={**os.environ, **pg_env},
+    )
+    try:
+        for server in servers:
+            server.wait_ready()
+        acknowledged: list[str] = []
+        answers: Counter[int] = Counter()
+
+        async def register(index: int, http: httpx.AsyncClient) -> None:
+            command = {
+                "type": "register_subject",
+                "subject": fresh[index],
+                "kind": "prospect",
+                "purpose": "customer_administration",
+                "legal_basis": "legitimate_interest",
+            }
+            answer = await http.post(f"{servers[index % 2].url}/v1/commands", json=command)
+            assert answer.status_code == 200, answer.text
+
+        async def client(index: int, http: httpx.AsyncClient) -> None:
+            for i in range(PER_CLIENT):
+                activity = f"c{index}-{i}"
+                if i % 5 == 4:  # write to a subject that the sweepers are shredding
+                    command = _process(old[(index * PER_CLIENT + i) % len(old)], activity, OLD)
+                else:
+                    command = _process(fresh[(index + i) % CLIENTS], activity)
+                answer = await http.post(
+                    f"{servers[(index + i) % 2].url}/v1/commands", json=command
+                )
+                answers[answer.status_code] += 1
+                if answer.status_code == 200:
+                    acknowledged.append(activity)
+
+        async def load() -> None:
+            async with httpx.AsyncClient(headers=headers, timeout=60) as http:
+                await asyncio.gather(*(register(i, http) for i in range(CLIENTS)))
+                await asyncio.gather(*(client(i, http) for i in range(CLIENTS)))
+
+        started = time.monotonic()
+        asyncio.run(load())
+        elapsed = time.monotonic() - started
+        # Let the sweepers finish the old customers if the load was quicker than a sweep.
+        time.sleep(max(0.0, 2.5 - elapsed))
+    finally:
+        stop.touch()
+        for server in servers:
+            server.stop()
+        assert worker.wait(30) == 0
+
+    assert answers[200] == len(acknowledged) and set(answers) <= {200, 409}, answers
+    assert len(acknowledged) >= CLIENTS * PER_CLIENT * 0.95
+
+    with Ledger.open(settings) as ledger:
+        notifications = list(ledger.notifications())
+        ids = [n.id for n in notifications]
+        assert ids == sorted(set(ids)), "notification ids repeat or go backwards"
+        versions: dict[str, list[int]] = {}
+        for n in notifications:
+            versions.setdefault(str(n.originator_id), []).append(n.originator_version)
+        for originator, seen in versions.items():
+            assert seen == list(range(1, len(seen) + 1)), f"versions of {originator}: {seen}"
+        events = [ledger.app.mapper.to_domain_event(n) for n in notifications]
+
+    processed = Counter(e.activity for e in events if type(e).__name__ == "DataProcessed")
+    assert set(processed) == set(acknowledged), "an acknowledged event is missing, or extra"
+    assert all(count == 1 for count in processed.values()), "an event was written twice"
+
+    shreds = Counter(
+        (str(e.originator_id), e.scope, tuple(e.kids))
+        for e in events
+        if type(e).__name__ == "ScopeShredded"
+    )
+    assert all(count == 1 for count in shreds.values()), "a scope was shredded twice"
+    shredded_subjects = {subject for subject, scope, _ in shreds if scope == "customer_data"}
+    assert shredded_subjects == set(old)
