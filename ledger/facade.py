@@ -23,7 +23,8 @@ from ledger.domain.subject import DataSubject
 from ledger.errors import LedgerError
 from ledger.logs import configure_logging, get_logger
 from ledger.policies import load_policy
-from ledger.queries import event_summary, request_is_late, subject_view
+from ledger.projections import ReadModels
+from ledger.queries import event_summary, request_is_late
 
 log = get_logger("ledger")
 
@@ -47,6 +48,7 @@ class Ledger:
         self.app = app
         self.keystore = keystore
         self.policy = policy
+        self._read_models: ReadModels | None = None
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -75,6 +77,8 @@ class Ledger:
         return ledger
 
     def close(self) -> None:
+        if self._read_models is not None:
+            self._read_models.close()
         self.app.close()
         self.keystore.close()
 
@@ -92,6 +96,13 @@ class Ledger:
     @property
     def clock(self) -> Clock:
         return self.app.clock
+
+    @property
+    def read_models(self) -> ReadModels:
+        """The read models (DESIGN 4.7), opened on first use; queries catch them up first."""
+        if self._read_models is None:
+            self._read_models = ReadModels.open(self.app, self.policy)
+        return self._read_models
 
     # -- commands ---------------------------------------------------------------------
 
@@ -116,9 +127,9 @@ class Ledger:
         actor: str | None = None,
     ) -> dict[str, Any]:
         """The subject's current state; a reveal needs a purpose and is recorded first."""
-        subject = self.app.load_subject(subject_id)
         if not reveal:
-            return subject_view(subject, self.policy)
+            return self.read_models.subject(subject_id)
+        subject = self.app.load_subject(subject_id)
         if not purpose or not purpose.strip():
             raise LedgerError("invalid_command", "revealing personal data needs a purpose")
         categories = sorted({item["category"] for item in subject.latest_items()})
@@ -129,7 +140,7 @@ class Ledger:
         log.info("data_viewed", subject=subject_id, actor=actor, categories=len(categories))
         keys = self.keystore.keys(subject_id)
         try:
-            return subject_view(subject, self.policy, keys)
+            return self.read_models.subject(subject_id, keys)
         finally:
             keys.clear()
 

@@ -43,6 +43,7 @@ def open_ledger(now: datetime | None = None) -> Iterator[Ledger]:
 
 def after_write(ledger: Ledger) -> None:
     """Work that follows every write from the CLI, so the next query sees it."""
+    ledger.read_models.catch_up()
 
 
 def fail(error: LedgerError, *, as_json: bool = False) -> None:

@@ -1,0 +1,289 @@
+"""`ReadModels`: open, catch up, rebuild, run and query the read models of a ledger.
+
+Catching up reads the notification log page by page from the tracked position and
+applies each page as one batch (rows and position in one transaction). It runs before
+every query the ledger answers from the read models, so a query always sees every event
+recorded before it; a worker (`run`) keeps them current in between, woken by PostgreSQL
+LISTEN/NOTIFY through the library's subscription, or by polling on SQLite.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from eventsourcing.application import Application
+from eventsourcing.persistence import InfrastructureFactory, Notification
+from eventsourcing.utils import Environment, EnvType
+
+from ledger.app import OrjsonTranscoder
+from ledger.domain.policy import PolicyCatalogue
+from ledger.logs import get_logger
+from ledger.projections.recorder import Cursor, ReadModelRecorder, recorder_class
+from ledger.projections.schema import PROJECTION_NAME, fingerprint
+from ledger.projections.state import SUBJECT_TOPICS, EventRecord
+from ledger.projections.views import subject_document
+
+log = get_logger("ledger.projections")
+
+BATCH = 1000
+Progress = Callable[[int, int], None]
+EventFilter = Callable[[EventRecord], bool]
+
+
+@dataclass(frozen=True)
+class Status:
+    name: str
+    application: str
+    position: int
+    head: int
+    backend: str
+
+    @property
+    def lag(self) -> int:
+        return max(self.head - self.position, 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "projection": self.name,
+            "application": self.application,
+            "backend": self.backend,
+            "position": self.position,
+            "head": self.head,
+            "lag": self.lag,
+        }
+
+
+def projection_env(app_env: Mapping[str, str]) -> Environment:
+    """The read models' environment: the application's database, a small pool of its own."""
+    env = dict(app_env)
+    env.setdefault(f"{PROJECTION_NAME.upper()}_POSTGRES_POOL_SIZE", "1")
+    env.setdefault(f"{PROJECTION_NAME.upper()}_POSTGRES_MAX_OVERFLOW", "4")
+    env["CREATE_TABLE"] = "y"
+    return Environment(PROJECTION_NAME, env)
+
+
+def construct_recorder(env: EnvType) -> ReadModelRecorder:
+    """The read-model recorder for an application environment, built by the library's factory."""
+    environment = env if isinstance(env, Environment) else projection_env(env)
+    module = environment.get("PERSISTENCE_MODULE") or "eventsourcing.sqlite"
+    factory = InfrastructureFactory[Any].construct(env=environment)
+    recorder = factory.tracking_recorder(recorder_class(module))
+    assert isinstance(recorder, ReadModelRecorder)
+    recorder.factory = factory  # type: ignore[attr-defined]  # closed with the recorder
+    return recorder
+
+
+class Decoder:
+    """Notifications → `EventRecord`s, decoding only events about subjects."""
+
+    def __init__(self, app: Application[Any]) -> None:
+        mapper = app.mapper
+        self._mapper = mapper
+        plain = mapper.cipher is None and mapper.compressor is None
+        self._decode = mapper.transcoder.decode if plain else None
+        self._fast = plain and isinstance(mapper.transcoder, OrjsonTranscoder)
+
+    def __call__(self, notifications: Sequence[Notification]) -> list[EventRecord]:
+        records = []
+        for n in notifications:
+            if n.topic not in SUBJECT_TOPICS:
+                continue
+            if self._fast:
+                state = orjson.loads(n.state)  # the timestamp stays a string: none is needed
+            elif self._decode is not None:
+                state = self._decode(n.state)
+            else:
+                state = dict(vars(self._mapper.to_domain_event(n)))
+            records.append(
+                EventRecord(str(n.originator_id), n.originator_version, n.id, n.topic, state)
+            )
+        return records
+
+
+class ReadModels:
+    """The read models of one ledger: a tracking recorder beside the application."""
+
+    def __init__(
+        self,
+        app: Application[Any],
+        recorder: ReadModelRecorder,
+        policy: PolicyCatalogue,
+        *,
+        keep_ciphertext: bool = True,
+        event_filter: EventFilter | None = None,
+        batch_size: int = BATCH,
+    ) -> None:
+        self.app = app
+        self.recorder = recorder
+        self.policy = policy
+        self.keep_ciphertext = keep_ciphertext
+        self.event_filter = event_filter
+        self.batch_size = batch_size
+        self.decode = Decoder(app)
+        self._lock = threading.RLock()
+        self._checked = False
+
+    @classmethod
+    def open(cls, app: Application[Any], policy: PolicyCatalogue) -> ReadModels:
+        """The read models in the application's own database (created on first use)."""
+        models = cls(app, construct_recorder(projection_env(app.env)), policy)
+        models.ensure_current_schema()
+        return models
+
+    def close(self) -> None:
+        factory = getattr(self.recorder, "factory", None)
+        if factory is not None:
+            factory.close()
+
+    @property
+    def backend(self) -> str:
+        return self.recorder.dialect
+
+    # -- schema -----------------------------------------------------------------------
+
+    def ensure_current_schema(self) -> bool:
+        """Reset the read models if they were built by other code or another catalogue.
+
+        Returns True if it reset them (the next catch-up replays every event).
+        """
+        if self._checked:
+            return False
+        expected = fingerprint(self.policy)
+        reset = False
+        if self.recorder.stored_fingerprint() != expected:
+            log.warning("read_models_reset", reason="schema or policy changed")
+            self.recorder.reset(expected)
+            reset = True
+        self._checked = True
+        return reset
+
+    # -- keeping current --------------------------------------------------------------
+
+    def position(self) -> int:
+        return self.recorder.position()
+
+    def head(self) -> int:
+        return self.app.recorder.max_notification_id() or 0
+
+    def status(self) -> Status:
+        return Status(
+            PROJECTION_NAME, self.app.name, self.position(), self.head(), self.recorder.dialect
+        )
+
+    def catch_up(self, *, until: int | None = None, progress: Progress | None = None) -> int:
+        """Apply every notification recorded so far (or up to `until`); returns how many.
+
+        Runs synchronously to the log's current head, one transaction per batch.
+        """
+        with self._lock:
+            target = self.head() if until is None else until
+            position = self.position()
+            done = 0
+            while position < target:
+                page = self.app.recorder.select_notifications(
+                    start=position + 1, limit=self.batch_size, stop=target
+                )
+                if not page:
+                    break
+                records = self.decode(page)
+                if self.event_filter is not None:
+                    records = [r for r in records if self.event_filter(r)]
+                applied = self.recorder.apply(
+                    records,
+                    page[-1].id,
+                    expected=position,
+                    policy=self.policy,
+                    keep_ciphertext=self.keep_ciphertext,
+                )
+                if applied:
+                    done += len(page)
+                    position = page[-1].id
+                else:  # another writer moved on (or a rebuild went back): start from there
+                    position = self.position()
+                if progress is not None:
+                    progress(position, target)
+            return done
+
+    def rebuild(self, *, progress: Progress | None = None) -> int:
+        """Drop every read model and replay the whole notification log into it."""
+        with self._lock:
+            started = time.perf_counter()
+            self.recorder.reset(fingerprint(self.policy))
+            self._checked = True
+            done = self.catch_up(progress=progress)
+            log.info(
+                "read_models_rebuilt",
+                events=done,
+                seconds=round(time.perf_counter() - started, 3),
+            )
+            return done
+
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        poll: float = 0.5,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        """Keep the read models current until `stop` is set.
+
+        On PostgreSQL the library's subscription (LISTEN/NOTIFY) wakes the worker when
+        events are recorded; SQLite offers no subscription, so the worker polls.
+        """
+        applied = self.catch_up()
+        if on_batch and applied:
+            on_batch(applied)
+        try:
+            subscription = self.app.recorder.subscribe(gt=self.position())
+        except NotImplementedError:
+            while not stop.wait(poll):
+                applied = self.catch_up()
+                if on_batch and applied:
+                    on_batch(applied)
+            return
+
+        def stop_subscription() -> None:
+            stop.wait()
+            subscription.stop()
+
+        watcher = threading.Thread(target=stop_subscription, daemon=True)
+        with subscription:
+            watcher.start()
+            reached = self.position()
+            for notification in subscription:
+                if stop.is_set():
+                    break
+                if notification.id <= reached:
+                    continue  # applied already by an earlier catch-up
+                applied = self.catch_up()
+                reached = self.position()
+                if on_batch and applied:
+                    on_batch(applied)
+        stop.set()
+
+    # -- queries ----------------------------------------------------------------------
+
+    @contextmanager
+    def reading(self, *, current: bool = True) -> Iterator[Cursor]:
+        """A consistent read of every table, after catching up (unless `current=False`)."""
+        if current:
+            self.catch_up()
+        with self.recorder.reader() as cur:
+            yield cur
+
+    def subject(
+        self, subject_id: str, keys: Mapping[str, bytes] | None = None, *, current: bool = True
+    ) -> dict[str, Any]:
+        """`subject show` from the read models; values opened only with the given keys."""
+        with self.reading(current=current) as cur:
+            return subject_document(cur, subject_id, keys)
+
+    def query(self, sql: str, params: Sequence[Any] = (), *, current: bool = True) -> list[Any]:
+        with self.reading(current=current) as cur:
+            return cur.query(sql, params)

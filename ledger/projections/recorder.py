@@ -1,0 +1,393 @@
+"""Tracking recorders that also hold the read-model tables (SQLite and PostgreSQL).
+
+They extend the library's `SQLiteTrackingRecorder` / `PostgresTrackingRecorder`, so the
+rows a batch changes and its tracking position are written in one transaction with the
+library's own tracking statement: a batch is applied exactly once, and a crash in the
+middle leaves neither rows nor position behind. Writers are serialised (SQLite `BEGIN
+IMMEDIATE`, a PostgreSQL transaction-level advisory lock), and a batch is only applied
+if the position is still the one it was read after, so CLI catch-ups, a worker and a
+rebuild can run at the same time without applying an event twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from operator import itemgetter
+from typing import Any
+
+import orjson
+from eventsourcing.persistence import Tracking, TrackingRecorder
+from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
+
+from ledger.domain.policy import PolicyCatalogue
+from ledger.projections.schema import (
+    KEYED,
+    LOGS,
+    META,
+    SUBJECTS,
+    TRACKING_TABLE,
+    Table,
+    create_statements,
+    drop_statements,
+)
+from ledger.projections.state import BatchState, EventRecord, SubjectState, subjects_to_load
+
+Row = dict[str, Any]
+CHUNK = 400  # ids per IN (...) list: well under SQLite's bound-parameter limit
+
+
+class Cursor:
+    """The few cursor operations the read models need, with `?` placeholders everywhere."""
+
+    def __init__(self, raw: Any, dialect: str) -> None:
+        self.raw = raw
+        self.dialect = dialect
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.dialect == "postgres" else sql
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.raw.execute(self._sql(sql), params)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self.raw.executemany(self._sql(sql), rows)
+
+    def fetchall(self) -> list[Row]:
+        return [dict(row) for row in self.raw.fetchall()]
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        self.execute(sql, params)
+        return self.fetchall()
+
+
+def _upsert(table: Table) -> str:
+    cols = table.column_names
+    updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in table.key)
+    return (
+        f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+        f"ON CONFLICT ({', '.join(table.key)}) DO UPDATE SET {updates}"
+    )
+
+
+def _insert(table: Table) -> str:
+    cols = table.column_names
+    return f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+
+
+_UPSERT = {t.name: _upsert(t) for t in (SUBJECTS, *KEYED, META)}
+_INSERT = {t.name: _insert(t) for t in KEYED}
+_COUNT = (
+    "INSERT INTO rm_counters (metric, a, b, n) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (metric, a, b) DO UPDATE SET n = rm_counters.n + excluded.n"
+)
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _encoder(table: Table) -> Callable[[Row], tuple[Any, ...]]:
+    """A function turning a row dict into a parameter tuple (JSON columns as text)."""
+    names = table.column_names
+    getter = itemgetter(*names)
+    json_at = [i for i, name in enumerate(names) if name in table.json]
+    if not json_at:
+        return lambda row: tuple(getter(row))
+
+    def encode(row: Row) -> tuple[Any, ...]:
+        values = list(getter(row))
+        for i in json_at:
+            value = values[i]
+            if value is not None:
+                values[i] = orjson.dumps(value).decode()
+        return tuple(values)
+
+    return encode
+
+
+def decode_row(table: Table, row: Row) -> Row:
+    """A stored row as Python values: JSON parsed, booleans as bool."""
+    for name in table.json:
+        value = row.get(name)
+        if value is not None:
+            row[name] = orjson.loads(value)
+    for name in table.booleans:
+        value = row.get(name)
+        if value is not None:
+            row[name] = bool(value)
+    return row
+
+
+_ENCODE = {t.name: _encoder(t) for t in (SUBJECTS, *KEYED, *LOGS)}
+_LOG_TABLES = {t.name: t for t in LOGS}
+_LOG_INSERT = {t.name: _insert(t) for t in LOGS}
+
+
+class ReadModelRecorder(TrackingRecorder):
+    """The read models' tables and the tracking position, for one backend."""
+
+    dialect: str = ""
+    application_name = "Ledger"
+
+    # -- transactions (per backend) ---------------------------------------------------
+
+    @abstractmethod
+    @contextmanager
+    def writer(self) -> Iterator[Cursor]:
+        """An exclusive write transaction (one writer of read models at a time)."""
+
+    @abstractmethod
+    @contextmanager
+    def reader(self) -> Iterator[Cursor]:
+        """A read transaction that sees one consistent state of every table."""
+
+    @abstractmethod
+    def _tracking_position(self, cursor: Cursor) -> int:
+        """The tracked position inside a transaction (0 before the first batch)."""
+
+    @abstractmethod
+    def _track(self, cursor: Cursor, position: int) -> None:
+        """Record the position with the library's tracking statement."""
+
+    @abstractmethod
+    def _reset_tracking(self, cursor: Cursor) -> None:
+        """Forget the position (rebuild)."""
+
+    # -- schema -----------------------------------------------------------------------
+
+    def create_read_models(self) -> None:
+        with self.writer() as cur:
+            for statement in create_statements(self.dialect):
+                cur.execute(statement)
+
+    def stored_fingerprint(self) -> str | None:
+        with self.reader() as cur:
+            rows = cur.query("SELECT value FROM rm_meta WHERE name = ?", ("fingerprint",))
+        return str(rows[0]["value"]) if rows else None
+
+    def reset(self, fingerprint: str) -> None:
+        """Drop every read model, recreate it empty and forget the position (one transaction)."""
+        with self.writer() as cur:
+            for statement in drop_statements():
+                cur.execute(statement)
+            for statement in create_statements(self.dialect):
+                cur.execute(statement)
+            self._reset_tracking(cur)
+            cur.execute(_UPSERT[META.name], ("fingerprint", fingerprint))
+
+    # -- position ---------------------------------------------------------------------
+
+    def position(self) -> int:
+        return self.max_tracking_id(self.application_name) or 0
+
+    # -- applying ---------------------------------------------------------------------
+
+    def apply(
+        self,
+        records: Sequence[EventRecord],
+        position: int,
+        *,
+        expected: int | None,
+        policy: PolicyCatalogue,
+        keep_ciphertext: bool = True,
+    ) -> bool:
+        """Apply one batch and move the position to `position`, all or nothing.
+
+        `expected` is the position the batch was read after; if another writer moved it
+        meanwhile nothing is written and False is returned (the caller reads again).
+        """
+        with self.writer() as cur:
+            current = self._tracking_position(cur)
+            if (expected is not None and current != expected) or position <= current:
+                return False
+            batch = BatchState(policy, keep_ciphertext=keep_ciphertext)
+            batch.subjects.update(self.load_subjects(cur, subjects_to_load(records)))
+            for record in records:
+                batch.apply(record)
+            batch.finish()
+            self._flush(cur, batch)
+            self._track(cur, position)
+        return True
+
+    def load_subjects(self, cur: Cursor, subject_ids: Sequence[str]) -> dict[str, SubjectState]:
+        """The stored rows of these subjects (every keyed table), by subject id."""
+        found: dict[str, SubjectState] = {}
+        for start in range(0, len(subject_ids), CHUNK):
+            chunk = subject_ids[start : start + CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            by_sid: dict[int, SubjectState] = {}
+            for row in cur.query(f"SELECT * FROM rm_subjects WHERE subject IN ({marks})", chunk):
+                state = SubjectState(row=decode_row(SUBJECTS, row), tables={})
+                state.tables = {t.name: {} for t in KEYED}
+                found[row["subject"]] = state
+                by_sid[int(row["sid"])] = state
+            if not by_sid:
+                continue
+            sids = list(by_sid)
+            marks = ", ".join("?" * len(sids))
+            for table in KEYED:
+                rows = cur.query(
+                    f"SELECT * FROM {table.name} WHERE sid IN ({marks}) ORDER BY seq", sids
+                )
+                for row in rows:
+                    state = by_sid[int(row["sid"])]
+                    state.tables[table.name][row[table.key2]] = decode_row(table, row)
+        return found
+
+    def _flush(self, cur: Cursor, batch: BatchState) -> None:
+        states = list(batch.subjects.values())
+        encode = _ENCODE[SUBJECTS.name]
+        cur.executemany(_UPSERT[SUBJECTS.name], [encode(s.row) for s in states])
+        for table in KEYED:
+            name = table.name
+            deletes = [(s.sid, key) for s in states if not s.new for key in s.deleted.get(name, ())]
+            cur.executemany(f"DELETE FROM {name} WHERE sid = ? AND {table.key2} = ?", deletes)
+            encode = _ENCODE[name]
+            fresh: list[tuple[Any, ...]] = []
+            changed: list[tuple[Any, ...]] = []
+            for s in states:
+                keys = s.dirty.get(name)
+                if not keys:
+                    continue
+                rows = s.tables[name]
+                (fresh if s.new else changed).extend(encode(rows[k]) for k in keys if k in rows)
+            cur.executemany(_INSERT[name], fresh)
+            cur.executemany(_UPSERT[name], changed)
+        for name, log_rows in batch.logs.items():
+            encode = _ENCODE[name]
+            cur.executemany(_LOG_INSERT[name], [encode(r) for r in log_rows])
+        cur.executemany(_COUNT, [(*k, n) for k, n in sorted(batch.counters.items())])
+
+    # -- reading ----------------------------------------------------------------------
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        with self.reader() as cur:
+            return cur.query(sql, params)
+
+
+class SQLiteReadModelRecorder(ReadModelRecorder, SQLiteTrackingRecorder):
+    """Read models in the event store's SQLite file, tracked in a table of their own."""
+
+    dialect = "sqlite"
+    datastore: SQLiteDatastore
+
+    def __init__(self, datastore: SQLiteDatastore, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        # The library's statements name a shared `tracking` table; the read models keep
+        # theirs apart, like the PostgreSQL factory does (`<projection>_tracking`).
+        t = TRACKING_TABLE
+        self.insert_tracking_statement = (
+            f"INSERT INTO {t} VALUES (:application_name, :notification_id) "
+            "ON CONFLICT (application_name) DO UPDATE "
+            "SET notification_id = :notification_id "
+            f"WHERE {t}.notification_id < :notification_id "
+            "RETURNING notification_id"
+        )
+        self.select_max_tracking_id_statement = (
+            f"SELECT MAX(notification_id) FROM {t} WHERE application_name=?"
+        )
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [
+            f"CREATE TABLE IF NOT EXISTS {TRACKING_TABLE} ("
+            "application_name TEXT, notification_id INTEGER, "
+            "PRIMARY KEY (application_name)) WITHOUT ROWID"
+        ]
+
+    def create_table(self) -> None:
+        super().create_table()
+        self.create_read_models()
+
+    @contextmanager
+    def writer(self) -> Iterator[Cursor]:
+        with self.datastore.get_connection(commit=True) as conn:
+            raw = conn.cursor()
+            # WAL with synchronous=NORMAL stays atomic and consistent; a power cut may only
+            # lose the newest batches, and their tracking position with them, so they are
+            # applied again. The events themselves are written by the application's own
+            # connections, which this setting does not touch.
+            raw.execute("PRAGMA synchronous=NORMAL")
+            raw.execute("PRAGMA cache_size=-65536")
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                yield Cursor(raw, "sqlite")
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+
+    @contextmanager
+    def reader(self) -> Iterator[Cursor]:
+        with self.datastore.transaction(commit=False) as raw:
+            yield Cursor(raw, "sqlite")
+
+    def _tracking_position(self, cursor: Cursor) -> int:
+        return self._max_tracking_id(self.application_name, cursor.raw) or 0
+
+    def _track(self, cursor: Cursor, position: int) -> None:
+        self._insert_tracking(cursor.raw, Tracking(self.application_name, position))
+
+    def _reset_tracking(self, cursor: Cursor) -> None:
+        cursor.execute(
+            f"DELETE FROM {TRACKING_TABLE} WHERE application_name = ?", (self.application_name,)
+        )
+
+
+class PostgresReadModelRecorder(ReadModelRecorder, PostgresTrackingRecorder):
+    """Read models in the event store's PostgreSQL schema."""
+
+    dialect = "postgres"
+    datastore: PostgresDatastore
+
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        digest = hashlib.sha256(f"{datastore.schema}/{TRACKING_TABLE}".encode()).digest()
+        self._lock_key = int.from_bytes(digest[:8], "big", signed=True)
+        self._search_path = f'SET LOCAL search_path TO "{datastore.schema}"'
+
+    def create_table(self) -> None:
+        super().create_table()
+        self.create_read_models()
+
+    @contextmanager
+    def writer(self) -> Iterator[Cursor]:
+        with self.datastore.get_connection() as conn, conn.transaction():
+            raw = conn.cursor()
+            raw.execute(self._search_path)
+            raw.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
+            yield Cursor(raw, "postgres")
+
+    @contextmanager
+    def reader(self) -> Iterator[Cursor]:
+        with self.datastore.get_connection() as conn, conn.transaction(force_rollback=True):
+            raw = conn.cursor()
+            raw.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            raw.execute(self._search_path)
+            yield Cursor(raw, "postgres")
+
+    def _tracking_position(self, cursor: Cursor) -> int:
+        return self._max_tracking_id(self.application_name, cursor.raw) or 0
+
+    def _track(self, cursor: Cursor, position: int) -> None:
+        self._insert_tracking(cursor.raw, Tracking(self.application_name, position))
+
+    def _reset_tracking(self, cursor: Cursor) -> None:
+        cursor.execute(
+            f'DELETE FROM "{self.datastore.schema}".{self.tracking_table_name} '
+            "WHERE application_name = ?",
+            (self.application_name,),
+        )
+
+
+def recorder_class(persistence_module: str) -> type[ReadModelRecorder]:
+    """The read-model recorder for the event store's persistence module."""
+    if persistence_module.endswith("postgres"):
+        return PostgresReadModelRecorder
+    if persistence_module.endswith("sqlite"):
+        return SQLiteReadModelRecorder
+    raise ValueError(f"read models need SQLite or PostgreSQL, not {persistence_module}")

@@ -1,0 +1,747 @@
+"""Applying events to read-model rows: one unit of work per batch of notifications.
+
+A batch loads the current rows of every subject it touches, applies the events in memory
+and writes back only what changed, together with the tracking position (the recorder does
+the writing). The logic mirrors the `DataSubject` aggregate's `apply` methods, so a read
+model says what the aggregate would say; handlers tolerate a missing predecessor (an
+as-of replay by `occurred_at` may leave one out) by skipping what they cannot place.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+
+from eventsourcing.utils import get_topic
+
+from ledger.domain.policy import PolicyCatalogue
+from ledger.domain.retention import scope_deadline
+from ledger.domain.subject import DataSubject, parse_iso, retention_class_of
+from ledger.projections.schema import (
+    AGREEMENTS,
+    COMPETITIONS,
+    CONSENT_EVENTS,
+    CONSENTS,
+    DATA_ITEMS,
+    DISCLOSURES,
+    ERASURES,
+    HOLDS,
+    KEYED,
+    NOTICES,
+    OBJECTIONS,
+    PROCESSING,
+    RELATIONSHIPS,
+    REQUESTS,
+    RESTRICTIONS,
+    TRANSFERS,
+    VIEWS,
+    Table,
+)
+from ledger.projections.schema import SCOPES as SCOPES_T
+
+Row = dict[str, Any]
+
+
+@dataclass
+class EventRecord:
+    """What a handler needs from one notification: who, which version, where, what."""
+
+    subject: str
+    version: int
+    position: int
+    topic: str
+    state: dict[str, Any]
+
+
+@dataclass
+class SubjectState:
+    """Every keyed row of one subject, as loaded plus this batch's changes."""
+
+    row: Row
+    tables: dict[str, dict[str, Row]]
+    dirty: dict[str, set[str]] = field(default_factory=dict)
+    deleted: dict[str, set[str]] = field(default_factory=dict)
+    new: bool = False
+
+    @classmethod
+    def empty(cls, row: Row) -> SubjectState:
+        return cls(row=row, tables={t.name: {} for t in KEYED}, new=True)
+
+    @property
+    def sid(self) -> int:
+        return int(self.row["sid"])
+
+    def rows(self, table: Table) -> dict[str, Row]:
+        return self.tables[table.name]
+
+    def put(self, table: Table, key: str, row: Row) -> None:
+        name = table.name
+        self.tables[name][key] = row
+        gone = self.deleted.get(name)
+        if gone:
+            gone.discard(key)
+        self.dirty.setdefault(name, set()).add(key)
+
+    def touch(self, table: Table, key: str) -> None:
+        self.dirty.setdefault(table.name, set()).add(key)
+
+    def remove(self, table: Table, key: str) -> None:
+        name = table.name
+        if self.tables[name].pop(key, None) is not None:
+            self.dirty.get(name, set()).discard(key)
+            self.deleted.setdefault(name, set()).add(key)
+
+
+class _Anchors:
+    """The part of a subject that retention deadlines read, rebuilt from rows.
+
+    Shaped like `DataSubject` for `ledger.domain.retention.scope_deadline`, so read
+    models and the sweeper compute the same deadline with the same code.
+    """
+
+    def __init__(self, state: SubjectState) -> None:
+        row = state.row
+        self.registered_at = row["registered_at"]
+        self.relationship_ended_at = row["relationship_ended_at"]
+        self.last_dialogue_at = row["last_dialogue_at"]
+        self.marketing_registered_at = row["marketing_registered_at"]
+        self.relationships = state.tables["rm_relationships"]
+        self.competitions = {k: r["ends_on"] for k, r in state.tables["rm_competitions"].items()}
+
+    def has_active_relationship(self) -> bool:
+        return any(r["active"] for r in self.relationships.values())
+
+
+def later(current: str | None, candidate: str) -> str:
+    """The later of two RFC 3339 times, compared as instants (as the aggregate does)."""
+    if current is None or parse_iso(candidate) > parse_iso(current):
+        return candidate
+    return current
+
+
+def _topic(name: str) -> str:
+    return get_topic(getattr(DataSubject, name))
+
+
+Handler = Callable[["BatchState", SubjectState, EventRecord], None]
+
+
+class BatchState:
+    """The unit of work of one batch: subjects' rows, new log rows, counter increments."""
+
+    def __init__(self, policy: PolicyCatalogue, *, keep_ciphertext: bool = True) -> None:
+        self.policy = policy
+        self.keep_ciphertext = keep_ciphertext
+        self.subjects: dict[str, SubjectState] = {}
+        self.logs: dict[str, list[Row]] = {}
+        self.counters: Counter[tuple[str, str, str]] = Counter()
+        self.applied = 0
+
+    # -- applying ---------------------------------------------------------------------
+
+    def apply(self, record: EventRecord) -> None:
+        handler = HANDLERS.get(record.topic)
+        if handler is None:
+            return  # idempotency receipts and anything else that is not about a subject
+        if record.topic == REGISTERED:
+            self._register(record)
+            return
+        state = self.subjects.get(record.subject)
+        if state is None:
+            return
+        handler(self, state, record)
+        state.row["version"] = max(int(state.row["version"] or 0), record.version)
+        state.row["position"] = record.position
+        self.applied += 1
+
+    def log(self, table: Table, row: Row) -> None:
+        self.logs.setdefault(table.name, []).append(row)
+
+    def sealed(self, value: dict[str, Any]) -> dict[str, Any]:
+        """A sealed value as stored, or (replays for auditors) without its ciphertext."""
+        if self.keep_ciphertext:
+            return value
+        return {k: value[k] for k in ("scope", "kid", "commit") if k in value}
+
+    def _register(self, r: EventRecord) -> None:
+        if r.subject in self.subjects:
+            return
+        s = r.state
+        row: Row = {
+            "sid": r.position,
+            "subject": r.subject,
+            "kind": s["kind"],
+            "purpose": s["purpose"],
+            "legal_basis": s["legal_basis"],
+            "provided_by": s.get("provided_by"),
+            "registered_at": s["occurred_at"],
+            "actor": s.get("actor"),
+            "status": "active",
+            "restricted": False,
+            "restriction_reason": None,
+            "erased_at": None,
+            "retention_shredded": False,
+            "held": False,
+            "relationship_active": False,
+            "relationship_ended_at": None,
+            "last_dialogue_at": None,
+            "marketing_registered_at": None,
+            "processed": 0,
+            "views": 0,
+            "version": r.version,
+            "position": r.position,
+        }
+        self.subjects[r.subject] = SubjectState.empty(row)
+        self.applied += 1
+
+    # -- derived columns --------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Recompute what depends on several rows: status, holds, deadlines, shredding."""
+        for state in self.subjects.values():
+            row = state.row
+            held = any(h["released_at"] is None for h in state.tables["rm_holds"].values())
+            row["held"] = held
+            row["relationship_active"] = any(
+                r["active"] for r in state.tables["rm_relationships"].values()
+            )
+            if row["erased_at"] is not None:
+                row["status"] = "erased"
+            elif row["retention_shredded"]:
+                row["status"] = "partially_erased"
+            else:
+                row["status"] = "active"
+            anchors = cast(DataSubject, _Anchors(state))
+            for key, scope in state.tables["rm_scopes"].items():
+                deadline = scope_deadline(anchors, self.policy, key)
+                live = any(k not in scope["shredded"] for k in scope["kids"])
+                shredded_at = None if live else max(scope["shredded"].values(), default=None)
+                derived = {
+                    "deadline": deadline.isoformat() if deadline else None,
+                    "held": held,
+                    "live": live,
+                    "shredded_at": shredded_at,
+                }
+                if any(scope.get(k) != v for k, v in derived.items()):
+                    scope.update(derived)
+                    state.touch(SCOPES_T, key)
+
+
+def _scope(b: BatchState, st: SubjectState, scope: str, position: int) -> Row:
+    rows = st.rows(SCOPES_T)
+    found = rows.get(scope)
+    if found is None:
+        found = {
+            "sid": st.sid,
+            "scope": scope,
+            "retention_class": retention_class_of(scope),
+            "kids": [],
+            "shredded": {},
+            "live": False,
+            "deadline": None,
+            "held": False,
+            "shredded_at": None,
+            "shred_reason": None,
+            "seq": position,
+        }
+        st.put(SCOPES_T, scope, found)
+    return found
+
+
+def _add_kid(b: BatchState, st: SubjectState, scope: str, kid: str, position: int) -> None:
+    row = _scope(b, st, scope, position)
+    if kid not in row["kids"]:
+        row["kids"] = [*row["kids"], kid]
+        st.touch(SCOPES_T, scope)
+
+
+def on_collected(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    s = r.state
+    items = st.rows(DATA_ITEMS)
+    previous = items.get(s["category"])
+    st.put(
+        DATA_ITEMS,
+        s["category"],
+        {
+            "sid": st.sid,
+            "category": s["category"],
+            "value": b.sealed(s["value"]),
+            "kid": s["value"]["kid"],
+            "scope": s["scope"],
+            "purpose": s["purpose"],
+            "legal_basis": s["legal_basis"],
+            "source": s["source"],
+            "collected_at": s["occurred_at"],
+            "cpr_ground": s.get("cpr_ground"),
+            "rectified": False,
+            "erased": False,
+            "seq": previous["seq"] if previous else r.position,
+        },
+    )
+    _add_kid(b, st, s["scope"], s["value"]["kid"], r.position)
+    if s["scope"] == "marketing":
+        newest = later(st.row["marketing_registered_at"], s["occurred_at"])
+        st.row["marketing_registered_at"] = newest
+    b.counters[("collected", s["purpose"], s["category"])] += 1
+
+
+def on_rectified(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    s = r.state
+    previous = st.rows(DATA_ITEMS).get(s["category"])
+    if previous is not None:
+        previous.update(
+            value=b.sealed(s["value"]),
+            kid=s["value"]["kid"],
+            scope=s["scope"],
+            collected_at=s["occurred_at"],
+            rectified=True,
+            erased=False,
+        )
+        st.touch(DATA_ITEMS, s["category"])
+        b.counters[("rectified", previous["purpose"], s["category"])] += 1
+    _add_kid(b, st, s["scope"], s["value"]["kid"], r.position)
+
+
+def on_consent_given(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    s = r.state
+    consents = st.rows(CONSENTS)
+    current = consents.get(s["purpose"])
+    channels = set(s["channels"])
+    categories = set(s["categories"])
+    explicit = bool(s["explicit"])
+    if current and current["active"]:
+        channels |= set(current["channels"])
+        categories |= set(current["categories"]) if current["explicit"] else set()
+        explicit = explicit or bool(current["explicit"])
+    st.put(
+        CONSENTS,
+        s["purpose"],
+        {
+            "sid": st.sid,
+            "purpose": s["purpose"],
+            "active": True,
+            "channels": sorted(channels),
+            "explicit": explicit,
+            "categories": sorted(categories),
+            "notice_version": s["notice_version"],
+            "method": s["method"],
+            "given_at": s["occurred_at"],
+            "withdrawn_at": None,
+            "seq": current["seq"] if current else r.position,
+        },
+    )
+    st.remove(OBJECTIONS, s["purpose"])
+    b.log(
+        CONSENT_EVENTS,
+        {
+            "position": r.position,
+            "sid": st.sid,
+            "purpose": s["purpose"],
+            "action": "given",
+            "channels": sorted(set(s["channels"])),
+            "full_withdrawal": False,
+            "explicit": bool(s["explicit"]),
+            "method": s["method"],
+            "notice_version": s["notice_version"],
+            "occurred_at": s["occurred_at"],
+            "actor": s.get("actor"),
+        },
+    )
+
+
+def on_consent_withdrawn(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    s = r.state
+    current = st.rows(CONSENTS).get(s["purpose"])
+    if current is None:
+        return
+    before = list(current["channels"])
+    if s["channels"]:
+        current["channels"] = [c for c in before if c not in s["channels"]]
+    else:
+        current.update(active=False, channels=[], withdrawn_at=s["occurred_at"])
+    st.touch(CONSENTS, s["purpose"])
+    b.log(
+        CONSENT_EVENTS,
+        {
+            "position": r.position,
+            "sid": st.sid,
+            "purpose": s["purpose"],
+            "action": "withdrawn",
+            "channels": [c for c in before if c not in current["channels"]],
+            "full_withdrawal": not s["channels"],
+            "explicit": None,
+            "method": None,
+            "notice_version": None,
+            "occurred_at": s["occurred_at"],
+            "actor": s.get("actor"),
+        },
+    )
+
+
+def on_objected(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    s = r.state
+    current = st.rows(OBJECTIONS).get(s["purpose"])
+    st.put(
+        OBJECTIONS,
+        s["purpose"],
+        {
+            "sid": st.sid,
+            "purpose": s["purpose"],
+            "objected_at": s["occurred_at"],
+            "seq": current["seq"] if current else r.position,
+        },
+    )
+
+
+def _restriction(b: BatchState, st: SubjectState, r: EventRecord, on: bool) -> None:
+    st.row["restricted"] = on
+    st.row["restriction_reason"] = r.state.get("reason") if on else None
+    b.log(
+        RESTRICTIONS,
+        {
+            "position": r.position,
+            "sid": st.sid,
+            "action": "restricted" if on else "lifted",
+            "reason": r.state.get("reason"),
+            "occurred_at": r.state["occurred_at"],
+            "actor": r.state.get("actor"),
+        },
+    )
+
+
+def on_restricted(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    _restriction(b, st, r, True)
+
+
+def on_restriction_lifted(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    _restriction(b, st, r, False)
+
+
+def on_disclosure_agreed(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    s = r.state
+    current = st.rows(AGREEMENTS).get(s["agreement"])
+    name = s["recipient_name"]
+    st.put(
+        AGREEMENTS,
+        s["agreement"],
+        {
+            "sid": st.sid,
+            "agreement": s["agreement"],
+            "recipient_kind": s["recipient_kind"],
+            "recipient_name": b.sealed(name),
+            "name_kid": name["kid"],
+            "country": s["country"],
+            "categories": list(s["categories"]),
+            "purpose": s["purpose"],
+            "valid_until": s.get("valid_until"),
+            "agreed_at": s["occurred_at"],
+            "revoked_at": None,
+            "seq": current["seq"] if current else r.position,
+        },
+    )
+    # The aggregate keeps no scope entry for the name's key, so neither does the read model.
+
+
+def on_agreement_revoked(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    current = st.rows(AGREEMENTS).get(r.state["agreement"])
+    if current is not None:
+        current["revoked_at"] = r.state["occurred_at"]
+        st.touch(AGREEMENTS, r.state["agreement"])
+
+
+def on_disclosed(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    s = r.state
+    b.log(
+        DISCLOSURES,
+        {
+            "position": r.position,
+            "sid": st.sid,
+            "agreement": s["agreement"],
+            "categories": list(s["categories"]),
+            "recipient_kind": s["recipient_kind"],
+            "country": s["country"],
+            "disclosed_at": s["occurred_at"],
+            "actor": s.get("actor"),
+        },
+    )
+
+
+def on_transferred(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    s = r.state
+    b.log(
+        TRANSFERS,
+        {
+            "position": r.position,
+            "sid": st.sid,
+            "categories": list(s["categories"]),
+            "country": s["country"],
+            "recipient": s["recipient"],
+            "transferred_at": s["occurred_at"],
+            "actor": s.get("actor"),
+        },
+    )
+
+
+def on_processed(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    s = r.state
+    st.row["processed"] = int(st.row["processed"]) + 1
+    b.log(
+        PROCESSING,
+        {
+            "position": r.position,
+            "sid": st.sid,
+            "purpose": s["purpose"],
+            "activity": s["activity"],
+            "channel": s.get("channel"),
+            "categories": list(s["categories"]),
+            "occurred_at": s["occurred_at"],
+            "actor": s.get("actor"),
+        },
+    )
+
+
+def on_relationship_started(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    s = r.state
+    current = st.rows(RELATIONSHIPS).get(s["relationship"])
+    st.put(
+        RELATIONSHIPS,
+        s["relationship"],
+        {
+            "sid": st.sid,
+            "relationship": s["relationship"],
+            "active": True,
+            "started_at": s["occurred_at"],
+            "ended_at": None,
+            "seq": current["seq"] if current else r.position,
+        },
+    )
+
+
+def on_relationship_ended(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    s = r.state
+    current = st.rows(RELATIONSHIPS).get(s["relationship"])
+    if current is not None:
+        current.update(active=False, ended_at=s["occurred_at"])
+        st.touch(RELATIONSHIPS, s["relationship"])
+    st.row["relationship_ended_at"] = later(st.row["relationship_ended_at"], s["occurred_at"])
+
+
+def on_dialogue(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    st.row["last_dialogue_at"] = later(st.row["last_dialogue_at"], r.state["occurred_at"])
+
+
+def on_competition(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    s = r.state
+    current = st.rows(COMPETITIONS).get(s["competition"])
+    st.put(
+        COMPETITIONS,
+        s["competition"],
+        {
+            "sid": st.sid,
+            "competition": s["competition"],
+            "ends_on": s["competition_ends_on"],
+            "seq": current["seq"] if current else r.position,
+        },
+    )
+
+
+def on_notified(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    s = r.state
+    b.log(
+        NOTICES,
+        {
+            "position": r.position,
+            "sid": st.sid,
+            "notice": s["notice"],
+            "policy_version": s["policy_version"],
+            "purpose": s.get("purpose"),
+            "notified_at": s["occurred_at"],
+            "actor": s.get("actor"),
+        },
+    )
+
+
+def on_hold_placed(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    s = r.state
+    current = st.rows(HOLDS).get(s["hold"])
+    st.put(
+        HOLDS,
+        s["hold"],
+        {
+            "sid": st.sid,
+            "hold": s["hold"],
+            "reason": s["reason"],
+            "placed_at": s["occurred_at"],
+            "released_at": None,
+            "seq": current["seq"] if current else r.position,
+        },
+    )
+
+
+def on_hold_released(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    current = st.rows(HOLDS).get(r.state["hold"])
+    if current is not None:
+        current["released_at"] = r.state["occurred_at"]
+        st.touch(HOLDS, r.state["hold"])
+
+
+def on_request_opened(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    s = r.state
+    current = st.rows(REQUESTS).get(s["request"])
+    st.put(
+        REQUESTS,
+        s["request"],
+        {
+            "sid": st.sid,
+            "request": s["request"],
+            "right_name": s["right"],
+            "received_at": s["received_at"],
+            "due": s["due"],
+            "status": "open",
+            "verified_at": None,
+            "extended_at": None,
+            "extension_reason": None,
+            "completed_at": None,
+            "outcome": None,
+            "seq": current["seq"] if current else r.position,
+        },
+    )
+
+
+def _request_update(st: SubjectState, request: str, **changes: Any) -> None:
+    current = st.rows(REQUESTS).get(request)
+    if current is not None:
+        current.update(changes)
+        st.touch(REQUESTS, request)
+
+
+def on_identity_verified(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    _request_update(st, r.state["request"], verified_at=r.state["occurred_at"])
+
+
+def on_request_extended(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    s = r.state
+    _request_update(
+        st, s["request"], due=s["due"], extended_at=s["occurred_at"], extension_reason=s["reason"]
+    )
+
+
+def on_request_completed(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    s = r.state
+    _request_update(
+        st, s["request"], status="completed", outcome=s["outcome"], completed_at=s["occurred_at"]
+    )
+
+
+def on_erasure(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    s = r.state
+    st.row["erased_at"] = s["occurred_at"]
+    b.log(
+        ERASURES,
+        {
+            "position": r.position,
+            "sid": st.sid,
+            "request": s.get("request"),
+            "shredded": list(s["shredded"]),
+            "retained": list(s["retained"]),
+            "occurred_at": s["occurred_at"],
+            "actor": s.get("actor"),
+        },
+    )
+
+
+def on_scope_shredded(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    """Crypto-shredding reaches the read models: every sealed value of those keys goes."""
+    s = r.state
+    kids = set(s["kids"])
+    scope = _scope(b, st, s["scope"], r.position)
+    shredded = dict(scope["shredded"])
+    for kid in s["kids"]:
+        shredded[kid] = s["occurred_at"]
+    scope["shredded"] = shredded
+    scope["shred_reason"] = s["reason"]
+    st.touch(SCOPES_T, s["scope"])
+    if s["reason"] != "erasure":
+        st.row["retention_shredded"] = True
+    for key, item in st.rows(DATA_ITEMS).items():
+        if item["kid"] in kids and item["scope"] == s["scope"]:
+            item.update(value=None, erased=True)
+            st.touch(DATA_ITEMS, key)
+    for key, agreement in st.rows(AGREEMENTS).items():
+        if agreement["name_kid"] in kids and agreement["recipient_name"] is not None:
+            agreement["recipient_name"] = None
+            st.touch(AGREEMENTS, key)
+
+
+def on_viewed(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    s = r.state
+    st.row["views"] = int(st.row["views"]) + 1
+    stamp = s.get("timestamp")
+    b.log(
+        VIEWS,
+        {
+            "position": r.position,
+            "sid": st.sid,
+            "purpose": s["purpose"],
+            "categories": list(s["categories"]),
+            "actor": s.get("actor"),
+            "occurred_at": s["occurred_at"],
+            "recorded_at": stamp.isoformat() if isinstance(stamp, datetime) else stamp,
+        },
+    )
+
+
+def _noop(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    """`Registered` is handled by `BatchState._register`."""
+
+
+REGISTERED = _topic("Registered")
+
+HANDLERS: dict[str, Handler] = {
+    REGISTERED: _noop,
+    _topic("DataCollected"): on_collected,
+    _topic("DataRectified"): on_rectified,
+    _topic("ConsentGiven"): on_consent_given,
+    _topic("ConsentWithdrawn"): on_consent_withdrawn,
+    _topic("Objected"): on_objected,
+    _topic("Restricted"): on_restricted,
+    _topic("RestrictionLifted"): on_restriction_lifted,
+    _topic("DisclosureAgreed"): on_disclosure_agreed,
+    _topic("DisclosureAgreementRevoked"): on_agreement_revoked,
+    _topic("DataDisclosed"): on_disclosed,
+    _topic("DataTransferred"): on_transferred,
+    _topic("DataProcessed"): on_processed,
+    _topic("RelationshipStarted"): on_relationship_started,
+    _topic("RelationshipEnded"): on_relationship_ended,
+    _topic("DialogueRecorded"): on_dialogue,
+    _topic("CompetitionEntered"): on_competition,
+    _topic("SubjectNotified"): on_notified,
+    _topic("LegalHoldPlaced"): on_hold_placed,
+    _topic("LegalHoldReleased"): on_hold_released,
+    _topic("RequestOpened"): on_request_opened,
+    _topic("IdentityVerified"): on_identity_verified,
+    _topic("RequestExtended"): on_request_extended,
+    _topic("RequestCompleted"): on_request_completed,
+    _topic("ErasureCarriedOut"): on_erasure,
+    _topic("ScopeShredded"): on_scope_shredded,
+    _topic("DataViewed"): on_viewed,
+}
+
+SUBJECT_TOPICS = frozenset(HANDLERS)
+
+
+def subjects_to_load(records: Iterable[EventRecord]) -> list[str]:
+    """Subjects a batch touches that it does not register itself (their rows are stored)."""
+    registered: set[str] = set()
+    wanted: dict[str, None] = {}
+    for r in records:
+        if r.topic not in SUBJECT_TOPICS:
+            continue
+        if r.topic == REGISTERED:
+            registered.add(r.subject)
+        elif r.subject not in registered:
+            wanted[r.subject] = None
+    return list(wanted)
