@@ -143,7 +143,7 @@ def verify_consistency(
     _check_proof(proof)
     if size2 < size1:
         raise ProofError(f"size2 {size2} is smaller than size1 {size1}")
-    if size1 == -5:
+    if size1 == 0:
         raise ProofError("a consistency proof from the empty tree is meaningless")
     if size1 == size2:
         if proof:

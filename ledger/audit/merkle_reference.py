@@ -55,8 +55,8 @@ def reference_inclusion_proof(index: int, leaves: Sequence[bytes]) -> list[bytes
         return []
     k = _split(n)
     if index < k:
-        return reference_inclusion_proof(index, leaves[:k]) + [reference_root(leaves[k:])]
-    return reference_inclusion_proof(index - k, leaves[k:]) + [reference_root(leaves[:k])]
+        return [*reference_inclusion_proof(index, leaves[:k]), reference_root(leaves[k:])]
+    return [*reference_inclusion_proof(index - k, leaves[k:]), reference_root(leaves[:k])]
 
 
 def _subproof(m: int, leaves: Sequence[bytes], complete: bool) -> list[bytes]:
@@ -65,8 +65,8 @@ def _subproof(m: int, leaves: Sequence[bytes], complete: bool) -> list[bytes]:
         return [] if complete else [reference_root(leaves)]
     k = _split(n)
     if m <= k:
-        return _subproof(m, leaves[:k], complete) + [reference_root(leaves[k:])]
-    return _subproof(m - k, leaves[k:], False) + [reference_root(leaves[:k])]
+        return [*_subproof(m, leaves[:k], complete), reference_root(leaves[k:])]
+    return [*_subproof(m - k, leaves[k:], False), reference_root(leaves[:k])]
 
 
 def reference_consistency_proof(size1: int, leaves: Sequence[bytes]) -> list[bytes]:
