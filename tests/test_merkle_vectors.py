@@ -7,7 +7,6 @@ verify. The folder is required: a missing or incomplete folder fails the run.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -21,15 +20,6 @@ VECTOR_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" 
 # Counted once by hand (find ... -name '*.json'); a changed count must be looked at.
 EXPECTED_COUNTS = {"inclusion": 59, "consistency": 57}
 EXPECTED_TOTAL = sum(EXPECTED_COUNTS.values())  # 116
-
-# The only vector that contradicts the project rule "the verifier rejects hashes that are
-# not 32 bytes" (DESIGN.md 4.6): equal sizes (1, 1), empty proof, and two identical
-# 12-byte placeholder roots ("don't care 2"). Upstream only compares the roots there. We
-# keep the stricter rule, assert this vector is rejected *for the length* and nothing
-# else, and check the vector's intent with 32-byte roots instead.
-LENGTH_RULE_OVERRIDES = frozenset(
-    {"consistency/additional/sizes-are-equal-one-and-proof-is-empty.json"}
-)
 
 INCLUSION_KEYS = {"leafIdx", "treeSize", "root", "leafHash", "proof", "desc", "wantErr"}
 CONSISTENCY_KEYS = {"size1", "size2", "root1", "root2", "proof", "desc", "wantErr"}
@@ -87,28 +77,12 @@ def test_vector_folder_is_complete() -> None:
     assert counts == EXPECTED_COUNTS
     assert len(_FILES) == EXPECTED_TOTAL
     assert len(_PARAMS) == EXPECTED_TOTAL
-    assert {_rel(p) for p in _FILES} >= LENGTH_RULE_OVERRIDES
 
 
 @pytest.mark.parametrize("path", _PARAMS)
 def test_vector(path: Path | None) -> None:
     assert path is not None, f"Merkle test vectors missing: {VECTOR_DIR}"
     kind, vector = _load(path)
-    if _rel(path) in LENGTH_RULE_OVERRIDES:
-        assert kind == "consistency" and vector["wantErr"] is False
-        roots = (_b64(vector["root1"]), _b64(vector["root2"]))
-        assert any(len(r) != 32 for r in roots)
-        with pytest.raises(ProofError, match="32 bytes"):
-            _verify(kind, vector)
-        # The vector's intent, with well-formed roots: equal sizes, empty proof,
-        # identical roots verify; different roots do not.
-        good = hashlib.sha256(roots[0]).digest()
-        verify_consistency(vector["size1"], vector["size2"], _proof(vector["proof"]), good, good)
-        with pytest.raises(ProofError):
-            verify_consistency(
-                vector["size1"], vector["size2"], [], good, hashlib.sha256(good).digest()
-            )
-        return
     if vector["wantErr"]:
         with pytest.raises(ProofError):
             _verify(kind, vector)
