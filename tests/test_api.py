@@ -252,6 +252,41 @@ def test_subject_find_history_and_reveal(served: Served, subject: str) -> None:
         assert "Karen" not in str(history)
 
 
+def test_requests_and_export(served: Served, subject: str) -> None:
+    request = {
+        "type": "open_request",
+        "subject": subject,
+        "right": "access",
+        "received_at": "2025-03-17T10:00:00+01:00",
+        "occurred_at": "2025-03-17T10:05:00+01:00",
+    }
+    with served.client("officer") as officer, served.client("auditor") as auditor:
+        opened = officer.post("/v1/commands", json=request).json()
+        assert opened["ok"] is True and opened["due"] == "2025-04-22"
+        listed = [r["request"] for r in auditor.get("/v1/requests").json()["requests"]]
+        assert opened["request"] in listed
+
+        def overdue(now: str) -> list[str]:
+            answer = auditor.get("/v1/requests", params={"overdue": "true", "now": now})
+            return [r["request"] for r in answer.json()["requests"]]
+
+        assert opened["request"] not in overdue("2025-04-22T12:00:00+02:00")
+        assert opened["request"] in overdue("2025-04-23T12:00:00+02:00")
+        path = f"/v1/subjects/{subject}/export"
+        document = officer.get(path)
+        assert document.status_code == 200 and document.json()["ok"] is True
+        assert "Karen Blixen" in document.text
+        html = officer.get(path, params={"format": "html"})
+        assert html.headers["content-type"].startswith("text/html")
+        assert "Karen Blixen" in html.text
+        portable = officer.get(path, params={"portable": "true"})
+        assert portable.status_code == 200 and "Karen Blixen" in portable.text
+        assert _error(officer.get(path, params={"format": "pdf"})) == (400, "invalid_command")
+        history = auditor.get(f"/v1/subjects/{subject}/history").json()["events"]
+        views = [e for e in history if e["type"] == "DataViewed"]
+        assert views[-1]["actor"] == "officer-token"
+
+
 def test_actor_is_the_token_name(served: Served, subject: str) -> None:
     with served.client("service") as client:
         answer = client.post(

@@ -56,25 +56,31 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message)
 
 
+async def authenticate(request: Request, permission: str) -> Principal:
+    """The caller of this request, if its bearer token is live and its role may do this."""
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        raise _unauthorized("a bearer token is required")
+    store: TokenStore = request.app.state.tokens
+    known, token = store.cached(credentials.strip())
+    if not known:
+        token = await run_in_threadpool(store.authenticate, credentials.strip())
+    if token is None:
+        raise _unauthorized("the token is not valid (unknown or revoked)")
+    principal = Principal(name=token.name, role=token.role)
+    request.state.actor = principal.name
+    principal.require(permission)
+    return principal
+
+
 def requires(permission: str) -> Callable[..., Awaitable[Principal]]:
-    """A dependency: a valid token whose role has this permission."""
+    """A dependency: a valid token whose role has this permission (documented in OpenAPI)."""
 
     async def dependency(
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Security(bearer),  # noqa: B008
     ) -> Principal:
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            raise _unauthorized("a bearer token is required")
-        store: TokenStore = request.app.state.tokens
-        known, token = store.cached(credentials.credentials)
-        if not known:
-            token = await run_in_threadpool(store.authenticate, credentials.credentials)
-        if token is None:
-            raise _unauthorized("the token is not valid (unknown or revoked)")
-        principal = Principal(name=token.name, role=token.role)
-        request.state.actor = principal.name
-        principal.require(permission)
-        return principal
+        return await authenticate(request, permission)
 
     dependency.__name__ = f"requires_{permission}"
     return dependency

@@ -15,9 +15,9 @@ from typing import Any, Final, TypeVar
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 
-from ledger.api.auth import Principal, requires
+from ledger.api.auth import Principal, authenticate, requires
 from ledger.api.errors import ApiError, JSONResponse, error_body, result_response, status_for
 from ledger.api.executor import GroupCommitExecutor
 from ledger.api.openapi import commands_request_body
@@ -128,7 +128,10 @@ def _ok(payload: dict[str, Any]) -> JSONResponse:
     "/v1/commands",
     tags=["commands"],
     summary="Execute one command, or a batch in one transaction",
-    openapi_extra={"requestBody": commands_request_body()},
+    openapi_extra={
+        "requestBody": commands_request_body(),
+        "security": [{"HTTPBearer": []}],
+    },
     responses={
         200: {"description": "The result: `{ok: true, ...}`; a batch adds `results`."},
         400: {"description": "invalid_command (also a body that is not JSON)"},
@@ -141,14 +144,13 @@ def _ok(payload: dict[str, Any]) -> JSONResponse:
         503: {"description": "the database failed; nothing of this group was written"},
     },
 )
-async def post_commands(
-    request: Request,
-    principal: Principal = Depends(requires("append")),  # noqa: B008
-) -> Response:
+async def post_commands(request: Request) -> Response:
     """One command object (group commit), or `{"commands": [...]}` (one atomic transaction).
 
-    The actor of every command is the token's name, whatever the body says.
+    The actor of every command is the token's name, whatever the body says. The hottest
+    path of the service: it authenticates without FastAPI's dependency machinery.
     """
+    principal = await authenticate(request, "append")
     executor = _executor(request)
     executor.arriving(1)
     counted = True
@@ -259,15 +261,16 @@ async def get_history(
 @router.get(
     "/v1/subjects/{subject_id}/export",
     tags=["subjects"],
-    summary="Everything about a subject (access and portability requests)",
+    summary="The subject's own copy (Art. 15 access answer, or Art. 20 portable data)",
 )
 async def get_export(
     request: Request,
     subject_id: str = SUBJECT_ID,
-    portable: bool = Query(False, description="Only what the subject provided (Art. 20)."),
+    portable: bool = Query(False, description="The Art. 20 export instead of Art. 15."),
+    format: str = Query("json", pattern="^(json|html)$", description="json or html."),
     principal: Principal = Depends(requires("export")),  # noqa: B008
 ) -> Response:
-    """The subject's data in the clear, for an officer answering a request (recorded)."""
+    """Values in the clear, for an officer answering a request; recorded as a view."""
     ledger = _ledger(request)
     export = getattr(ledger, "export", None)
     if export is None:
@@ -275,7 +278,11 @@ async def get_export(
     document = await _write(
         request, lambda: export(subject_id, portable=portable, actor=principal.name)
     )
-    return _ok(document if isinstance(document, dict) else {"export": document})
+    if format == "html":
+        from ledger.exports import render_html
+
+        return HTMLResponse(render_html(document))
+    return _ok(document)
 
 
 # -- requests and reports -----------------------------------------------------------------
