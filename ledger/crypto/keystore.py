@@ -283,10 +283,14 @@ class KeyStore:
         self._batch_depth = 0
         self._lookup_key: bytes | None = None
         with self._lock:
-            for statement in _SCHEMA:
-                self._db.execute(statement)
-            self._check_master()
-            self._db.commit()
+            try:
+                for statement in _SCHEMA:
+                    self._db.execute(statement)
+                self._check_master()
+                self._db.commit()
+            except BaseException:
+                self._db.close()  # a refused store must not keep its write lock
+                raise
 
     @classmethod
     def open(cls, url: DatabaseURL, master_key: bytes) -> KeyStore:
