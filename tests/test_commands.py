@@ -1,0 +1,359 @@
+"""The strict command schema (ledger/commands.py, DESIGN 5.1): anything off is invalid_command.
+
+Every rejection's message names the field, never the value it was given: the offending
+values below are personal-looking on purpose and must not appear in any message.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from ledger.commands import COMMANDS, parse_command
+from ledger.errors import LedgerError
+from ledger.facade import Ledger
+
+S = "11111111-1111-4111-8111-111111111111"
+U = "22222222-2222-4222-8222-222222222222"
+SECRET = "Søren Ærø 0101801234"
+
+VALID: dict[str, dict[str, Any]] = {
+    "register_subject": {
+        "kind": "customer",
+        "purpose": "customer_administration",
+        "legal_basis": "contract",
+    },
+    "collect": {
+        "subject": S,
+        "category": "name",
+        "value": "x",
+        "purpose": "customer_administration",
+        "legal_basis": "contract",
+        "source": "subject",
+    },
+    "rectify": {"subject": S, "category": "name", "value": "y"},
+    "give_consent": {
+        "subject": S,
+        "purpose": "marketing",
+        "notice_version": "2018-05-25",
+        "method": "web_form",
+    },
+    "withdraw_consent": {"subject": S, "purpose": "marketing"},
+    "object": {"subject": S, "purpose": "marketing"},
+    "restrict": {"subject": S},
+    "lift_restriction": {"subject": S},
+    "agree_disclosure": {
+        "subject": S,
+        "recipient": {"kind": "family_member", "name": "n", "country": "DK"},
+        "categories": ["consumption"],
+        "purpose": "customer_administration",
+    },
+    "revoke_disclosure_agreement": {"subject": S, "agreement": U},
+    "disclose": {"subject": S, "agreement": U, "categories": ["consumption"]},
+    "transfer": {"subject": S, "categories": ["orders"], "country": "SE", "recipient": "r"},
+    "process": {"subject": S, "purpose": "analytics", "activity": "segmentation"},
+    "start_relationship": {"subject": S, "relationship": "customer"},
+    "end_relationship": {"subject": S, "relationship": "subscription"},
+    "record_dialogue": {"subject": S},
+    "enter_competition": {"subject": S, "competition": "c1", "competition_ends_on": "2026-06-30"},
+    "place_legal_hold": {"subject": S, "reason": "dispute"},
+    "release_legal_hold": {"subject": S, "hold": U},
+    "open_request": {"subject": S, "right": "access"},
+    "verify_identity": {"subject": S, "request": U},
+    "extend_request": {"subject": S, "request": U, "reason": "complex"},
+    "complete_request": {"subject": S, "request": U, "outcome": "fulfilled"},
+    "erase": {"subject": S},
+    "notify_subject": {"subject": S, "notice": "privacy_policy", "policy_version": "2018-05-25"},
+}
+
+
+def command(command_type: str, /, **changes: Any) -> dict[str, Any]:
+    return {"type": command_type, **VALID[command_type], **changes}
+
+
+def rejected(data: Any, *, secrets: tuple[str, ...] = (SECRET,)) -> str:
+    """Parse, expect invalid_command, and check the message holds none of the secrets."""
+    with pytest.raises(LedgerError) as caught:
+        parse_command(data)
+    error = caught.value
+    assert error.code == "invalid_command"
+    for secret in secrets:
+        assert secret not in error.message
+        assert secret.lower() not in error.message.lower()
+        assert json.dumps(secret)[1:-1] not in error.message
+    return error.message
+
+
+def test_every_contract_command_type_has_a_valid_example() -> None:
+    assert set(VALID) == set(COMMANDS)
+
+
+@pytest.mark.parametrize("kind", sorted(VALID))
+def test_minimal_valid_command_parses(kind: str) -> None:
+    parsed = parse_command(command(kind))
+    assert parsed.type == kind
+    assert parsed.occurred_at is None
+    assert parsed.actor is None
+    assert parsed.idempotency_key is None
+    for name in VALID[kind]:
+        assert name in parsed.fields
+
+
+def test_common_fields_parse() -> None:
+    parsed = parse_command(
+        command(
+            "record_dialogue",
+            occurred_at="2026-03-02T11:00:00+01:00",
+            actor="crm",
+            idempotency_key="k-1",
+        )
+    )
+    assert parsed.occurred_at == datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+    assert parsed.actor == "crm"
+    assert parsed.idempotency_key == "k-1"
+    assert parse_command(command("record_dialogue", occurred_at="2026-03-02T10:00:00Z")).occurred_at
+
+
+def test_optional_fields_may_be_null() -> None:
+    parsed = parse_command(command("restrict", reason=None, actor=None))
+    assert "reason" not in parsed.fields
+    assert parsed.actor is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [None, [], ["register_subject"], "register_subject", 42, 1.5, True, SECRET],
+    ids=repr,
+)
+def test_a_command_must_be_an_object(data: Any) -> None:
+    message = rejected(data)
+    assert "object" in message
+
+
+@pytest.mark.parametrize("kind", [None, "", "shred_everything", 7, ["collect"], SECRET], ids=repr)
+def test_type_must_be_a_known_command(kind: Any) -> None:
+    data: dict[str, Any] = {"subject": S}
+    if kind is not None:
+        data["type"] = kind
+    message = rejected(data)
+    assert "'type'" in message
+
+
+@pytest.mark.parametrize("kind", sorted(VALID))
+def test_unknown_field_is_rejected(kind: str) -> None:
+    message = rejected(command(kind, nickname=SECRET))
+    assert "nickname" in message
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [
+        (kind, name)
+        for kind, spec in sorted(COMMANDS.items())
+        for name, (_, req) in spec.items()
+        if req
+    ],
+)
+def test_missing_required_field_is_rejected(kind: str, name: str) -> None:
+    data = command(kind)
+    del data[name]
+    message = rejected(data)
+    assert f"'{name}'" in message
+    # null counts as missing
+    assert f"'{name}'" in rejected(command(kind, **{name: None}))
+
+
+@pytest.mark.parametrize(
+    ("kind", "changes", "field"),
+    [
+        # wrong types
+        ("collect", {"subject": 12345}, "subject"),
+        ("collect", {"category": ["name"]}, "category"),
+        ("collect", {"purpose": {"p": SECRET}}, "purpose"),
+        ("collect", {"category": ""}, "category"),
+        ("collect", {"category": "   "}, "category"),
+        ("rectify", {"category": 1}, "category"),
+        ("give_consent", {"explicit": "yes"}, "explicit"),
+        ("give_consent", {"explicit": 1}, "explicit"),
+        ("give_consent", {"channels": "email"}, "channels"),
+        ("give_consent", {"categories": "health"}, "categories"),
+        ("give_consent", {"categories": [SECRET, 3]}, "categories[1]"),
+        ("agree_disclosure", {"recipient": SECRET}, "recipient"),
+        ("agree_disclosure", {"recipient": ["other", SECRET, "DK"]}, "recipient"),
+        ("agree_disclosure", {"categories": []}, "categories"),
+        ("agree_disclosure", {"categories": "consumption"}, "categories"),
+        ("disclose", {"categories": []}, "categories"),
+        ("transfer", {"recipient": 3}, "recipient"),
+        ("process", {"activity": None, "categories": {}}, "activity"),
+        ("process", {"categories": {"a": SECRET}}, "categories"),
+        ("collect", {"actor": 5}, "actor"),
+        ("collect", {"actor": ""}, "actor"),
+        ("collect", {"idempotency_key": 5}, "idempotency_key"),
+        ("collect", {"idempotency_key": ["k"]}, "idempotency_key"),
+        ("register_subject", {"identifiers": SECRET}, "identifiers"),
+        ("register_subject", {"identifiers": {"email": 5}}, "identifiers.email"),
+        ("register_subject", {"identifiers": {"cpr": ["0101801234"]}}, "identifiers.cpr"),
+        ("rectify", {"value": None}, "value"),
+        ("place_legal_hold", {"reason": "x" * 10_001}, "reason"),
+    ],
+)
+def test_wrong_type_is_rejected(kind: str, changes: dict[str, Any], field: str) -> None:
+    secrets = (SECRET, "x" * 100)
+    message = rejected(command(kind, **changes), secrets=secrets)
+    assert f"'{field}" in message
+
+
+@pytest.mark.parametrize(
+    ("kind", "changes", "field"),
+    [
+        ("register_subject", {"kind": "Søren Ærø"}, "kind"),
+        ("register_subject", {"kind": "Kunde"}, "kind"),
+        ("register_subject", {"legal_basis": "vital_interest"}, "legal_basis"),
+        ("register_subject", {"cpr_ground": "Søren Ærø"}, "cpr_ground"),
+        ("collect", {"source": "rumour"}, "source"),
+        ("collect", {"legal_basis": "Søren Ærø"}, "legal_basis"),
+        ("collect", {"cpr_ground": "because"}, "cpr_ground"),
+        ("give_consent", {"method": "telepathy"}, "method"),
+        ("give_consent", {"channels": ["email", "fax"]}, "channels[1]"),
+        ("withdraw_consent", {"channels": ["Søren Ærø"]}, "channels[0]"),
+        (
+            "agree_disclosure",
+            {"recipient": {"kind": "friend", "name": "n", "country": "DK"}},
+            "recipient.kind",
+        ),
+        ("process", {"channel": "pigeon"}, "channel"),
+        ("start_relationship", {"relationship": "friendship"}, "relationship"),
+        ("end_relationship", {"relationship": "Søren Ærø"}, "relationship"),
+        ("open_request", {"right": "to_be_forgotten"}, "right"),
+        ("complete_request", {"outcome": "ignored"}, "outcome"),
+        ("notify_subject", {"notice": "newsletter"}, "notice"),
+    ],
+)
+def test_bad_enum_value_is_rejected(kind: str, changes: dict[str, Any], field: str) -> None:
+    secrets = tuple(v for v in _strings(changes) if v not in ("email", "n", "DK"))
+    message = rejected(command(kind, **changes), secrets=secrets)
+    assert f"'{field}'" in message
+    assert "must be one of" in message
+
+
+@pytest.mark.parametrize(
+    "recipient",
+    [
+        {"kind": "other", "name": "n", "country": "Norway"},
+        {"kind": "other", "name": "n", "country": "dk"},
+        {"kind": "other", "name": "n", "country": "DNK"},
+        {"kind": "other", "name": "n", "country": 45},
+        {"kind": "other", "name": "n"},
+        {"kind": "other", "country": "DK"},
+        {"kind": "other", "name": "", "country": "DK"},
+        {"kind": "other", "name": "n", "country": "DK", "phone": SECRET},
+    ],
+    ids=repr,
+)
+def test_bad_recipient_is_rejected(recipient: dict[str, Any]) -> None:
+    message = rejected(command("agree_disclosure", recipient=recipient))
+    assert "'recipient" in message
+
+
+@pytest.mark.parametrize("country", ["Sweden", "se", "S", "SWE", "", 46])
+def test_bad_country_is_rejected(country: Any) -> None:
+    assert "'country'" in rejected(command("transfer", country=country))
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [
+        ("collect", "subject"),
+        ("register_subject", "subject"),
+        ("register_subject", "provided_by"),
+        ("rectify", "request"),
+        ("revoke_disclosure_agreement", "agreement"),
+        ("disclose", "agreement"),
+        ("release_legal_hold", "hold"),
+        ("verify_identity", "request"),
+        ("erase", "request"),
+    ],
+)
+@pytest.mark.parametrize(
+    "bad", ["0101801234", "Søren Ærø", "11111111-1111-4111-8111-11111111111", "", "g" * 32]
+)
+def test_bad_uuid_is_rejected(kind: str, name: str, bad: str) -> None:
+    secrets = (bad,) if len(bad) > 3 else ()
+    message = rejected(command(kind, **{name: bad}), secrets=secrets)
+    assert f"'{name}'" in message
+    assert "UUID" in message
+
+
+def test_uuid_is_normalised() -> None:
+    parsed = parse_command(command("record_dialogue", subject=S.upper()))
+    assert parsed.subject == S
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "2026-03-02T10:00:00",  # no offset
+        "02/03/2026 10:00",
+        "2026-02-30T10:00:00+01:00",
+        "2026-13-01T10:00:00Z",
+        "yesterday",
+        "Søren Ærø",
+        "",
+        1772445600,
+    ],
+    ids=repr,
+)
+def test_bad_instant_is_rejected(bad: Any) -> None:
+    secrets = (bad,) if isinstance(bad, str) and len(bad) > 3 else ()
+    message = rejected(command("record_dialogue", occurred_at=bad), secrets=secrets)
+    assert "'occurred_at'" in message
+    assert "'received_at'" in rejected(command("open_request", received_at=bad), secrets=secrets)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["2026-02-30", "30-06-2026", "2026/06/30", "next summer", "Søren Ærø", "", 20260630],
+    ids=repr,
+)
+def test_bad_date_is_rejected(bad: Any) -> None:
+    secrets = (bad,) if isinstance(bad, str) and len(bad) > 3 else ()
+    message = rejected(command("enter_competition", competition_ends_on=bad), secrets=secrets)
+    assert "'competition_ends_on'" in message
+    assert "'valid_until'" in rejected(
+        command("agree_disclosure", valid_until=bad), secrets=secrets
+    )
+
+
+def test_values_of_any_json_type_are_accepted_for_value() -> None:
+    for value in ("x", 0, False, [], {}, {"number": "F-1"}, [1, "ø"]):
+        assert parse_command(command("collect", value=value)).fields["value"] == value
+
+
+def test_invalid_command_through_the_facade_writes_nothing(ledger: Ledger) -> None:
+    before = ledger.max_position()
+    for data in (
+        None,
+        {"type": "collect", "subject": S},
+        command("collect", value={"cpr": SECRET}, nickname=SECRET),
+        command("register_subject", identifiers={"email": SECRET, "fax": SECRET}),
+        command("register_subject", subject=SECRET),
+    ):
+        result = ledger.execute(data)
+        assert result["ok"] is False
+        assert result["error"]["code"] == "invalid_command"
+        assert SECRET not in json.dumps(result, ensure_ascii=False)
+        assert json.dumps(SECRET)[1:-1] not in json.dumps(result)
+    assert ledger.max_position() == before
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []

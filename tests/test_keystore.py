@@ -1,0 +1,580 @@
+"""The key store (DESIGN 4.2–4.4) on SQLite and PostgreSQL: shredding is final for everyone.
+
+No mocks: every test opens the real key store of the backend the `settings` fixture picks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from ledger.clock import FixedClock
+from ledger.config import DatabaseURL, Settings
+from ledger.crypto.keystore import KeyStore, KeyStoreError
+from ledger.crypto.master import decode_master_key
+from ledger.crypto.sealing import SealError, seal, unseal
+from ledger.facade import Ledger
+from tests.conftest import MASTER_KEY, PG_URL
+
+MASTER = decode_master_key(MASTER_KEY)
+NEW_MASTER = bytes(range(100, 132))
+SCOPE = "customer_data"
+CA = "customer_administration"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[KeyStore]:
+    opened = KeyStore.open(settings.keystore, MASTER)
+    yield opened
+    opened.close()
+
+
+def new_subject() -> str:
+    return str(uuid.uuid4())
+
+
+def sealed_name(key: bytes, subject: str, kid: str, value: str = "Søren Ærø") -> Any:
+    return seal(key, subject=subject, scope=SCOPE, kid=kid, category="name", value=value)
+
+
+# -- shredding is final, for every process ------------------------------------------
+
+
+def test_shred_reaches_another_store_that_opened_the_key_before(
+    settings: Settings, store: KeyStore
+) -> None:
+    other = KeyStore.open(settings.keystore, MASTER)
+    try:
+        subject = new_subject()
+        key = store.ensure_key(subject, SCOPE)
+        box = sealed_name(key.key, subject, key.kid)
+        # the other instance opens it (and so would have cached it, were there a cache)
+        assert other.key(subject, SCOPE, key.kid) == key.key
+        assert other.active_key(subject, SCOPE) == key
+        assert other.keys(subject) == {key.kid: key.key}
+        assert unseal(other.keys(subject)[key.kid], box, subject=subject, category="name")
+        assert store.shred(subject, SCOPE, [key.kid]) == [key.kid]
+        for instance in (store, other):
+            assert instance.key(subject, SCOPE, key.kid) is None
+            assert instance.active_key(subject, SCOPE) is None
+            assert instance.keys(subject) == {}
+            assert key.kid not in instance.live_kids()
+        assert store.shred(subject, SCOPE, [key.kid]) == []  # idempotent
+        (record,) = other.records(subject)
+        assert record.kid == key.kid
+        assert record.shredded_at is not None
+        # a key session of the other instance never hands out the shredded key
+        fresh = other.session([subject]).key_for_sealing(subject, SCOPE)
+        assert fresh.kid != key.kid
+        assert fresh.generation == 2
+    finally:
+        other.close()
+
+
+CHILD = """
+import json, sys
+from ledger.config import DatabaseURL, Settings
+from ledger.facade import Ledger
+
+with Ledger.open(Settings.from_env()) as ledger:
+    print("ready", flush=True)
+    for line in sys.stdin:
+        what, *args = line.split()
+        if what == "key":
+            subject, scope, kid = args
+            key = ledger.keystore.key(subject, scope, kid)
+            print(key.hex() if key else "none", flush=True)
+        elif what == "reveal":
+            view = ledger.subject(args[0], reveal=True, purpose="test", actor="child")
+            print(json.dumps({d["category"]: d["value"] for d in view["data"]}), flush=True)
+"""
+
+
+def test_shred_reaches_another_process_that_opened_the_key_before(
+    cli_env: dict[str, str], settings: Settings, clock: FixedClock
+) -> None:
+    with Ledger.open(settings, clock=clock) as ledger:
+        subject = ledger.execute(
+            {
+                "type": "register_subject",
+                "kind": "customer",
+                "purpose": CA,
+                "legal_basis": "contract",
+                "identifiers": {"email": "søren@example.dk"},
+            }
+        )["subject"]
+        kid = ledger.keystore.records(subject)[0].kid
+        key = ledger.keystore.key(subject, SCOPE, kid)
+        assert key is not None
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env,
+            cwd=ROOT,
+        )
+        assert child.stdin is not None and child.stdout is not None
+        try:
+
+            def ask(line: str) -> str:
+                assert child.stdin is not None and child.stdout is not None
+                child.stdin.write(line + "\n")
+                child.stdin.flush()
+                return child.stdout.readline().strip()
+
+            assert child.stdout.readline().strip() == "ready"
+            assert ask(f"key {subject} {SCOPE} {kid}") == key.hex()
+            assert json.loads(ask(f"reveal {subject}")) == {"email": "søren@example.dk"}
+            result = ledger.execute({"type": "erase", "subject": subject})
+            assert result["shredded"] == [SCOPE]
+            assert ask(f"key {subject} {SCOPE} {kid}") == "none"
+            assert json.loads(ask(f"reveal {subject}")) == {"email": None}
+        finally:
+            child.stdin.close()
+            child.wait(timeout=30)
+            assert child.returncode == 0, child.stderr.read() if child.stderr else ""
+
+
+# -- generations -----------------------------------------------------------------------
+
+
+def test_new_generation_after_shredding_cannot_open_old_data(store: KeyStore) -> None:
+    subject = new_subject()
+    first = store.ensure_key(subject, SCOPE)
+    old = sealed_name(first.key, subject, first.kid)
+    store.shred(subject, SCOPE, [first.kid])
+    second = store.ensure_key(subject, SCOPE)
+    assert second.generation == first.generation + 1
+    assert second.kid != first.kid
+    assert second.key != first.key
+    with pytest.raises(SealError):
+        unseal(second.key, old, subject=subject, category="name")
+    # not even when the old ciphertext is relabelled with the new kid
+    relabelled = type(old)(scope=old.scope, kid=second.kid, ct=old.ct, commit=old.commit)
+    with pytest.raises(SealError):
+        unseal(second.key, relabelled, subject=subject, category="name")
+    assert store.key(subject, SCOPE, first.kid) is None
+    new = sealed_name(second.key, subject, second.kid, "Søren Ærø igen")
+    assert unseal(second.key, new, subject=subject, category="name") == "Søren Ærø igen"
+
+
+def test_generations_are_never_reused(settings: Settings, store: KeyStore) -> None:
+    subject = new_subject()
+    seen = []
+    for _ in range(3):
+        key = store.ensure_key(subject, SCOPE)
+        assert store.ensure_key(subject, SCOPE) == key  # the live one, not a new one
+        seen.append((key.generation, key.kid))
+        store.shred(subject, SCOPE, [key.kid])
+    assert [g for g, _ in seen] == [1, 2, 3]
+    assert len({k for _, k in seen}) == 3
+    # after reopening, and through a key session, the next one is 4
+    store.close()
+    reopened = KeyStore.open(settings.keystore, MASTER)
+    try:
+        nxt = reopened.session([subject]).key_for_sealing(subject, SCOPE)
+        assert nxt.generation == 4
+        assert nxt.kid not in {k for _, k in seen}
+        assert reopened.ensure_key(subject, SCOPE).generation == 4
+        records = sorted(reopened.records(subject), key=lambda r: r.generation)
+        assert [r.generation for r in records] == [1, 2, 3, 4]
+        assert [r.shredded_at is not None for r in records] == [True, True, True, False]
+        # scopes and subjects count generations apart
+        assert reopened.ensure_key(subject, "marketing").generation == 1
+        assert reopened.ensure_key(new_subject(), SCOPE).generation == 1
+    finally:
+        reopened.close()
+
+
+def test_returning_customer_gets_a_new_generation_through_the_ledger(
+    ledger: Ledger, clock: FixedClock
+) -> None:
+    subject = ledger.execute(
+        {
+            "type": "register_subject",
+            "kind": "prospect",
+            "purpose": CA,
+            "legal_basis": "legitimate_interest",
+            "identifiers": {"email": "gammel@example.dk"},
+        }
+    )["subject"]
+    (first,) = ledger.keystore.records(subject)
+    swept = ledger.sweep(datetime(2026, 5, 2, 12, 0, tzinfo=UTC))  # 2 months after
+    assert [(s["subject"], s["scope"]) for s in swept["shredded"]] == [(subject, SCOPE)]
+    clock.set(datetime(2026, 5, 3, 9, 0, tzinfo=UTC))
+    assert ledger.execute(
+        {
+            "type": "collect",
+            "subject": subject,
+            "category": "email",
+            "value": "ny@example.dk",
+            "purpose": CA,
+            "legal_basis": "legitimate_interest",
+            "source": "subject",
+        }
+    ) == {"ok": True}
+    records = sorted(ledger.keystore.records(subject), key=lambda r: r.generation)
+    assert [(r.generation, r.shredded_at is not None) for r in records] == [(1, True), (2, False)]
+    assert records[1].kid != first.kid
+    view = ledger.subject(subject, reveal=True, purpose="test")
+    assert view["status"] == "partially_erased"
+    assert [d["value"] for d in view["data"]] == ["ny@example.dk"]
+    history = ledger.history(subject)
+    kids = [e["sealed"]["kid"] for e in history if "sealed" in e]
+    assert kids == [first.kid, records[1].kid]
+
+
+def test_unit_of_work_never_seals_with_a_key_shredded_while_it_ran(
+    settings: Settings, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key session read just before another process shreds the scope must not be used."""
+    with (
+        Ledger.open(settings, clock=clock) as writer,
+        Ledger.open(settings, clock=clock) as sweeper,
+    ):
+        subject = writer.execute(
+            {
+                "type": "register_subject",
+                "kind": "prospect",
+                "purpose": CA,
+                "legal_basis": "legitimate_interest",
+                "identifiers": {"email": "før@example.dk"},
+            }
+        )["subject"]
+        (old,) = writer.keystore.records(subject)
+        clock.set(datetime(2026, 5, 3, 10, 0, tzinfo=UTC))  # past the 2-month deadline
+        read_keys = writer.keystore.session
+        swept: list[Any] = []
+
+        def session_then_sweep(subjects: Any) -> Any:
+            session = read_keys(subjects)  # the keys as they were...
+            if not swept:  # ...then another process shreds the scope (once)
+                swept.append(sweeper.sweep()["shredded"])
+            return session
+
+        monkeypatch.setattr(writer.keystore, "session", session_then_sweep)
+        result = writer.execute(
+            {
+                "type": "collect",
+                "subject": subject,
+                "category": "name",
+                "value": "Åse Ærø",
+                "purpose": CA,
+                "legal_basis": "legitimate_interest",
+                "source": "subject",
+            }
+        )
+        assert swept == [[{"subject": subject, "scope": SCOPE, "deadline": "2026-05-02"}]]
+        assert result == {"ok": True}
+        monkeypatch.undo()
+        view = writer.subject(subject, reveal=True, purpose="test")
+        assert {d["category"]: d["value"] for d in view["data"]} == {
+            "email": None,
+            "name": "Åse Ærø",
+        }
+        records = sorted(writer.keystore.records(subject), key=lambda r: r.generation)
+        assert [(r.kid == old.kid, r.shredded_at is not None) for r in records] == [
+            (True, True),
+            (False, False),
+        ]
+
+
+# -- the master key --------------------------------------------------------------------
+
+
+def test_wrong_master_key_is_refused(settings: Settings, store: KeyStore) -> None:
+    store.ensure_key(new_subject(), SCOPE)
+    with pytest.raises(KeyStoreError):
+        KeyStore.open(settings.keystore, NEW_MASTER)
+    with pytest.raises(KeyStoreError):
+        KeyStore.open(settings.keystore, MASTER[:16])
+
+
+def test_ledger_with_a_wrong_master_key_does_not_open(ledger_env: dict[str, str]) -> None:
+    with Ledger.open(Settings.from_env(ledger_env)):
+        pass
+    other = {**ledger_env, "LEDGER_MASTER_KEY": "ZGlmZmVyZW50LW1hc3Rlci1rZXktMzItYnl0ZXMhISE="}
+    with pytest.raises(KeyStoreError):
+        Ledger.open(Settings.from_env(other))
+
+
+def test_rewrap_keeps_keys_usable_and_retires_the_old_master(
+    settings: Settings, store: KeyStore
+) -> None:
+    subject = new_subject()
+    live = store.ensure_key(subject, SCOPE)
+    marketing = store.ensure_key(subject, "marketing")
+    gone = store.ensure_key(new_subject(), SCOPE)
+    store.shred(gone.subject, SCOPE, [gone.kid])
+    lookup_key = store.lookup_key()
+    assert store.rewrap(NEW_MASTER) == 2
+    assert store.key(subject, SCOPE, live.kid) == live.key  # usable at once
+    store.close()
+    with pytest.raises(KeyStoreError):
+        KeyStore.open(settings.keystore, MASTER)
+    reopened = KeyStore.open(settings.keystore, NEW_MASTER)
+    try:
+        assert reopened.key(subject, SCOPE, live.kid) == live.key
+        assert reopened.key(subject, "marketing", marketing.kid) == marketing.key
+        assert reopened.key(gone.subject, SCOPE, gone.kid) is None  # no resurrection
+        assert reopened.lookup_key() == lookup_key
+        with pytest.raises(KeyStoreError):
+            reopened.rewrap(b"short")
+    finally:
+        reopened.close()
+
+
+def test_rewrap_through_the_ledger(ledger_env: dict[str, str], clock: FixedClock) -> None:
+    settings = Settings.from_env(ledger_env)
+    with Ledger.open(settings, clock=clock) as ledger:
+        subject = ledger.execute(
+            {
+                "type": "register_subject",
+                "kind": "customer",
+                "purpose": CA,
+                "legal_basis": "contract",
+                "identifiers": {"phone": "+45 20 30 40 50"},
+            }
+        )["subject"]
+        ledger.keystore.rewrap(NEW_MASTER)
+    new_text = "ZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4CBgoM="
+    assert decode_master_key(new_text) == NEW_MASTER
+    with Ledger.open(Settings.from_env({**ledger_env, "LEDGER_MASTER_KEY": new_text})) as ledger:
+        view = ledger.subject(subject, reveal=True, purpose="test")
+        assert [d["value"] for d in view["data"]] == ["+45 20 30 40 50"]
+        assert ledger.find("phone", "20304050") == [subject]
+    with pytest.raises(KeyStoreError):
+        Ledger.open(settings)
+
+
+# -- the lookup index ------------------------------------------------------------------
+
+
+def test_lookup_rows_go_with_the_customer_data_key(ledger: Ledger) -> None:
+    identifiers = {
+        "cpr": "070761-4285",
+        "email": "Søren.Ærø@Example.dk",
+        "phone": "+45 20 30 40 50",
+        "customer_number": "K-1001",
+        "cvr": "34046352",
+    }
+    subject = ledger.execute(
+        {
+            "type": "register_subject",
+            "kind": "customer",
+            "purpose": CA,
+            "legal_basis": "contract",
+            "identifiers": identifiers,
+            "cpr_ground": "identification",
+        }
+    )["subject"]
+    other = ledger.execute(
+        {
+            "type": "register_subject",
+            "kind": "customer",
+            "purpose": CA,
+            "legal_basis": "contract",
+            "identifiers": {"email": "anden@example.dk"},
+        }
+    )["subject"]
+    probes = {
+        "cpr": "0707614285",
+        "email": "  søren.ærø@example.DK ",
+        "phone": "20304050",
+        "customer_number": "K-1001",
+        "cvr": "34 04 63 52",
+    }
+    for kind, probe in probes.items():
+        assert ledger.find(kind, probe) == [subject], kind
+    ledger.execute({"type": "erase", "subject": subject})
+    for kind, probe in probes.items():
+        assert ledger.find(kind, probe) == [], kind
+    # unfiltered: the index rows themselves are gone
+    for kind in probes:
+        assert _lookup_rows(ledger, subject, kind) == 0
+    assert ledger.find("email", "anden@example.dk") == [other]
+
+
+def test_lookup_rows_stay_when_another_scope_is_shredded(store: KeyStore) -> None:
+    subject = new_subject()
+    store.replace_lookup(subject, "email", b"\x01" * 32)
+    marketing = store.ensure_key(subject, "marketing")
+    store.shred(subject, "marketing", [marketing.kid])
+    assert store.find("email", b"\x01" * 32) == [subject]
+    customer = store.ensure_key(subject, SCOPE)
+    store.shred(subject, SCOPE, [customer.kid])
+    assert store.find("email", b"\x01" * 32) == []
+
+
+def _lookup_rows(ledger: Ledger, subject: str, kind: str) -> int:
+    rows = ledger.keystore._db.execute(
+        "SELECT COUNT(*) FROM ledger_lookup WHERE subject = ? AND kind = ?", (subject, kind)
+    )
+    return int(rows[0][0])
+
+
+# -- secure deletion on SQLite ---------------------------------------------------------
+
+
+def _wrapped(path: Path, kid: str) -> bytes:
+    with sqlite3.connect(path) as conn:
+        row = conn.execute("SELECT wrapped FROM ledger_keys WHERE kid = ?", (kid,)).fetchone()
+    conn.close()
+    assert row is not None and row[0] is not None
+    return bytes(row[0])
+
+
+def _raw_files(path: Path) -> dict[str, bytes]:
+    found = {}
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        candidate = Path(f"{path}{suffix}")
+        if candidate.exists():
+            found[candidate.name] = candidate.read_bytes()
+    return found
+
+
+def _traces(files: dict[str, bytes], secret: bytes) -> list[str]:
+    """Files holding the secret, or any 16-byte window of it."""
+    windows = {secret[i : i + 16] for i in range(0, len(secret) - 15)}
+    return [
+        name
+        for name, data in files.items()
+        if secret in data or any(window in data for window in windows)
+    ]
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Settings:
+    return Settings.from_env(
+        {"LEDGER_HOME": str(tmp_path / "home"), "LEDGER_MASTER_KEY": MASTER_KEY}
+    )
+
+
+def test_sqlite_key_files_forget_the_wrapped_key(sqlite_settings: Settings) -> None:
+    path = sqlite_settings.keystore.sqlite_path
+    assert path is not None and path.name == "keys.db"
+    store = KeyStore.open(sqlite_settings.keystore, MASTER)
+    try:
+        subject, keeper = new_subject(), new_subject()
+        doomed = store.ensure_key(subject, SCOPE)
+        kept = store.ensure_key(keeper, SCOPE)
+        doomed_bytes, kept_bytes = _wrapped(path, doomed.kid), _wrapped(path, kept.kid)
+        assert _traces(_raw_files(path), doomed_bytes)  # the scan sees it while it lives
+        store.shred(subject, SCOPE, [doomed.kid])
+        files = _raw_files(path)
+        assert "keys.db" in files
+        assert _traces(files, doomed_bytes) == []
+        assert _traces(files, kept_bytes)  # the other key is still there
+        (record,) = store.records(subject)
+        assert record.shredded_at is not None
+    finally:
+        store.close()
+    assert _traces(_raw_files(path), doomed_bytes) == []
+
+
+def test_sqlite_key_files_forget_keys_erased_through_the_ledger(
+    sqlite_settings: Settings, clock: FixedClock
+) -> None:
+    path = sqlite_settings.keystore.sqlite_path
+    assert path is not None
+    with Ledger.open(sqlite_settings, clock=clock) as ledger:
+        subject = ledger.execute(
+            {
+                "type": "register_subject",
+                "kind": "customer",
+                "purpose": CA,
+                "legal_basis": "contract",
+                "identifiers": {"email": "væk@example.dk"},
+            }
+        )["subject"]
+        (record,) = ledger.keystore.records(subject)
+        wrapped = _wrapped(path, record.kid)
+        for _ in range(20):  # more traffic in the WAL
+            ledger.execute({"type": "record_dialogue", "subject": subject})
+        assert _traces(_raw_files(path), wrapped)
+        ledger.execute({"type": "erase", "subject": subject})
+        assert _traces(_raw_files(path), wrapped) == []
+    assert _traces(_raw_files(path), wrapped) == []
+    assert os.stat(path).st_mode & 0o077 == 0
+
+
+# -- deletion on PostgreSQL: vacuumed heap pages no longer hold the key ---------------
+
+
+def test_postgres_key_pages_forget_the_wrapped_key(pg_schema: str) -> None:
+    url = DatabaseURL.parse(f"{PG_URL}?schema={pg_schema}")
+    store = KeyStore.open(url, MASTER)
+    try:
+        with psycopg.connect(url.conninfo(), autocommit=True) as conn:
+            inspect = _pageinspect(conn, pg_schema)
+            keys = [store.ensure_key(new_subject(), SCOPE) for _ in range(12)]
+            wrapped = {
+                k.kid: bytes(
+                    conn.execute(
+                        f'SELECT wrapped FROM "{pg_schema}".ledger_keys WHERE kid = %s', (k.kid,)
+                    ).fetchone()[0]  # type: ignore[index]
+                )
+                for k in keys
+            }
+
+            def pages() -> bytes:
+                size = conn.execute(
+                    "SELECT pg_relation_size(%s) / 8192", (f'"{pg_schema}".ledger_keys',)
+                ).fetchone()
+                assert size is not None
+                return b"".join(
+                    bytes(
+                        conn.execute(  # type: ignore[index]
+                            f'SELECT "{inspect}".get_raw_page(%s, %s)',
+                            (f'"{pg_schema}".ledger_keys', block),
+                        ).fetchone()[0]
+                    )
+                    for block in range(int(size[0]))
+                )
+
+            assert all(w in pages() for w in wrapped.values())
+            for key in keys[::3]:
+                store.shred(key.subject, SCOPE, [key.kid])
+            store.shred_many([(k.subject, SCOPE, [k.kid]) for k in keys[1::3]])
+            # VACUUM removes a dead row only when no older transaction anywhere in the
+            # cluster can still see it: on a busy server the bytes may outlive the shred
+            # until the next compaction (the sweeper compacts after shredding).
+            for _ in range(50):
+                raw = pages()
+                if not any(wrapped[k.kid] in raw for i, k in enumerate(keys) if i % 3 != 2):
+                    break
+                time.sleep(0.1)
+                store.compact()
+            for index, key in enumerate(keys):
+                assert (wrapped[key.kid] in raw) is (index % 3 == 2), index
+    finally:
+        store.close()
+
+
+def _pageinspect(conn: psycopg.Connection[Any], schema: str) -> str:
+    """The schema holding pageinspect (created in the test's schema if missing)."""
+    try:
+        conn.execute(f'CREATE EXTENSION IF NOT EXISTS pageinspect SCHEMA "{schema}"')
+    except psycopg.Error as exc:
+        pytest.skip(f"pageinspect is not available: {exc}".splitlines()[0])
+    row = conn.execute(
+        "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+        "WHERE e.extname = 'pageinspect'"
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
