@@ -86,13 +86,14 @@ def test_database_failure_fails_only_its_group(env: dict[str, str]) -> None:
         app = server.app.state.ledger.app
         real_save = app.save
         calls = {"n": 0}
-        queued = threading.Event()
+        queued, saving = threading.Event(), threading.Event()
+        executor = server.app.state.executor
 
         def save(*args: Any, **kwargs: Any) -> Any:
             calls["n"] += 1
             if calls["n"] == 1:
+                saving.set()
                 queued.wait(10)  # hold the first group until the others have queued
-                time.sleep(0.2)
                 return real_save(*args, **kwargs)
             if calls["n"] == 2:
                 raise OperationalError("injected: the database went away")
@@ -108,11 +109,13 @@ def test_database_failure_fails_only_its_group(env: dict[str, str]) -> None:
         async def run() -> tuple[httpx.Response, list[httpx.Response]]:
             async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as c:
                 head = asyncio.create_task(c.post("/v1/commands", json=_register(first)))
-                await asyncio.sleep(0.1)
+                assert await asyncio.to_thread(saving.wait, 10)
                 tail = [
                     asyncio.create_task(c.post("/v1/commands", json=_register(s))) for s in doomed
                 ]
-                await asyncio.sleep(0.2)
+                deadline = time.monotonic() + 10
+                while len(executor._queue) < len(doomed) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
                 queued.set()
                 return await head, list(await asyncio.gather(*tail))
 

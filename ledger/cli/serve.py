@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+from types import FrameType
 
 import typer
 
+from ledger.api.background import BackgroundProcess
 from ledger.api.options import ServerOptions
 from ledger.api.tokens import TokenStore
 from ledger.cli.common import err_console, open_ledger
@@ -62,20 +65,45 @@ def serve(
             "'Authorization: Bearer <token>'."
         )
     err_console.print(f"API document: http://{host}:{port}/docs")
+    # The server processes only answer requests; one background process per `serve` keeps
+    # read models current and sweeps, so its rounds never stall a response.
     options = ServerOptions(
         group_commit=not no_group_commit,
         group_max=group_max,
         group_wait_ms=group_wait_ms,
-        sweep_every=None if no_sweep else sweep_every,
+        sweep_every=None,
+        tick=0,
     )
     os.environ.update(options.to_env())
-    uvicorn.run(
-        "ledger.api.app:app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        access_log=False,  # ours leaves query strings out; uvicorn's would log them
-        timeout_graceful_shutdown=30,
-        log_level="info",
-    )
+    background = BackgroundProcess(tick=1.0, sweep_every=None if no_sweep else sweep_every)
+    background.start()
+    stopped: list[int] = []
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        # uvicorn restores this handler after its graceful shutdown and re-raises the signal
+        # it caught; we end here instead of dying of it, so the background process is stopped.
+        stopped.append(signum)
+        raise _Stopped
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        uvicorn.run(
+            "ledger.api.app:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=False,  # ours leaves query strings out; uvicorn's would log them
+            timeout_graceful_shutdown=30,
+            log_level="info",
+        )
+    except _Stopped:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        background.stop()
+
+
+class _Stopped(Exception):
+    """A stop signal arrived after uvicorn's graceful shutdown."""
