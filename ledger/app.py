@@ -296,15 +296,22 @@ class LedgerApplication(Application[UUID]):
                         raise _Rejected(index, error) from None
                     uow.restore(saved)
                     results.append(error.to_result())
-            for subject_id, kinds in uow.lookups.items():
-                for kind, digest in kinds.items():
-                    session.replace_lookup(subject_id, kind, digest)
             session.commit()
         finally:
             session.forget()
         shreds = uow.shredded_keys()
         if any(s.pending_events for s in uow.subjects.values()) or uow.receipts:
             self.save(*uow.subjects.values(), *uow.receipts)
+        # After the events: an index row never points at data that was not written. A crash
+        # here leaves an identifier unfindable until `reindex`, never a wrong match.
+        if uow.lookups:
+            self.keystore.replace_lookups(
+                [
+                    (subject_id, kind, digest)
+                    for subject_id, kinds in uow.lookups.items()
+                    for kind, digest in kinds.items()
+                ]
+            )
         if shreds:
             self.keystore.shred_many(shreds)
         return results

@@ -541,6 +541,14 @@ def test_r6_objection_to_direct_marketing_is_unconditional(ledger: Ledger) -> No
     ok(ledger, process(subject, "analytics"))  # other purposes go on
 
 
+def test_r6_objection_stands_after_a_new_consent(ledger: Ledger) -> None:
+    """"No marketing on any channel afterwards": a later consent does not lift it."""
+    subject = register(ledger)
+    ok(ledger, simple("object", subject, purpose="marketing"))
+    ok(ledger, consent(subject, "marketing", channels=["email"]))
+    fails(ledger, process(subject, "marketing", channel="email"), "objected")
+
+
 def test_r7_objection_to_legitimate_interest_stops_that_purpose(ledger: Ledger) -> None:
     subject = register(ledger)
     ok(ledger, process(subject, "analytics"))

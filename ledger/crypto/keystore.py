@@ -236,7 +236,6 @@ class KeySession:
                 )
         self._open: dict[tuple[str, str], DataKey] = {}
         self.new_keys: list[tuple[DataKey, bytes]] = []
-        self.lookups: list[tuple[str, str, bytes]] = []
 
     def key_for_sealing(self, subject: str, scope: str) -> DataKey:
         """The scope's live key, or a new generation after the last (shredded) one."""
@@ -258,11 +257,8 @@ class KeySession:
         self._open[(subject, scope)] = found
         return found
 
-    def replace_lookup(self, subject: str, kind: str, digest: bytes) -> None:
-        self.lookups.append((subject, kind, digest))
-
     def commit(self) -> None:
-        """Write new keys and lookup rows in one transaction (before the events are saved)."""
+        """Write the new keys in one transaction (before the events that use them)."""
         self._store._write_session(self)
 
     def forget(self) -> None:
@@ -342,31 +338,38 @@ class KeyStore:
                 )
         return KeySession(self, rows)
 
+    def replace_lookups(self, rows: Sequence[tuple[str, str, bytes]]) -> None:
+        """Each (subject, kind) gets this digest as its current identifier, in one transaction."""
+        with self._lock:
+            try:
+                self._db.executemany(
+                    "DELETE FROM ledger_lookup WHERE subject = ? AND kind = ?",
+                    [(subject, kind) for subject, kind, _ in rows],
+                )
+                self._db.executemany(
+                    "INSERT INTO ledger_lookup (kind, digest, subject) VALUES (?, ?, ?) "
+                    "ON CONFLICT DO NOTHING",
+                    [(kind, digest, subject) for subject, kind, digest in rows],
+                )
+                self._db.commit()
+            except BaseException:
+                self._db.rollback()
+                raise
+
     def _write_session(self, session: KeySession) -> None:
-        if not session.new_keys and not session.lookups:
+        if not session.new_keys:
             return
         with self._lock:
             try:
-                if session.new_keys:
-                    self._db.executemany(
-                        "INSERT INTO ledger_keys "
-                        "(subject, scope, generation, kid, wrapped, created_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        [
-                            (k.subject, k.scope, k.generation, k.kid, wrapped, _now())
-                            for k, wrapped in session.new_keys
-                        ],
-                    )
-                if session.lookups:
-                    self._db.executemany(
-                        "DELETE FROM ledger_lookup WHERE subject = ? AND kind = ?",
-                        [(subject, kind) for subject, kind, _ in session.lookups],
-                    )
-                    self._db.executemany(
-                        "INSERT INTO ledger_lookup (kind, digest, subject) VALUES (?, ?, ?) "
-                        "ON CONFLICT DO NOTHING",
-                        [(kind, digest, subject) for subject, kind, digest in session.lookups],
-                    )
+                self._db.executemany(
+                    "INSERT INTO ledger_keys "
+                    "(subject, scope, generation, kid, wrapped, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (k.subject, k.scope, k.generation, k.kid, wrapped, _now())
+                        for k, wrapped in session.new_keys
+                    ],
+                )
                 self._db.commit()
             except Exception as exc:
                 self._db.rollback()

@@ -16,7 +16,7 @@ from uuid import UUID
 import orjson
 from eventsourcing.domain import Aggregate
 
-from ledger.domain.calendar import add_months, local_date, request_due_date
+from ledger.domain.calendar import local_date, request_due_date
 from ledger.domain.cpr import InvalidCPR, normalise_cpr
 from ledger.domain.policy import PolicyCatalogue, Purpose
 from ledger.errors import LedgerError
@@ -175,7 +175,6 @@ class DataSubject(Aggregate):
                 "given_at": self.occurred_at,
                 "withdrawn_at": None,
             }
-            subject.objections.pop(self.purpose, None)
 
     class ConsentWithdrawn(Event):
         purpose: str
@@ -1160,7 +1159,8 @@ class DataSubject(Aggregate):
         if found["extended_at"] is not None:
             raise LedgerError("extension_too_late", f"request {request} was already extended")
         received = local_date(parse_iso(found["received_at"]))
-        if local_date(occurred_at) > add_months(received, 1):
+        # The first month is a period of Regulation 1182/71 too: it ends on the due date.
+        if local_date(occurred_at) > request_due_date(received):
             raise LedgerError(
                 "extension_too_late",
                 f"request {request} can be extended only within the first month after receipt",
