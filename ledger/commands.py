@@ -47,7 +47,7 @@ def boolean(name: str, value: Any) -> bool:
 
 
 def instant(name: str, value: Any) -> datetime:
-    if not isinstance(value, str):
+    if not isinstance(value, str) or "T" not in value.upper():
         raise _fail(name, "must be an RFC 3339 time with offset")
     try:
         return parse_instant(value)

@@ -357,3 +357,17 @@ def _strings(value: Any) -> list[str]:
     if isinstance(value, list):
         return [s for v in value for s in _strings(v)]
     return []
+
+
+def test_occurred_at_needs_a_time_not_only_a_date() -> None:
+    from ledger.commands import parse_command
+    from ledger.errors import LedgerError
+
+    command = {"type": "record_dialogue", "subject": "11111111-1111-4111-8111-111111111111"}
+    try:
+        parse_command({**command, "occurred_at": "2025-03-17"})
+    except LedgerError as error:
+        assert error.code == "invalid_command"
+    else:
+        raise AssertionError("a bare date was accepted as occurred_at")
+    assert parse_command({**command, "occurred_at": "2025-03-17T09:00:00+01:00"}).occurred_at
