@@ -44,6 +44,9 @@ def open_ledger(now: datetime | None = None) -> Iterator[Ledger]:
 def after_write(ledger: Ledger) -> None:
     """Work that follows every write from the CLI, so the next query sees it."""
     ledger.read_models.catch_up()
+    from ledger.audit.service import seal_after_write
+
+    seal_after_write(ledger)  # add the new events to the Merkle log, sign a checkpoint
 
 
 def fail(error: LedgerError, *, as_json: bool = False) -> None:

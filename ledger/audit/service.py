@@ -1,0 +1,266 @@
+"""The audit log for front ends (CLI, HTTP, Python): one call per question, on a `Ledger`.
+
+- `seal(ledger)`: add new events to the log and sign a checkpoint;
+- `seal_after_write(ledger)`: the same for the after-write hook (never fails the write);
+- `AutoSealer`: for long-running processes, seals at least every second or 1,000 events;
+- `latest_checkpoint(ledger)`: the latest signed note with its size and root;
+- `proof(ledger, subject=, leaf=, first=, size=)`: what `GET /v1/audit/proof` answers;
+- `prove_subject`, `prove_event`, `prove_consistency`: the same, one question each;
+- `verify(ledger)`, `export(ledger, out)`: the auditor's checks and bundle.
+
+Each `Ledger` gets one `AuditLog` (its own database connection), made on first use and
+closed with the ledger object.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from ledger.audit.bundle import export_bundle
+from ledger.audit.keys import DEFAULT_ORIGIN, SigningKeyError, load_signer
+from ledger.audit.log import AuditLog, SealResult, b64
+from ledger.audit.merkle import ProofError
+from ledger.audit.note import Verifier
+from ledger.audit.store import AuditError, AuditStore
+from ledger.audit.verify import Progress, VerifyReport, verify_store
+from ledger.errors import LedgerError
+from ledger.logs import get_logger
+
+if TYPE_CHECKING:
+    from ledger.facade import Ledger
+
+__all__ = [
+    "AutoSealer",
+    "audit_log",
+    "export",
+    "latest_checkpoint",
+    "proof",
+    "prove_consistency",
+    "prove_event",
+    "prove_subject",
+    "public_key",
+    "seal",
+    "seal_after_write",
+    "verify",
+]
+
+log = get_logger("ledger.audit")
+
+_logs: weakref.WeakKeyDictionary[Any, AuditLog] = weakref.WeakKeyDictionary()
+_logs_lock = threading.Lock()
+
+
+def audit_log(ledger: Ledger) -> AuditLog:
+    """The ledger's Merkle log (opened once per `Ledger`; the signing key made if missing)."""
+    with _logs_lock:
+        found = _logs.get(ledger)
+        if found is not None:
+            return found
+        table = getattr(ledger.app.recorder, "events_table_name", "stored_events")
+        store = AuditStore.open(ledger.settings.database, table)
+        try:
+            signer = load_signer(ledger.settings)
+        except SigningKeyError:
+            store.close()
+            raise
+        origin = store.meta("origin") or DEFAULT_ORIGIN
+        opened = AuditLog(store, signer.verifier, signer=signer, origin=origin)
+        _logs[ledger] = opened
+        weakref.finalize(ledger, store.close)
+        return opened
+
+
+def _error(exc: Exception) -> LedgerError:
+    return LedgerError("invalid_command", str(exc))
+
+
+# -- sealing ------------------------------------------------------------------------------
+
+
+def seal(ledger: Ledger) -> SealResult:
+    """Seal every new event and sign a checkpoint; AuditError if the log refuses."""
+    return audit_log(ledger).seal()
+
+
+def seal_after_write(ledger: Ledger) -> None:
+    """Seal after a write; a refusal (a damaged log) is logged and shown, not raised.
+
+    The write it follows has happened; failing it now would only hide the result from
+    the caller. `ledger audit verify` is where a damaged log makes a command fail.
+    """
+    try:
+        result = seal(ledger)
+    except (AuditError, SigningKeyError) as exc:
+        log.error("audit_seal_failed", error=str(exc))
+        print(f"warning: the audit log was not sealed: {exc}", file=sys.stderr)
+        return
+    if result.added:
+        log.info("audit_sealed", added=result.added, tree_size=result.tree_size)
+
+
+class AutoSealer:
+    """Seal in a long-running process at least every `interval` seconds or `batch` events.
+
+    Call `tick(ledger, written)` after each write (with how many events it wrote) and
+    from a timer; it seals when either bound is reached. Thread-safe.
+    """
+
+    def __init__(self, interval: float = 1.0, batch: int = 1000) -> None:
+        self.interval = interval
+        self.batch = batch
+        self._lock = threading.Lock()
+        self._since = 0
+        self._last = time.monotonic()
+
+    def tick(self, ledger: Ledger, written: int = 0) -> SealResult | None:
+        with self._lock:
+            self._since += written
+            due = self._since >= self.batch or time.monotonic() - self._last >= self.interval
+            if not due:
+                return None
+            self._since = 0
+            self._last = time.monotonic()
+        return seal(ledger)
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def public_key(ledger: Ledger) -> str:
+    """The verifier key (C2SP vkey text) auditors check checkpoints with."""
+    return audit_log(ledger).verifier.vkey()
+
+
+def latest_checkpoint(ledger: Ledger) -> dict[str, Any]:
+    """`{"checkpoint": signed note, "tree_size", "root", "created_at", "public_key"}`.
+
+    `checkpoint` is None before the first event is sealed.
+    """
+    audit = audit_log(ledger)
+    cp = audit.latest()
+    if cp is None:
+        return {
+            "checkpoint": None,
+            "tree_size": 0,
+            "root": None,
+            "created_at": None,
+            "public_key": audit.verifier.vkey(),
+        }
+    return {
+        "checkpoint": cp.note,
+        "tree_size": cp.tree_size,
+        "root": b64(cp.root),
+        "created_at": cp.created_at,
+        "public_key": audit.verifier.vkey(),
+    }
+
+
+def prove_subject(ledger: Ledger, subject_id: str, size: int | None = None) -> dict[str, Any]:
+    """Inclusion proofs of every event of a subject against a checkpoint (default latest),
+    each verified, and whether the versions 1..n are all there."""
+    try:
+        subject = UUID(subject_id)
+    except ValueError:
+        raise LedgerError("unknown_subject", f"no subject {subject_id}") from None
+    try:
+        return audit_log(ledger).prove_subject(subject, size)
+    except AuditError as exc:
+        if str(exc).startswith("no events"):
+            raise LedgerError("unknown_subject", f"no subject {subject_id}") from None
+        raise _error(exc) from None
+
+
+def prove_event(ledger: Ledger, notification_id: int, size: int | None = None) -> dict[str, Any]:
+    """The inclusion proof of one event (by notification id) against a checkpoint."""
+    try:
+        cp, proofs = audit_log(ledger).prove_events([notification_id], size)
+    except AuditError as exc:
+        raise _error(exc) from None
+    return {
+        "checkpoint": {"tree_size": cp.tree_size, "root": b64(cp.root), "note": cp.note},
+        **proofs[0],
+    }
+
+
+def prove_leaf(ledger: Ledger, leaf_index: int, size: int | None = None) -> dict[str, Any]:
+    """The inclusion proof of the event at one leaf index."""
+    audit = audit_log(ledger)
+    with audit.store.reader() as s:
+        notification = s.leaf_notification(leaf_index)
+    if notification is None:
+        raise LedgerError("invalid_command", f"no leaf {leaf_index} in the log")
+    return prove_event(ledger, notification, size)
+
+
+def prove_consistency(ledger: Ledger, first: int, size: int | None = None) -> dict[str, Any]:
+    """A consistency proof from the checkpoint of `first` leaves to `size` (default latest)."""
+    try:
+        return audit_log(ledger).prove_consistency(first, size)
+    except (AuditError, ProofError) as exc:
+        raise _error(exc) from None
+
+
+def proof(
+    ledger: Ledger,
+    *,
+    subject: str | None = None,
+    leaf: int | None = None,
+    first: int | None = None,
+    size: int | None = None,
+) -> dict[str, Any]:
+    """`GET /v1/audit/proof`: exactly one of `subject`, `leaf` or `first`, against `size`."""
+    given = [v for v in (subject, leaf, first) if v is not None]
+    if len(given) != 1:
+        raise LedgerError("invalid_command", "give exactly one of subject, leaf or first")
+    if subject is not None:
+        return prove_subject(ledger, subject, size)
+    if leaf is not None:
+        return prove_leaf(ledger, leaf, size)
+    assert first is not None
+    return prove_consistency(ledger, first, size)
+
+
+# -- the auditor's checks -----------------------------------------------------------------
+
+
+def verify(
+    ledger: Ledger, *, progress: Progress | None = None, key: str | None = None
+) -> VerifyReport:
+    """Recompute and check the whole log (`ledger audit verify`).
+
+    The key comes from the ledger's signing key, or `key` (a vkey an auditor trusts),
+    never from the database, which is what is being checked.
+    """
+    audit = audit_log(ledger)
+    verifier = Verifier.parse(key) if key else audit.verifier
+    return verify_store(audit.store, verifier, origin=audit.origin, progress=progress)
+
+
+def export(
+    ledger: Ledger,
+    out: Path,
+    *,
+    subjects: tuple[str, ...] | list[str] = (),
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Write the auditor's bundle (sealing first, so it covers every event)."""
+    audit = audit_log(ledger)
+    audit.seal()
+    for subject in subjects:
+        try:
+            UUID(subject)
+        except ValueError:
+            raise LedgerError("unknown_subject", f"no subject {subject}") from None
+    return export_bundle(
+        audit,
+        out,
+        subjects=subjects,
+        controller=ledger.policy.controller.name,
+        progress=progress,
+    )
