@@ -17,6 +17,7 @@ from ledger.config import Settings
 from ledger.crypto.keystore import KeyStore
 from ledger.crypto.lookup import LOOKUP_KINDS, lookup_digest, normalise_identifier
 from ledger.crypto.master import load_master_key
+from ledger.crypto.sealing import SealedValue, unseal
 from ledger.domain.calendar import local_date
 from ledger.domain.policy import PolicyCatalogue
 from ledger.domain.subject import DataSubject
@@ -246,3 +247,35 @@ class Ledger:
         from ledger.sweepers.keys import reconcile_keys
 
         return reconcile_keys(self)
+
+    def reindex_lookups(self) -> int:
+        """Rebuild every subject's identifier index rows from its sealed identifiers.
+
+        For repair after a crash between saving events and writing index rows. Decrypts
+        identifiers in memory only, to hash them; nothing is revealed to anyone.
+        """
+        rows: list[tuple[str, str, bytes]] = []
+        lookup_key = self.keystore.lookup_key()
+        for subject_id in self.subject_ids():
+            subject = self.app.load_subject(subject_id)
+            keys = self.keystore.keys(subject_id)
+            for kind in LOOKUP_KINDS:
+                item = subject.latest_item(kind)
+                if item is None or subject.is_shredded(item["value"]):
+                    continue
+                key = keys.get(item["value"]["kid"])
+                if key is None:
+                    continue
+                value = unseal(
+                    key, SealedValue.from_dict(item["value"]), subject=subject_id, category=kind
+                )
+                try:
+                    normalised = normalise_identifier(kind, str(value))
+                except ValueError:
+                    continue
+                rows.append((subject_id, kind, lookup_digest(lookup_key, kind, normalised)))
+            keys.clear()
+        if rows:
+            self.keystore.replace_lookups(rows)
+        log.info("lookups_reindexed", identifiers=len(rows))
+        return len(rows)

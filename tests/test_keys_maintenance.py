@@ -1,0 +1,89 @@
+"""Key store maintenance: reindexing the lookup index, rewrapping under a new master key."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ledger.facade import Ledger
+
+SUBJECT = "7a3c1e55-3b0d-4c8e-9d6a-1f2e3d4c5b6a"
+
+
+def _register(ledger: Ledger, subject: str, email: str) -> None:
+    result = ledger.execute(
+        {
+            "type": "register_subject",
+            "subject": subject,
+            "kind": "prospect",
+            "purpose": "customer_administration",
+            "legal_basis": "contract",
+            "identifiers": {"email": email, "phone": "+45 20 30 40 50"},
+        }
+    )
+    assert result["ok"], result
+
+
+def test_reindex_rebuilds_lost_index_rows_but_not_for_erased_subjects(ledger: Ledger) -> None:
+    _register(ledger, SUBJECT, "Kaj.Munk@example.dk")
+    erased = "0b5f1c7e-2d3a-4e8f-9a6b-7c8d9e0f1a2b"
+    _register(ledger, erased, "gone@example.dk")
+    assert ledger.execute({"type": "erase", "subject": erased})["ok"]
+    ledger.keystore.remove_lookups(SUBJECT)  # as if a crash lost the rows
+    assert ledger.find("email", "kaj.munk@example.dk") == []
+
+    assert ledger.reindex_lookups() == 2  # e-mail and phone of the live subject
+    assert ledger.find("email", " KAJ.MUNK@example.dk") == [SUBJECT]
+    assert ledger.find("phone", "20304050") == [SUBJECT]
+    assert ledger.find("email", "gone@example.dk") == []
+
+
+def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ledger", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_rewrap_with_a_key_file_keeps_every_value_readable(cli_env: dict[str, str]) -> None:
+    env = {k: v for k, v in cli_env.items() if k != "LEDGER_MASTER_KEY"}
+    command = {
+        "type": "register_subject",
+        "subject": SUBJECT,
+        "kind": "prospect",
+        "purpose": "customer_administration",
+        "legal_basis": "contract",
+        "identifiers": {"email": "karen@example.dk"},
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "ledger", "exec", "-"],
+        input=json.dumps(command) + "\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    key_file = Path(env["LEDGER_HOME"]) / "master.key"
+    before = key_file.read_text()
+
+    done = _run(env, "keys", "rewrap")
+    assert done.returncode == 0, done.stderr
+    assert key_file.read_text() != before
+    assert os.stat(key_file).st_mode & 0o777 == 0o600
+
+    shown = _run(env, "subject", "show", SUBJECT, "--reveal", "--purpose", "check", "--json")
+    assert shown.returncode == 0, shown.stderr
+    values = {d["category"]: d["value"] for d in json.loads(shown.stdout)["data"]}
+    assert values == {"email": "karen@example.dk"}
+
+    # The old master key no longer opens the key store.
+    wrong = {**env, "LEDGER_MASTER_KEY": before.strip()}
+    refused = _run(wrong, "subject", "show", SUBJECT)
+    assert refused.returncode != 0
