@@ -185,6 +185,10 @@ class ReadModelRecorder(TrackingRecorder):
     def position(self) -> int:
         return self.max_tracking_id(self.application_name) or 0
 
+    def position_in(self, cursor: Cursor) -> int:
+        """The position as seen by an open read (the state that read sees)."""
+        return self._tracking_position(cursor)
+
     # -- applying ---------------------------------------------------------------------
 
     def apply(

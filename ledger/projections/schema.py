@@ -12,7 +12,9 @@ event store says.
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ledger.domain.policy import PolicyCatalogue
 
@@ -251,12 +253,23 @@ def drop_statements(qualify: str = "") -> list[str]:
     return [f"DROP TABLE IF EXISTS {qualify}{table.name}" for table in ALL]
 
 
+def _code_digest() -> str:
+    """The source of the code that computes stored columns (handlers, deadlines, calendar)."""
+    from ledger.domain import calendar, retention
+    from ledger.projections import state
+
+    digest = hashlib.sha256()
+    for module in (calendar, retention, state, sys.modules[__name__]):
+        digest.update(Path(str(module.__file__)).read_bytes())
+    return digest.hexdigest()
+
+
 def fingerprint(policy: PolicyCatalogue) -> str:
-    """What the stored rows depend on besides the events: table layout and the retention rules.
+    """What the stored rows depend on besides the events: this code and the retention rules.
 
     When it changes (new code, another catalogue) the read models are rebuilt.
     """
-    parts = [SCHEMA_VERSION, policy.name, policy.version]
+    parts = [SCHEMA_VERSION, _code_digest(), policy.name, policy.version]
     for name in sorted(policy.retention):
         klass = policy.retention[name]
         parts.append(f"{name}:{klass.anchor}:{klass.months}:{klass.years}:{klass.legal_obligation}")
