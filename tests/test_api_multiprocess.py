@@ -5,7 +5,8 @@ concurrent clients while every process sweeps: both servers every second and a s
 worker process in a loop. Thirty customers are past retention from the start, and their
 subjects are written to during the sweeps. Afterwards, from the event store itself:
 no acknowledged event is lost, none is duplicated, notification ids and versions have no
-repeats or holes per subject, and no scope was shredded twice.
+repeats or holes per subject, no scope was shredded twice, and the
+audit log verifies.
 """
 
 from __future__ import annotations
@@ -171,6 +172,13 @@ def test_two_servers_and_a_worker_on_one_database(pg_env: dict[str, str], tmp_pa
         for originator, seen in versions.items():
             assert seen == list(range(1, len(seen) + 1)), f"versions of {originator}: {seen}"
         events = [ledger.app.mapper.to_domain_event(n) for n in notifications]
+        # The servers' background processes sealed while they ran; seal the rest and check.
+        from ledger.audit.service import seal, verify
+
+        seal(ledger)
+        audit = verify(ledger)
+        assert audit.ok, audit.failures
+        assert audit.leaves == len(notifications) and audit.unsealed == 0
 
     processed = Counter(e.activity for e in events if type(e).__name__ == "DataProcessed")
     assert set(processed) == set(acknowledged), "an acknowledged event is missing, or extra"

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Route
 
 from ledger.api.auth import UNAUTHORIZED_HEADERS
 from ledger.api.background import BackgroundWorker
@@ -24,7 +25,7 @@ from ledger.api.errors import ApiError, error_response
 from ledger.api.executor import ExecutorStopped, GroupCommitExecutor
 from ledger.api.openapi import command_schemas
 from ledger.api.options import ServerOptions
-from ledger.api.routes import router
+from ledger.api.routes import post_commands, router
 from ledger.api.tokens import TokenStore
 from ledger.clock import Clock
 from ledger.config import Settings
@@ -156,6 +157,10 @@ def create_app(
         redoc_url=None,
     )
     app.include_router(router)
+    # The hottest endpoint is served by a plain Starlette route in front of its documented
+    # FastAPI twin (same function): it skips FastAPI's per-request machinery, which costs
+    # about a tenth of a command's CPU. The OpenAPI document still comes from the twin.
+    app.router.routes.insert(0, Route("/v1/commands", post_commands, methods=["POST"]))
     app.add_middleware(AccessLog)
     _install_error_handlers(app)
     _install_openapi(app)

@@ -7,7 +7,6 @@ thread pool, since the event store and key store are synchronous.
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final, TypeVar
@@ -15,7 +14,7 @@ from typing import Any, Final, TypeVar
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
 
 from ledger.api.auth import Principal, authenticate, requires
 from ledger.api.errors import ApiError, JSONResponse, error_body, result_response, status_for
@@ -111,10 +110,6 @@ def _now(value: str | None) -> datetime | None:
         return parse_instant(value)
     except ValueError:
         raise ApiError(400, "invalid_command", "'now' must be an RFC 3339 time") from None
-
-
-def _not_available(what: str) -> ApiError:
-    return ApiError(501, "invalid_command", f"{what} is not available yet in this ledger")
 
 
 def _ok(payload: dict[str, Any]) -> JSONResponse:
@@ -272,11 +267,8 @@ async def get_export(
 ) -> Response:
     """Values in the clear, for an officer answering a request; recorded as a view."""
     ledger = _ledger(request)
-    export = getattr(ledger, "export", None)
-    if export is None:
-        raise _not_available("subject export")
     document = await _write(
-        request, lambda: export(subject_id, portable=portable, actor=principal.name)
+        request, lambda: ledger.export(subject_id, portable=portable, actor=principal.name)
     )
     if format == "html":
         from ledger.exports import render_html
@@ -296,12 +288,8 @@ async def get_requests(
     _: Principal = Depends(requires("requests")),  # noqa: B008
 ) -> Response:
     ledger = _ledger(request)
-    listing = getattr(ledger, "requests", None)
-    if listing is None:
-        raise _not_available("the request list")
     moment = _now(now)
-    found = await _read(lambda: listing(overdue=overdue, now=moment))
-    return _ok(found if isinstance(found, dict) else {"requests": found})
+    return _ok({"requests": await _read(lambda: ledger.requests(overdue=overdue, now=moment))})
 
 
 @router.get("/v1/reports/{name}", tags=["reports"], summary="A compliance report")
@@ -309,37 +297,25 @@ async def get_report(
     request: Request,
     name: str = Path(description="ropa, retention, consent, disclosures, requests, compliance"),
     now: str | None = Query(None, description="As of this time (RFC 3339); default now."),
+    format: str = Query("json", pattern="^(json|md|html)$", description="json, md or html."),
     _: Principal = Depends(requires("reports")),  # noqa: B008
 ) -> Response:
-    build = _report_builder()
-    if build is None:
-        raise _not_available("reports")
+    """From the read models (caught up first); never a personal value."""
+    from ledger.reports import produce
+
     ledger = _ledger(request)
     moment = _now(now)
-    report = await _read(lambda: build(ledger, name, moment))
-    return _ok(report if isinstance(report, dict) else {"report": report})
-
-
-def _report_builder() -> Callable[[Ledger, str, datetime | None], Any] | None:
-    """The report registry of `ledger.reports`, once it exists."""
-    try:
-        module = importlib.import_module("ledger.reports")
-    except ImportError:
-        return None
-    build = getattr(module, "build_report", None)
-    return build if callable(build) else None
+    output = await _read(
+        lambda: produce(ledger.read_models, name, now=moment or ledger.clock.now(), fmt=format)
+    )
+    if format == "html":
+        return HTMLResponse(output)
+    if format == "md":
+        return PlainTextResponse(output, media_type="text/markdown; charset=utf-8")
+    return _ok(output if isinstance(output, dict) else {"report": output})
 
 
 # -- audit --------------------------------------------------------------------------------
-
-
-def _audit_api(name: str) -> Callable[..., Any] | None:
-    try:
-        module = importlib.import_module("ledger.audit.service")
-    except ImportError:
-        return None
-    found = getattr(module, name, None)
-    return found if callable(found) else None
 
 
 @router.get("/v1/audit/checkpoint", tags=["audit"], summary="The latest signed checkpoint")
@@ -347,11 +323,14 @@ async def get_checkpoint(
     request: Request,
     _: Principal = Depends(requires("audit")),  # noqa: B008
 ) -> Response:
-    checkpoint = _audit_api("latest_checkpoint")
-    if checkpoint is None:
-        raise _not_available("the audit log")
+    """The C2SP signed note with its size and root, and the key to check it with.
+
+    New events are sealed within a second by the server's background work.
+    """
+    from ledger.audit.service import latest_checkpoint
+
     ledger = _ledger(request)
-    return _ok(await _read(lambda: checkpoint(ledger)))
+    return _ok(await _read(lambda: latest_checkpoint(ledger)))
 
 
 @router.get("/v1/audit/proof", tags=["audit"], summary="An inclusion or consistency proof")
@@ -363,12 +342,12 @@ async def get_proof(
     size: int | None = Query(None, ge=0, description="The tree size (default: the latest)."),
     _: Principal = Depends(requires("audit")),  # noqa: B008
 ) -> Response:
-    prove = _audit_api("proof")
-    if prove is None:
-        raise _not_available("the audit log")
+    """Exactly one of `subject`, `leaf` or `first`, against the checkpoint of `size`."""
+    from ledger.audit.service import proof
+
     ledger = _ledger(request)
     return _ok(
-        await _read(lambda: prove(ledger, subject=subject, leaf=leaf, first=first, size=size))
+        await _read(lambda: proof(ledger, subject=subject, leaf=leaf, first=first, size=size))
     )
 
 
