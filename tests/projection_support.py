@@ -7,7 +7,10 @@ Many steps are rejected by the rules, which is fine: rejected commands write not
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -36,8 +39,8 @@ START = datetime(2024, 1, 8, 9, 0, tzinfo=UTC)
 
 
 @contextmanager
-def fresh_ledger(backend: str, clock: FixedClock | None = None) -> Iterator[Ledger]:
-    """A ledger on an empty store of the backend, removed afterwards."""
+def fresh_env(backend: str) -> Iterator[dict[str, str]]:
+    """The environment of an empty ledger on the backend, removed afterwards."""
     home = Path(tempfile.mkdtemp(prefix="ledger-rm-"))
     env = {"LEDGER_HOME": str(home / "home"), "LEDGER_MASTER_KEY": MASTER_KEY}
     schema = ""
@@ -45,13 +48,36 @@ def fresh_ledger(backend: str, clock: FixedClock | None = None) -> Iterator[Ledg
         schema = f"t_{uuid.uuid4().hex[:16]}"
         env["LEDGER_DATABASE_URL"] = f"{PG_URL}?schema={schema}"
     try:
-        with Ledger.open(Settings.from_env(env), clock=clock or FixedClock(START)) as ledger:
-            yield ledger
+        yield env
     finally:
         shutil.rmtree(home, ignore_errors=True)
         if schema:
             with psycopg.connect(_conninfo(PG_URL), autocommit=True) as conn:
                 conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@contextmanager
+def fresh_ledger(backend: str, clock: FixedClock | None = None) -> Iterator[Ledger]:
+    """A ledger on an empty store of the backend, removed afterwards."""
+    with (
+        fresh_env(backend) as env,
+        Ledger.open(Settings.from_env(env), clock=clock or FixedClock(START)) as ledger,
+    ):
+        yield ledger
+
+
+def cli(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """Run the `ledger` command in a subprocess with this ledger environment."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    full.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "ledger", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=full,
+        timeout=300,
+    )
 
 
 def tables(ledger: Ledger) -> dict[str, list[dict[str, Any]]]:

@@ -36,6 +36,7 @@ __all__ = [
     "produce",
     "register_report",
     "render",
+    "unregister_report",
 ]
 
 Builder = Callable[[ReportContext], Report]
@@ -66,6 +67,11 @@ def register_report(name: str, *, title: str, description: str) -> Callable[[Bui
         return builder
 
     return decorate
+
+
+def unregister_report(name: str) -> None:
+    """Forget a registered report (tests, or a plug-in replacing a report by removal)."""
+    _REGISTRY.pop(name, None)
 
 
 def _load() -> None:
