@@ -225,6 +225,9 @@ def verify_bundle(
         report.ok = True
     except BundleError as exc:
         report.error = str(exc)
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
+        # A malformed file the checks above did not foresee: still a failure, never a crash.
+        report.error = f"malformed bundle: {type(exc).__name__}: {exc}"
     report.seconds = time.perf_counter() - started
     return report
 
@@ -274,7 +277,10 @@ def _verify(
         text = open_note(signature, verifier)
     except NoteError as exc:
         raise BundleError(f"manifest.sig: {exc}") from None
-    manifest = orjson.loads(manifest_bytes)
+    try:
+        manifest = orjson.loads(manifest_bytes)
+    except orjson.JSONDecodeError:
+        raise BundleError("manifest.json is not JSON") from None
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"manifest.json: not a {BUNDLE_FORMAT} manifest")
     origin = manifest.get("origin")

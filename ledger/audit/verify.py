@@ -91,9 +91,13 @@ class VerifyReport:
 
     @property
     def first_bad_leaf(self) -> Failure | None:
-        """The earliest failure that names a leaf (what an operator looks at first)."""
-        named = [f for f in self.failures if f.leaf_index is not None]
-        return min(named, key=lambda f: f.leaf_index or 0) if named else None
+        """The failure that names the first bad leaf: an event that differs from its sealed
+        leaf if any (exact), else a version gap, else any failure that names a leaf."""
+        for checks in (("leaf", "event"), ("versions",), ("tree", "checkpoint")):
+            named = [f for f in self.failures if f.check in checks and f.leaf_index is not None]
+            if named:
+                return min(named, key=lambda f: f.leaf_index or 0)
+        return None
 
     def as_dict(self) -> dict[str, Any]:
         first = self.first_bad_leaf
@@ -205,6 +209,50 @@ def _open_checkpoints(
     return signed
 
 
+class _StoredTree:
+    """Folds the stored leaves and compares every node they complete with the stored node.
+
+    Checked from the stored leaves (not the rebuilt ones), so an altered event is blamed
+    on the event and a broken node on the store.
+    """
+
+    def __init__(self, store: AuditStore, size: int, report: VerifyReport) -> None:
+        self.levels = _Levels(store)
+        self.size = size
+        self.report = report
+        self.stack: list[bytes] = []
+        self.count = 0
+
+    def add(self, index: int, digest: bytes) -> None:
+        if index != self.count:
+            self.report.fail(
+                Failure("tree", f"the stored tree has no leaf {self.count}", leaf_index=self.count)
+            )
+            self.count = index  # carry on from where the store resumes
+            self.stack = []
+        node, at, level = digest, index, 0
+        while at & 1 and self.stack:
+            node = _sha256(b"\x01" + self.stack.pop() + node).digest()
+            at >>= 1
+            level += 1
+            _compare_node(self.levels, level, at, node, index, self.report)
+        self.stack.append(node)
+        self.count += 1
+
+    def leftovers(self, levels: list[int]) -> None:
+        for level in sorted(levels):
+            extra = self.levels.rest(level) if level > 0 else None
+            if extra is not None:
+                self.report.fail(
+                    Failure(
+                        "tree",
+                        f"the stored tree has a node at level {level} index {extra[0]} that "
+                        "its leaves do not complete",
+                        level=level,
+                    )
+                )
+
+
 def _walk(
     s: AuditStore,
     size: int,
@@ -212,8 +260,8 @@ def _walk(
     report: VerifyReport,
     progress: Progress | None,
 ) -> None:
-    """Rebuild leaves and tree from the events; compare with the store and the checkpoints."""
-    levels = _Levels(s)
+    """Rebuild leaves and roots from the events; compare with the store and the checkpoints."""
+    tree = _StoredTree(s, size, report)
     roots = {cp.size: cp.root for cp in signed}
     sizes = sorted(roots)
     next_cp = 0
@@ -259,16 +307,13 @@ def _walk(
         if i < size:
             stored = next(leaf_cursor, None)
             _compare_leaf(i, row, digest, stored, report)
-        # Fold the leaf in, checking each completed node against the stored tree.
+            if stored is not None:
+                tree.add(stored[0], stored[1])
         node = digest
         index = i
-        level = 0
         while index & 1:
             node = _sha256(prefix + stack.pop() + node).digest()
             index >>= 1
-            level += 1
-            if (index + 1) << level <= size:
-                _compare_node(levels, level, index, node, i, report)
         stack.append(node)
         i += 1
         while next_cp < len(sizes) and sizes[next_cp] <= i:
@@ -305,6 +350,9 @@ def _walk(
                 notification_id=missing[2] if missing else None,
             )
         )
+        while missing is not None:
+            tree.add(missing[0], missing[1])
+            missing = next(leaf_cursor, None)
     for cp_size in sizes[next_cp:]:
         report.fail(
             Failure(
@@ -321,17 +369,7 @@ def _walk(
                 tree_size=sizes[-1],
             )
         )
-    for level in sorted(s.levels()):
-        extra = levels.rest(level) if level > 0 else None  # leaves are checked above
-        if extra is not None:
-            report.fail(
-                Failure(
-                    "tree",
-                    f"the stored tree has a node at level {level} index {extra[0]} that no "
-                    "complete subtree of the events explains",
-                    level=level,
-                )
-            )
+    tree.leftovers(s.levels())
     if progress is not None:
         progress(i, max(i, total))
 
