@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from ledger.clock import FixedClock
+from ledger.clock import FixedClock, parse_instant
 from ledger.config import Settings
 from ledger.facade import Ledger
+from ledger.projections.replay import replay_as_of
 from ledger.reports import (
     Report,
     ReportContext,
@@ -281,3 +282,64 @@ def test_registry_is_pluggable(story: tuple[Ledger, dict[str, str]]) -> None:
     finally:
         unregister_report("test_count")
     assert "test_count" not in available()
+
+
+MID_MAY = "2025-05-15T23:59:59+02:00"  # the end of 15 May in Copenhagen
+
+
+def test_as_of_replay(story: tuple[Ledger, dict[str, str]]) -> None:
+    """Reports and subject show as things stood on 15 May 2025 (events that had occurred)."""
+    ledger, env = story
+    moment = parse_instant(MID_MAY)
+    with replay_as_of(ledger.app, ledger.policy, moment, basis="occurred") as then:
+
+        def as_of(name: str) -> dict[str, Any]:
+            out: dict[str, Any] = produce(
+                then, name, now=moment, as_of=moment, basis="occurred", current=False
+            )
+            return out
+
+        requests = as_of("requests")
+        # only the 30 access requests existed; 15 answered 2025-04-10, 8 late on
+        # 2025-05-05, person 31's extended to 2025-06-17, the other 6 open past due
+        assert requests["total"] == 30
+        assert requests["counts"] == {
+            "open": 1,
+            "overdue": 6,
+            "answered_in_time": 15,
+            "answered_late": 8,
+        }
+        marketing = next(p for p in as_of("consent")["purposes"] if p["purpose"] == "marketing")
+        # the SMS withdrawals of 2025-05-01 had happened, the full ones of June not yet
+        assert (marketing["withdrawals"], marketing["full_withdrawals"]) == (30, 0)
+        assert marketing["active"] == 150
+        assert {c["channel"]: c["active"] for c in marketing["channels"]} == {
+            "email": 150,
+            "sms": 120,
+            "phone": 75,
+        }
+        retention = as_of("retention")
+        # no dialogue yet (2026), no relationship ended (June), no hold (October): every
+        # prospect's data was due two months after registration in January 2025
+        assert len(retention["overdue"]) == 100
+        assert {o["scope"] for o in retention["overdue"]} == {"customer_data"}
+        seven = then.subject(subject_id(7), current=False)
+        assert seven["status"] == "active"  # erased only in September
+        assert not any(d["erased"] for d in seven["data"])
+        assert all(d["value"] is None for d in seven["data"])
+        twenty = then.subject(subject_id(20), current=False)
+        assert [(c["active"], c["channels"]) for c in twenty["consents"]] == [
+            (True, ["email", "phone"])
+        ]
+        html = produce(then, "requests", now=moment, fmt="html", as_of=moment, basis="occurred")
+        assert "Replayed for audit" in html and "15 May 2025" in html
+
+    done = cli(
+        env, "audit", "replay", "--as-of", MID_MAY, "--by", "occurred", "--report", "requests"
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["counts"]["answered_late"] == 8
+    done = cli(
+        env, "audit", "replay", "--as-of", MID_MAY, "--by", "occurred", "--subject", subject_id(7)
+    )
+    assert json.loads(done.stdout)["status"] == "active"

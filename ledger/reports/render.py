@@ -185,7 +185,7 @@ def as_html(report: Report, context: ReportContext) -> str:
     meta = "".join(f"<p class='meta'>{_e(w)}</p>" for w in when)
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{_e(report.title)} — {_e(context.policy.controller.name)}</title>"
+        f"<title>{_e(report.title)}</title>"
         f"<style>{_STYLE}</style></head><body>"
         f"<header><h1>{_e(report.title)}</h1>"
         f"<p class='meta'><strong>Controller:</strong> {_e(who)}</p>{meta}</header>"
