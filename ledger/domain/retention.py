@@ -51,11 +51,14 @@ def scope_deadline(subject: DataSubject, policy: PolicyCatalogue, scope: str) ->
     elif klass.anchor in ("relationship_end", "relationship_end_or_last_dialogue"):
         if subject.has_active_relationship():
             return None
+        # A dialogue after a relationship ended moves only the class anchored on it
+        # (customer_data); without any relationship, registration and dialogue count.
+        dialogue = klass.anchor == "relationship_end_or_last_dialogue" or not subject.relationships
         candidates = [
             d
             for d in (
                 _date_of(subject.relationship_ended_at),
-                _date_of(subject.last_dialogue_at),
+                _date_of(subject.last_dialogue_at) if dialogue else None,
                 None if subject.relationships else _date_of(subject.registered_at),
             )
             if d is not None
