@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -37,6 +39,7 @@ class Run:
     seconds: float
     latencies: list[float]
     errors: int
+    warm_up: int = 0  # commands sent before the measured part
 
     @property
     def rate(self) -> float:
@@ -131,7 +134,22 @@ async def load_raw(
     finally:
         for connection in connections:
             await connection.close()
-    return Run(len(latencies), elapsed, latencies, errors)
+    return Run(len(latencies), elapsed, latencies, errors, warm_up=len(subjects))
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children (uvicorn workers, the background process):
+    on a shared machine a steadier figure than a rate."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 async def load_httpx(
@@ -191,6 +209,7 @@ def bench_backend(
         ):
             with ServerProcess(env, ["--no-sweep", *args]) as server:
                 for clients in clients_list:
+                    cpu_before = cpu_seconds(server.process.pid)
                     if client_kind == "httpx":
                         run = asyncio.run(
                             load_httpx(server.url, token, subjects, clients, commands, seconds)
@@ -199,6 +218,7 @@ def bench_backend(
                         run = asyncio.run(
                             load_raw(server.port, token, subjects, clients, commands, seconds)
                         )
+                    cpu = cpu_seconds(server.process.pid) - cpu_before
                     if not baseline:
                         baseline = run.rate
                     rows.append(
@@ -214,6 +234,9 @@ def bench_backend(
                             "p99_ms": round(run.percentile(99), 2),
                             "mean_ms": round(statistics.fmean(run.latencies) * 1000, 2),
                             "ratio_to_baseline": round(run.rate / baseline, 2),
+                            "server_cpu_ms_per_command": round(
+                                cpu * 1000 / (run.commands + run.warm_up), 3
+                            ),
                         }
                     )
                     print(rows[-1], flush=True)
@@ -249,6 +272,7 @@ def main() -> None:
             "p50_ms",
             "p99_ms",
             "ratio_to_baseline",
+            "server_cpu_ms_per_command",
         ],
     )
     print(f"written: {path}")

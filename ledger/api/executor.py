@@ -73,24 +73,35 @@ class GroupCommitExecutor:
         self._thread.start()
 
     def arriving(self, delta: int) -> None:
-        """Count requests whose command is still being read, so a group may wait for them."""
+        """Count requests whose command is still being read, so a group may wait for them.
+
+        A request that arrived but will not submit (a bad body, a batch) counts itself out
+        with -1; a gathering group then stops waiting for it at once.
+        """
         with self._cond:
             self._arriving += delta
+            if delta < 0:
+                self._cond.notify()
 
-    def submit(self, command: Any) -> Future[dict[str, Any]]:
-        """Queue one command for the next group; the future holds its own result."""
+    def submit(self, command: Any, *, arrived: bool = False) -> Future[dict[str, Any]]:
+        """Queue one command for the next group; the future holds its own result.
+
+        `arrived`: the request was counted by `arriving(1)`; it is counted out in the same
+        step, so the writer never waits for a command that is already queued.
+        """
         item = _Command(command)
-        self._put(item)
+        self._put(item, -1 if arrived else 0)
         return item.future
 
     def submit_job(self, action: Callable[[], Any]) -> Future[Any]:
         """Queue work that runs alone on the writer thread (its own transaction)."""
         item = _Job(action)
-        self._put(item)
+        self._put(item, 0)
         return item.future
 
-    def _put(self, item: _Command | _Job) -> None:
+    def _put(self, item: _Command | _Job, arrived: int) -> None:
         with self._cond:
+            self._arriving += arrived
             if self._stopping:
                 raise ExecutorStopped("the server is shutting down")
             self._queue.append(item)

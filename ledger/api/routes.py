@@ -156,9 +156,8 @@ async def post_commands(request: Request) -> Response:
             counted = False
             return await _batch(request, body, principal)
         command = _as_command(body, principal)
-        future = executor.submit(command)
-        executor.arriving(-1)
-        counted = False
+        counted = False  # submit counts this request out, even when it refuses it
+        future = executor.submit(command, arrived=True)
         result: dict[str, Any] = await asyncio.wrap_future(future)
         return result_response(result)
     finally:
