@@ -658,3 +658,34 @@ def test_access_log_has_templates_and_no_personal_values(served: Served, subject
     assert finds and finds[-1]["actor"] == "officer-token"
     for secret in (EMAIL, "karen.blixen", "Karen Blixen", "log test"):
         assert secret not in text
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def test_cli_refuses_what_it_cannot_do(tmp_path: Any) -> None:
+    env = {**_base_env(), "LEDGER_HOME": str(tmp_path / "home")}
+    several = subprocess.run(
+        [sys.executable, "-m", "ledger", "serve", "--workers", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert several.returncode == 2 and "PostgreSQL" in several.stderr
+    bad_role = subprocess.run(
+        [sys.executable, "-m", "ledger", "token", "create", "--role", "root", "--name", "x"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad_role.returncode == 1 and bad_role.stdout == ""
+    bad_name = subprocess.run(
+        [sys.executable, "-m", "ledger", "token", "create", "--role", "service", "--name", "a b"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad_name.returncode == 1 and bad_name.stdout == ""

@@ -22,8 +22,9 @@ from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
+from ledger.config import Settings
 from ledger.facade import Ledger
-from ledger.logs import get_logger
+from ledger.logs import configure_logging, get_logger
 
 log = get_logger("ledger.http")
 
@@ -47,7 +48,8 @@ def after_write_hook() -> Callable[[Ledger], None] | None:
 
 
 class BackgroundWorker:
-    """Every `tick` seconds: the after-write hook; every `sweep_every` seconds: a sweep."""
+    """Every `tick` seconds: the after-write hook; a sweep in the first round and then every
+    `sweep_every` seconds."""
 
     def __init__(
         self,
@@ -84,7 +86,7 @@ class BackgroundWorker:
             self.last_error = type(exc).__name__
             return
         hook = after_write_hook()
-        next_sweep = time.monotonic() + (self.sweep_every or 0)
+        next_sweep = time.monotonic()  # sweep in the first round: restarts must not starve it
         try:
             while not self._stop.wait(self.tick) and alive():
                 if hook is not None:
@@ -114,6 +116,7 @@ def _process_main(tick: float, sweep_every: float | None, stop: StopFlag, parent
     """The background process: settings from the (inherited) environment."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches `serve`, which stops us
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    configure_logging(Settings.from_env().log_path)
     worker = BackgroundWorker(Ledger.open, tick=tick, sweep_every=sweep_every, stop=stop)
     log.info("background_started", pid=os.getpid(), sweep_every=sweep_every)
     worker.run(alive=lambda: os.getppid() == parent)
