@@ -102,19 +102,17 @@ class DataSubject(Aggregate):
         cpr_ground: str | None
 
         def apply(self, subject: DataSubject) -> None:
-            subject.items.append(
-                {
-                    "category": self.category,
-                    "value": self.value,
-                    "purpose": self.purpose,
-                    "legal_basis": self.legal_basis,
-                    "source": self.source,
-                    "scope": self.scope,
-                    "collected_at": self.occurred_at,
-                    "version": self.originator_version,
-                    "cpr_ground": self.cpr_ground,
-                }
-            )
+            subject.latest[self.category] = {
+                "category": self.category,
+                "value": self.value,
+                "purpose": self.purpose,
+                "legal_basis": self.legal_basis,
+                "source": self.source,
+                "scope": self.scope,
+                "collected_at": self.occurred_at,
+                "version": self.originator_version,
+                "cpr_ground": self.cpr_ground,
+            }
             subject.scopes.setdefault(self.scope, {"kids": [], "shredded": {}})
             kids = subject.scopes[self.scope]["kids"]
             if self.value["kid"] not in kids:
@@ -133,16 +131,14 @@ class DataSubject(Aggregate):
         def apply(self, subject: DataSubject) -> None:
             previous = subject.latest_item(self.category)
             assert previous is not None
-            subject.items.append(
-                {
-                    **previous,
-                    "value": self.value,
-                    "scope": self.scope,
-                    "collected_at": self.occurred_at,
-                    "version": self.originator_version,
-                    "rectified": True,
-                }
-            )
+            subject.latest[self.category] = {
+                **previous,
+                "value": self.value,
+                "scope": self.scope,
+                "collected_at": self.occurred_at,
+                "version": self.originator_version,
+                "rectified": True,
+            }
             kids = subject.scopes.setdefault(self.scope, {"kids": [], "shredded": {}})["kids"]
             if self.value["kid"] not in kids:
                 kids.append(self.value["kid"])
@@ -431,7 +427,9 @@ class DataSubject(Aggregate):
         self.legal_basis = legal_basis
         self.provided_by = provided_by
         self.registered_at = occurred_at
-        self.items: list[dict[str, Any]] = []
+        # The newest item of each category: what the rules need, and bounded by the number
+        # of categories however long the history (older values live in the read models).
+        self.latest: dict[str, dict[str, Any]] = {}
         self.scopes: dict[str, dict[str, Any]] = {}
         self.consents: dict[str, dict[str, Any]] = {}
         self.objections: dict[str, str] = {}
@@ -521,18 +519,11 @@ class DataSubject(Aggregate):
         return bool(state and sealed["kid"] in state["shredded"])
 
     def latest_item(self, category: str) -> dict[str, Any] | None:
-        for item in reversed(self.items):
-            if item["category"] == category:
-                found: dict[str, Any] = item
-                return found
-        return None
+        return self.latest.get(category)
 
     def latest_items(self) -> list[dict[str, Any]]:
         """The newest value of each category, in order of first collection."""
-        latest: dict[str, dict[str, Any]] = {}
-        for item in self.items:
-            latest[item["category"]] = item
-        return list(latest.values())
+        return list(self.latest.values())
 
     def has_on_file(self, category: str) -> bool:
         item = self.latest_item(category)
