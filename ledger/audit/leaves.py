@@ -22,6 +22,8 @@ SEALED_KEYS = frozenset({"scope", "kid", "ct", "commit"})
 """The keys of a sealed value (DESIGN 4.1); an object with exactly these keys is reduced."""
 
 _SORT = orjson.OPT_SORT_KEYS
+_loads = orjson.loads
+_dumps = orjson.dumps
 _LEAF_PREFIX = b"\x00"
 
 
@@ -35,21 +37,38 @@ def reduce_sealed(value: Any) -> Any:
 
     Generic on purpose: it needs no knowledge of which event fields hold personal data,
     so a new event type cannot leak a ciphertext into a leaf by being forgotten here.
+    Only containers are descended into (scalars are most of an event, and stay as they are).
     """
-    if type(value) is dict:
+    kind = type(value)
+    if kind is dict:
         if len(value) == 4 and value.keys() == SEALED_KEYS:
             return {"scope": value["scope"], "kid": value["kid"], "commit": value["commit"]}
-        return {k: reduce_sealed(v) for k, v in value.items()}
-    if type(value) is list:
-        return [reduce_sealed(v) for v in value]
+        out = {}
+        for key, item in value.items():
+            item_kind = type(item)
+            out[key] = reduce_sealed(item) if item_kind is dict or item_kind is list else item
+        return out
+    if kind is list:
+        return [reduce_sealed(item) if type(item) in (dict, list) else item for item in value]
     return value
 
 
+_UUID_TEXT: dict[UUID | str, str] = {}
+"""Stored originator id → text form; subjects have many events, so most ids repeat."""
+
+
 def _uuid_text(originator_id: UUID | str) -> str:
-    """The RFC 9562 text form (lowercase, hyphenated) whatever the store keeps (SQLite: hex)."""
-    if isinstance(originator_id, UUID):
-        return str(originator_id)
-    return str(UUID(originator_id))
+    """The RFC 9562 text form (lowercase, hyphenated) whatever the store keeps (SQLite: hex).
+
+    Parsed with `UUID` (which rejects anything that is not a UUID), then cached.
+    """
+    text = _UUID_TEXT.get(originator_id)
+    if text is None:
+        text = str(originator_id if isinstance(originator_id, UUID) else UUID(originator_id))
+        if len(_UUID_TEXT) >= 100_000:
+            _UUID_TEXT.clear()
+        _UUID_TEXT[originator_id] = text
+    return text
 
 
 def leaf_object(
@@ -80,9 +99,18 @@ def leaf_data(
     topic: str,
     state: bytes,
 ) -> bytes:
-    """The leaf's bytes: canonical JSON of `leaf_object`."""
-    return orjson.dumps(
-        leaf_object(notification_id, originator_id, originator_version, topic, state),
+    """The leaf's bytes: canonical JSON of `leaf_object` (inlined: this is the hot loop)."""
+    decoded = _loads(state)
+    if b'"ct"' in state or b"\\u" in state:
+        decoded = reduce_sealed(decoded)
+    return _dumps(
+        {
+            "id": notification_id,
+            "originator_id": _UUID_TEXT.get(originator_id) or _uuid_text(originator_id),
+            "originator_version": originator_version,
+            "topic": topic,
+            "state": decoded,
+        },
         option=_SORT,
     )
 

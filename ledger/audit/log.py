@@ -39,7 +39,7 @@ from ledger.audit.note import (
     open_checkpoint,
     sign_note,
 )
-from ledger.audit.store import AuditError, AuditStore, StoredCheckpoint
+from ledger.audit.store import AuditError, AuditStore, StoredCheckpoint, derive, stored_coords
 
 __all__ = ["AuditLog", "SealResult", "b64", "prefetched"]
 
@@ -61,7 +61,7 @@ class _Wanted:
         self.coords: list[tuple[int, int]] = []
 
     def get(self, level: int, index: int) -> bytes:
-        self.coords.append((level, index))
+        self.coords.extend(stored_coords(level, index))
         return _DUMMY
 
 
@@ -70,6 +70,9 @@ class _Fetched:
         self.nodes = nodes
 
     def get(self, level: int, index: int) -> bytes:
+        return derive(level, index, self._read)
+
+    def _read(self, level: int, index: int) -> bytes:
         try:
             return self.nodes[(level, index)]
         except KeyError:

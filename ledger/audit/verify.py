@@ -35,7 +35,7 @@ from ledger.audit.merkle import (
     verify_consistency,
 )
 from ledger.audit.note import Checkpoint, NoteError, Verifier, open_checkpoint
-from ledger.audit.store import AuditError, AuditStore, EventRow
+from ledger.audit.store import AuditError, AuditStore, EventRow, is_stored
 
 __all__ = ["Failure", "VerifyReport", "verify_store"]
 
@@ -235,7 +235,8 @@ class _StoredTree:
             node = _sha256(b"\x01" + self.stack.pop() + node).digest()
             at >>= 1
             level += 1
-            _compare_node(self.levels, level, at, node, index, self.report)
+            if is_stored(level):
+                _compare_node(self.levels, level, at, node, index, self.report)
         self.stack.append(node)
         self.count += 1
 
@@ -268,7 +269,8 @@ def _walk(
     good_size = 0  # the largest checkpoint size whose root the events reproduce
     total = max(s.max_notification_id(), size)
     versions: dict[Any, int] = {}
-    stack: list[bytes] = []
+    # While every stored leaf equals its rebuilt leaf the two trees are one: fold once.
+    stack, shared = tree.stack, True
     leaf_cursor = s.iter_level(0)
     i = 0
     prefix = b"\x01"
@@ -306,15 +308,27 @@ def _walk(
         versions[oid] = row.originator_version
         if i < size:
             stored = next(leaf_cursor, None)
-            _compare_leaf(i, row, digest, stored, report)
+            same = (
+                stored is not None
+                and stored[0] == i
+                and stored[1] == digest
+                and stored[2] == row.notification_id
+            )
+            if not same:
+                _compare_leaf(i, row, digest, stored, report)
+                if shared:  # from here on the events' tree and the stored tree differ
+                    stack, shared = list(tree.stack), False
             if stored is not None:
                 tree.add(stored[0], stored[1])
-        node = digest
-        index = i
-        while index & 1:
-            node = _sha256(prefix + stack.pop() + node).digest()
-            index >>= 1
-        stack.append(node)
+        elif shared:
+            stack, shared = list(tree.stack), False
+        if not shared:
+            node = digest
+            index = i
+            while index & 1:
+                node = _sha256(prefix + stack.pop() + node).digest()
+                index >>= 1
+            stack.append(node)
         i += 1
         while next_cp < len(sizes) and sizes[next_cp] <= i:
             cp_size = sizes[next_cp]
