@@ -132,68 +132,67 @@ def _rate(count: int, seconds: float) -> float:
 
 def bench_seal_verify(backend: str, count: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    with fresh_settings(backend) as (settings, _):
-        with Ledger.open(settings) as ledger:
-            events = synthetic_events(count)
-            for start in range(0, count, 5000):
-                ledger.app.recorder.insert_events(events[start : start + 5000])
-            audit = service.audit_log(ledger)
-            store = audit.store
+    with fresh_settings(backend) as (settings, _), Ledger.open(settings) as ledger:
+        events = synthetic_events(count)
+        for start in range(0, count, 5000):
+            ledger.app.recorder.insert_events(events[start : start + 5000])
+        audit = service.audit_log(ledger)
+        store = audit.store
 
-            # Baseline for sealing: SHA-256 of the very leaf bytes, nothing else.
-            with store.reader() as s:
-                leaves = [leaf_data(*row) for row in s.iter_events()]
-            started = time.perf_counter()
-            for data in leaves:
-                hashlib.sha256(b"\x00" + data).digest()
-            hash_seconds = time.perf_counter() - started
-            del leaves
+        # Baseline for sealing: SHA-256 of the very leaf bytes, nothing else.
+        with store.reader() as s:
+            leaves = [leaf_data(*row) for row in s.iter_events()]
+        started = time.perf_counter()
+        for data in leaves:
+            hashlib.sha256(b"\x00" + data).digest()
+        hash_seconds = time.perf_counter() - started
+        del leaves
 
-            started = time.perf_counter()
-            sealed = audit.seal()
-            seal_seconds = time.perf_counter() - started
-            assert sealed.tree_size == count
-            seal_rate = _rate(count, seal_seconds)
-            hash_rate = _rate(count, hash_seconds)
-            rows.append(
-                {
-                    "backend": backend,
-                    "test": "seal (leaves/s)",
-                    "n": count,
-                    "value": seal_rate,
-                    "baseline": "hashlib SHA-256 of the same leaf bytes",
-                    "baseline_value": hash_rate,
-                    "ratio": seal_rate / hash_rate,
-                    "goal": ">= 100,000 leaves/s",
-                    "met": seal_rate >= 100_000,
-                }
-            )
+        started = time.perf_counter()
+        sealed = audit.seal()
+        seal_seconds = time.perf_counter() - started
+        assert sealed.tree_size == count
+        seal_rate = _rate(count, seal_seconds)
+        hash_rate = _rate(count, hash_seconds)
+        rows.append(
+            {
+                "backend": backend,
+                "test": "seal (leaves/s)",
+                "n": count,
+                "value": seal_rate,
+                "baseline": "hashlib SHA-256 of the same leaf bytes",
+                "baseline_value": hash_rate,
+                "ratio": seal_rate / hash_rate,
+                "goal": ">= 100,000 leaves/s",
+                "met": seal_rate >= 100_000,
+            }
+        )
 
-            # Baseline for verify: read every event and hash its stored bytes.
-            started = time.perf_counter()
-            with store.reader() as s:
-                for row in s.iter_events():
-                    hashlib.sha256(row.state).digest()
-            read_seconds = time.perf_counter() - started
-            started = time.perf_counter()
-            result = verify_store(store, audit.verifier, origin=audit.origin)
-            verify_seconds = time.perf_counter() - started
-            assert result.ok, result.as_dict()
-            verify_rate = _rate(count, verify_seconds)
-            read_rate = _rate(count, read_seconds)
-            rows.append(
-                {
-                    "backend": backend,
-                    "test": "full verify (events/s)",
-                    "n": count,
-                    "value": verify_rate,
-                    "baseline": "read the events + SHA-256 of their stored bytes",
-                    "baseline_value": read_rate,
-                    "ratio": verify_rate / read_rate,
-                    "goal": ">= 100,000 events/s",
-                    "met": verify_rate >= 100_000,
-                }
-            )
+        # Baseline for verify: read every event and hash its stored bytes.
+        started = time.perf_counter()
+        with store.reader() as s:
+            for row in s.iter_events():
+                hashlib.sha256(row.state).digest()
+        read_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        result = verify_store(store, audit.verifier, origin=audit.origin)
+        verify_seconds = time.perf_counter() - started
+        assert result.ok, result.as_dict()
+        verify_rate = _rate(count, verify_seconds)
+        read_rate = _rate(count, read_seconds)
+        rows.append(
+            {
+                "backend": backend,
+                "test": "full verify (events/s)",
+                "n": count,
+                "value": verify_rate,
+                "baseline": "read the events + SHA-256 of their stored bytes",
+                "baseline_value": read_rate,
+                "ratio": verify_rate / read_rate,
+                "goal": ">= 100,000 events/s",
+                "met": verify_rate >= 100_000,
+            }
+        )
     return rows
 
 
