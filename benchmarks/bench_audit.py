@@ -44,6 +44,7 @@ from eventsourcing.persistence import StoredEvent
 from benchmarks.common import fresh_settings, postgres_reachable, report
 from ledger.audit import service
 from ledger.audit.bundle import BUNDLE_FORMAT, MANIFEST_NOTE_KIND, format_doc_path
+from ledger.audit.bundle import _sha256_file as sha256_file
 from ledger.audit.keys import DEFAULT_ORIGIN
 from ledger.audit.leaves import leaf_data
 from ledger.audit.log import AuditLog, b64
@@ -310,9 +311,8 @@ def write_synthetic_bundle(out: Path, count: int, checkpoints: int = 10) -> str:
     files = {}
     for path in sorted(out.rglob("*")):
         if path.is_file():
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
             files[path.relative_to(out).as_posix()] = {
-                "sha256": digest,
+                "sha256": sha256_file(path),
                 "size": path.stat().st_size,
             }
     manifest = {
