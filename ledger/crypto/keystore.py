@@ -193,8 +193,7 @@ class _Postgres(_Database):
 
     def compact(self) -> None:
         self.commit()
-        self.conn.execute("VACUUM ledger_keys")
-        self.conn.execute("VACUUM ledger_lookup")
+        self.conn.execute("VACUUM ledger_keys, ledger_lookup")
 
     def close(self) -> None:
         self.rollback()
@@ -508,29 +507,30 @@ class KeyStore:
     def shred_many(
         self, items: Sequence[tuple[str, str, Sequence[str]]], *, compact: bool = True
     ) -> list[str]:
-        """Destroy keys in one transaction; `compact=False` leaves compaction to the caller."""
+        """Destroy keys in one transaction, set-wise; `compact=False` leaves compaction to
+        the caller (a sweep compacts once at its end)."""
+        wanted = {kid: (subject, scope) for subject, scope, kids in items for kid in kids}
         destroyed: list[str] = []
         with self._lock:
             try:
                 now = _now()
-                for subject, scope, kids in items:
-                    for kid in kids:
-                        rows = self._db.execute(
-                            "SELECT kid FROM ledger_keys WHERE subject = ? AND scope = ? "
-                            "AND kid = ? AND wrapped IS NOT NULL",
-                            (subject, scope, kid),
-                        )
-                        if not rows:
-                            continue
-                        self._db.execute(
-                            "UPDATE ledger_keys SET wrapped = NULL, shredded_at = ? WHERE kid = ?",
-                            (now, kid),
-                        )
-                        destroyed.append(kid)
-                        if scope == CUSTOMER_DATA:
-                            self._db.execute(
-                                "DELETE FROM ledger_lookup WHERE subject = ?", (subject,)
-                            )
+                kids = sorted(wanted)
+                for start in range(0, len(kids), 500):
+                    chunk = kids[start : start + 500]
+                    marks = ", ".join("?" for _ in chunk)
+                    rows = self._db.execute(
+                        f"UPDATE ledger_keys SET wrapped = NULL, shredded_at = ? "
+                        f"WHERE kid IN ({marks}) AND wrapped IS NOT NULL RETURNING kid",
+                        (now, *chunk),
+                    )
+                    destroyed.extend(r[0] for r in rows)
+                erased = sorted(
+                    {wanted[kid][0] for kid in destroyed if wanted[kid][1] == CUSTOMER_DATA}
+                )
+                for start in range(0, len(erased), 500):
+                    chunk = erased[start : start + 500]
+                    marks = ", ".join("?" for _ in chunk)
+                    self._db.execute(f"DELETE FROM ledger_lookup WHERE subject IN ({marks})", chunk)
                 if self._batch_depth == 0:
                     self._db.commit()
                     if destroyed and compact:
