@@ -36,9 +36,9 @@ OLD = "2024-01-10T09:00:00+01:00"
 
 WORKER = """
 import pathlib, sys, time
-from ledger.facade import Ledger
+from ledger.api.opening import open_ledger
 stop = pathlib.Path(sys.argv[1])
-with Ledger.open() as ledger:
+with open_ledger() as ledger:
     while not stop.exists():
         ledger.sweep()
         time.sleep(0.05)

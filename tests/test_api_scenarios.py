@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from ledger.api.opening import open_ledger
 from ledger.clock import FixedClock, parse_instant
-from ledger.facade import Ledger
 from tests.scenarios import run_scenario, scenario_files
 from tests.test_api_support import Served, drop_schema, serve
 
@@ -36,7 +36,8 @@ class HTTPDriver:
 
     def sweep(self, now: str) -> dict[str, Any]:
         moment = parse_instant(now)
-        with Ledger.open(self.served.settings, clock=FixedClock(moment)) as ledger:
+        # the server's background process may be creating its tables this very moment
+        with open_ledger(self.served.settings, clock=FixedClock(moment)) as ledger:
             return ledger.sweep(moment)
 
     def show(self, subject: str) -> dict[str, Any]:

@@ -24,13 +24,13 @@ from ledger.api.background import BackgroundWorker
 from ledger.api.errors import ApiError, error_response
 from ledger.api.executor import ExecutorStopped, GroupCommitExecutor
 from ledger.api.openapi import command_schemas
+from ledger.api.opening import open_ledger
 from ledger.api.options import ServerOptions
 from ledger.api.routes import post_commands, router
 from ledger.api.tokens import TokenStore
 from ledger.clock import Clock
 from ledger.config import Settings
 from ledger.errors import LedgerError
-from ledger.facade import Ledger
 from ledger.logs import get_logger
 
 log = get_logger("ledger.http")
@@ -111,7 +111,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ledger = Ledger.open(settings, clock=clock)
+        ledger = open_ledger(settings, clock=clock)
         tokens = TokenStore.open(settings, cache_seconds=options.token_cache_seconds)
         executor = GroupCommitExecutor(
             ledger,
@@ -120,7 +120,7 @@ def create_app(
             max_wait=options.group_wait_ms / 1000,
         )
         background = BackgroundWorker(
-            lambda: Ledger.open(settings, clock=clock),
+            lambda: open_ledger(settings, clock=clock),
             tick=options.tick,
             sweep_every=options.sweep_every,
         )

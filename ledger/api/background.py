@@ -22,6 +22,7 @@ from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
+from ledger.api.opening import open_ledger
 from ledger.config import Settings
 from ledger.facade import Ledger
 from ledger.logs import configure_logging, get_logger
@@ -117,7 +118,7 @@ def _process_main(tick: float, sweep_every: float | None, stop: StopFlag, parent
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches `serve`, which stops us
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     configure_logging(Settings.from_env().log_path)
-    worker = BackgroundWorker(Ledger.open, tick=tick, sweep_every=sweep_every, stop=stop)
+    worker = BackgroundWorker(open_ledger, tick=tick, sweep_every=sweep_every, stop=stop)
     log.info("background_started", pid=os.getpid(), sweep_every=sweep_every)
     worker.run(alive=lambda: os.getppid() == parent)
 
