@@ -1,0 +1,228 @@
+"""`ledger report compliance` (SQLite and PostgreSQL): a clean history holds every assertion;
+events written behind the rules' back, late answers, overdue scopes, holds and a re-signed
+checkpoint are each found, with the events involved."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from eventsourcing.persistence import StoredEvent
+
+from ledger.audit import service
+from ledger.audit.note import Checkpoint, format_checkpoint, sign_note
+from ledger.clock import FixedClock
+from ledger.config import Settings
+from ledger.facade import Ledger
+from tests.audit_support import CA, Raw, audit, story
+
+reports = pytest.importorskip("ledger.reports")
+
+TOPIC = "ledger.domain.subject:DataSubject."
+
+
+def compliance(ledger: Ledger, fmt: str = "json", now: datetime | None = None) -> Any:
+    return reports.produce(ledger.read_models, "compliance", now=now or ledger.clock.now(), fmt=fmt)
+
+
+def inject(ledger: Ledger, subject: str, kind: str, **fields: Any) -> int:
+    """Write an event straight into the event store, past every rule (a buggy writer, or a
+    direct database write); returns its version."""
+    version = max(v for _, v, _ in audit(ledger).store.subject_events(uuid.UUID(subject))) + 1
+    state = {
+        "timestamp": datetime.now(UTC).isoformat(),
+        "occurred_at": ledger.clock.now().isoformat(),
+        "actor": "intruder",
+        **fields,
+    }
+    ledger.app.recorder.insert_events(
+        [StoredEvent(uuid.UUID(subject), version, TOPIC + kind, orjson.dumps(state))]
+    )
+    return version
+
+
+def findings(report: dict[str, Any], check: str) -> list[dict[str, Any]]:
+    return [f for f in report["findings"] if f["check"] == check and f["severity"] == "violation"]
+
+
+def test_a_clean_history_holds_every_assertion(ledger: Ledger) -> None:
+    story(ledger)
+    service.seal(ledger)
+    report = compliance(ledger)
+    assert report["ok"], [f for f in report["findings"] if f["severity"] == "violation"]
+    checks = {c["check"]: c for c in report["checks"]}
+    assert checks["marketing"]["checked"] == 3
+    assert checks["disclosures"]["checked"] == 3
+    assert checks["requests"]["checked"] == 3
+    assert report["checkpoints"]["consistent_with_all_earlier"] is True
+    assert report["checkpoints"]["signatures_checked"] is True
+    assert report["controller"]["name"] == "CEKURA A/S"
+
+
+def test_violations_are_found_with_their_events(ledger: Ledger) -> None:
+    ids = story(ledger, subjects=3)
+    subject = ids[0]
+    sms = inject(
+        ledger,
+        subject,
+        "DataProcessed",
+        purpose="marketing",
+        activity="offer",
+        channel="sms",
+        categories=[],
+    )
+    objected = ledger.execute({"type": "object", "subject": ids[2], "purpose": "marketing"})
+    assert objected["ok"]
+    after_objection = inject(
+        ledger,
+        ids[2],
+        "DataProcessed",
+        purpose="marketing",
+        activity="mail",
+        channel="email",
+        categories=[],
+    )
+    disclosed = inject(
+        ledger,
+        subject,
+        "DataDisclosed",
+        agreement=str(uuid.uuid4()),
+        categories=["name"],
+        recipient_kind="other",
+        country="DK",
+    )
+    transferred = inject(
+        ledger, subject, "DataTransferred", categories=["orders"], country="US", recipient="x"
+    )
+    health = inject(
+        ledger,
+        subject,
+        "DataCollected",
+        category="health",
+        value={"scope": "customer_data", "kid": "k", "ct": "c", "commit": "0" * 64},
+        purpose=CA,
+        legal_basis="contract",
+        source="third_party",
+        scope="customer_data",
+        cpr_ground=None,
+    )
+    report = compliance(ledger)
+    assert not report["ok"]
+
+    def cited(check: str) -> set[tuple[str, int]]:
+        return {(e["subject"], e["version"]) for f in findings(report, check) for e in f["events"]}
+
+    assert (subject, sms) in cited("marketing")
+    assert (ids[2], after_objection) in cited("marketing")
+    assert (subject, disclosed) in cited("disclosures")
+    assert (subject, transferred) in cited("eu")
+    assert (subject, health) in cited("sensitive")
+    assert len(findings(report, "sensitive")) == 2  # not from the subject; no explicit consent
+    failed = {c["check"] for c in report["checks"] if not c["ok"]}
+    assert failed == {"marketing", "disclosures", "eu", "sensitive"}
+    # The human formats name each finding's events.
+    text = compliance(ledger, fmt="md")
+    assert text.startswith("# Compliance assertions over the whole history")
+    assert "CEKURA A/S" in text and f"DataProcessed v{sms}" in text
+
+
+def test_late_answers_and_overdue_scopes(ledger: Ledger, clock: FixedClock) -> None:
+    prospect = ledger.execute(
+        {
+            "type": "register_subject",
+            "kind": "prospect",
+            "purpose": CA,
+            "legal_basis": "legitimate_interest",
+            "identifiers": {"email": "p@example.dk"},
+        }
+    )["subject"]
+    opened = ledger.execute({"type": "open_request", "subject": prospect, "right": "access"})
+    due = datetime.fromisoformat(opened["due"] + "T12:00:00+01:00")
+    clock.set(due + timedelta(days=3))
+    done = ledger.execute(
+        {
+            "type": "complete_request",
+            "subject": prospect,
+            "request": opened["request"],
+            "outcome": "fulfilled",
+        }
+    )
+    assert done["ok"]
+    report = compliance(ledger)
+    late = findings(report, "requests")
+    assert len(late) == 1 and "answered on" in late[0]["message"]
+    assert [e["event"] for e in late[0]["events"]] == ["RequestCompleted", "RequestOpened"]
+    assert not findings(report, "retention")
+    # Three months on, the prospect's data (2 months after registration) is overdue.
+    report = compliance(ledger, now=clock.now() + timedelta(days=90))
+    overdue = findings(report, "retention")
+    assert overdue and "customer_data is past its deadline" in overdue[0]["message"]
+    # A sweep that late shreds it, and the report says it was late, citing the shredding.
+    clock.set(clock.now() + timedelta(days=90))
+    ledger.sweep()
+    late_shred = findings(compliance(ledger), "retention")
+    assert len(late_shred) == 1 and "after its deadline" in late_shred[0]["message"]
+    assert late_shred[0]["events"][0]["event"] == "ScopeShredded"
+
+
+def test_a_sweep_on_its_deadline_is_on_time(ledger: Ledger, clock: FixedClock) -> None:
+    prospect = ledger.execute(
+        {
+            "type": "register_subject",
+            "kind": "prospect",
+            "purpose": CA,
+            "legal_basis": "legitimate_interest",
+            "identifiers": {"email": "q@example.dk"},
+        }
+    )["subject"]
+    deadline = ledger.subject(prospect)["retention"][0]["deadline"]
+    clock.set(datetime.fromisoformat(deadline + "T06:00:00+02:00"))
+    assert ledger.sweep()["shredded"]
+    report = compliance(ledger)
+    assert not findings(report, "retention")
+    assert {c["check"]: c for c in report["checks"]}["retention"]["checked"] == 1
+
+
+def test_legal_holds_show_what_they_kept(ledger: Ledger, clock: FixedClock) -> None:
+    ids = story(ledger, subjects=1)
+    held = ledger.execute({"type": "place_legal_hold", "subject": ids[0], "reason": "dispute"})
+    assert held["ok"]
+    erased = ledger.execute({"type": "erase", "subject": ids[0]})
+    assert erased["retained"] and not erased["shredded"]
+    report = compliance(ledger, now=clock.now() + timedelta(days=400))
+    (hold,) = report["legal_holds"]
+    assert hold["hold"] == held["hold"] and hold["reason"] == "dispute"
+    assert hold["released_at"] is None
+    kept = {k["scope"]: k["why"] for k in hold["kept"]}
+    assert "customer_data" in kept
+    assert not findings(report, "retention")  # the hold explains why nothing was shredded
+    html = compliance(ledger, fmt="html")
+    assert "<html" in html.lower() and "dispute" in html and "CEKURA A/S" in html
+
+
+def test_an_inconsistent_checkpoint_fails_the_report(ledger: Ledger, settings: Settings) -> None:
+    ids = story(ledger, subjects=1)
+    service.seal(ledger)
+    ledger.execute({"type": "record_dialogue", "subject": ids[0]})
+    size = service.seal(ledger).tree_size
+    log = audit(ledger)
+    assert log.signer is not None
+    bogus = hashlib.sha256(b"rewritten").digest()
+    note = sign_note(format_checkpoint(Checkpoint(log.origin, size, bogus)), log.signer)
+    raw = Raw(settings)
+    try:
+        raw.q(
+            "UPDATE audit_checkpoints SET note = ?, root = ? WHERE tree_size = ?",
+            (note, bogus, size),
+        )
+    finally:
+        raw.close()
+    report = compliance(ledger)
+    cp = report["checkpoints"]
+    assert cp["consistent_with_all_earlier"] is False and cp["problems"]
+    assert not report["ok"]
+    assert {c["check"] for c in report["checks"] if not c["ok"]} == {"checkpoints"}
