@@ -39,7 +39,14 @@ from ledger.audit.note import (
     open_checkpoint,
     sign_note,
 )
-from ledger.audit.store import AuditError, AuditStore, StoredCheckpoint, derive, stored_coords
+from ledger.audit.store import (
+    AuditError,
+    AuditStore,
+    StoredCheckpoint,
+    derive,
+    is_stored,
+    stored_coords,
+)
 
 __all__ = ["AuditLog", "SealResult", "b64", "prefetched"]
 
@@ -133,15 +140,15 @@ class AuditLog:
         while True:
             with self.store.writer() as s:
                 size, last = s.tree_state()
-                rows = s.events_after(last, chunk)
+                rows = s.event_tuples_after(last, chunk)
                 if rows:
-                    hashes = [hashlib.sha256(b"\x00" + leaf_data(*row)).digest() for row in rows]
-                    ids = [row.notification_id for row in rows]
-                    nodes = append_leaves(size, s, hashes)
+                    sha256 = hashlib.sha256
+                    hashes = [sha256(b"\x00" + leaf_data(*row)).digest() for row in rows]
                     s.insert_nodes(
                         [
-                            (level, index, digest, ids[index - size] if level == 0 else None)
-                            for level, index, digest in nodes
+                            (level, index, digest, rows[index - size][0] if level == 0 else None)
+                            for level, index, digest in append_leaves(size, s, hashes)
+                            if is_stored(level)
                         ]
                     )
                     size += len(rows)

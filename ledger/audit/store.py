@@ -252,14 +252,12 @@ class AuditStore:
 
         Nodes of derived levels are skipped (see `DERIVED_LEVELS`).
         """
-        rows = [row for row in rows if row[0] not in DERIVED_LEVELS]
+        if any(row[0] in DERIVED_LEVELS for row in rows):
+            rows = [row for row in rows if row[0] not in DERIVED_LEVELS]
         if not rows:
             return
         if self.dialect == "sqlite":
-            self.conn.executemany(
-                "INSERT INTO audit_tree (level, idx, hash, notification_id) VALUES (?, ?, ?, ?)",
-                rows,
-            )
+            self.conn.executemany("INSERT INTO audit_tree VALUES (?, ?, ?, ?)", rows)
             return
         statement = "COPY audit_tree (level, idx, hash, notification_id) FROM STDIN (FORMAT BINARY)"
         with self.conn.cursor() as cur, cur.copy(statement) as copy:
@@ -317,6 +315,12 @@ class AuditStore:
             "SELECT notification_id, originator_id::text, originator_version, topic, state "
             f"FROM {self.events_table} WHERE notification_id > ? ORDER BY notification_id LIMIT ?"
         )
+
+    def event_tuples_after(
+        self, notification_id: int, limit: int
+    ) -> list[tuple[int, UUID | str, int, str, bytes]]:
+        """Like `events_after`, as plain tuples (the sealer's hot loop)."""
+        return self.execute(self._event_select(), (notification_id, limit))  # type: ignore[return-value]
 
     def events_after(self, notification_id: int, limit: int) -> list[EventRow]:
         """Both drivers already give int, str or UUID, int, str, bytes: no conversion."""
