@@ -272,7 +272,8 @@ class AuditLog:
                 raise AuditError("no checkpoint yet (run `ledger audit seal`)")
             indices = s.leaf_indices(wanted)
             inside = [n for n in wanted if indices.get(n, cp.tree_size) < cp.tree_size]
-            rows = {n: s.event(n) for n in wanted}
+            found = s.events_by_id(wanted)
+            rows = {n: found.get(n) for n in wanted}
 
             def all_proofs(h: SubtreeHashes) -> list[list[bytes]]:
                 return [inclusion_proof(indices[n], cp.tree_size, h) for n in inside]

@@ -354,6 +354,22 @@ class AuditStore:
             )
         ]
 
+    def events_by_id(self, notification_ids: Sequence[int]) -> dict[int, EventRow]:
+        """Several events by notification id, a few hundred per query."""
+        column = "rowid" if self.dialect == "sqlite" else "notification_id"
+        oid = "originator_id" if self.dialect == "sqlite" else "originator_id::text"
+        found: dict[int, EventRow] = {}
+        for start in range(0, len(notification_ids), 400):
+            chunk = list(notification_ids[start : start + 400])
+            marks = ", ".join("?" for _ in chunk)
+            for row in self.execute(
+                f"SELECT {column}, {oid}, originator_version, topic, state "
+                f"FROM {self.events_table} WHERE {column} IN ({marks})",
+                chunk,
+            ):
+                found[int(row[0])] = EventRow._make(row)
+        return found
+
     def event(self, notification_id: int) -> EventRow | None:
         rows = self.events_after(notification_id - 1, 1)
         return rows[0] if rows and rows[0].notification_id == notification_id else None
