@@ -1,12 +1,17 @@
 """HTTP appends: commands/s and latency with 1, 8 and 32 concurrent clients, on each backend.
 
     python -m benchmarks.bench_http [--seconds S] [--commands N] [--backends sqlite,postgres]
+                                    [--client raw|httpx]
 
-A real `ledger serve` on loopback; the load generator is ours (async httpx, one keep-alive
-connection per client), bounded both in commands and in time. Every command is a `collect`
-of a sealed value on one of 256 existing subjects. The baseline, measured in the same run,
-is the same server with `--no-group-commit` (one transaction per command) and one client;
-the ratio column divides each rate by that baseline.
+A real `ledger serve` on loopback; the load generator is ours, bounded both in commands and
+in time: one keep-alive connection per client, a small asyncio HTTP/1.1 client (httpx costs
+more CPU per request than the server on a two-core machine; `--client httpx` shows it).
+Every command is a `collect` of a sealed value on one of 256 existing subjects. The
+baseline, measured in the same run, is the same server with `--no-group-commit` (one
+transaction per command) and one client; `ratio_to_baseline` divides each rate by it.
+`server_cpu_ms_per_command` is the CPU time of the `serve` process and its children
+(workers, background process) per command: steadier than rates on a shared machine.
+On PostgreSQL a last row runs two server processes (`--workers 2`).
 """
 
 from __future__ import annotations
@@ -203,10 +208,13 @@ def bench_backend(
         token, _ = store.create("service", "bench")
         store.close()
         baseline = 0.0
-        for mode, args, clients_list in (
+        modes: list[tuple[str, list[str], tuple[int, ...]]] = [
             ("one transaction per command", ["--no-group-commit"], (1,)),
             ("group commit", [], CLIENTS),
-        ):
+        ]
+        if backend == "postgres":  # several server processes need PostgreSQL
+            modes.append(("group commit, 2 workers", ["--workers", "2"], (32,)))
+        for mode, args, clients_list in modes:
             with ServerProcess(env, ["--no-sweep", *args]) as server:
                 for clients in clients_list:
                     cpu_before = cpu_seconds(server.process.pid)
