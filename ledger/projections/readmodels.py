@@ -90,13 +90,21 @@ class Decoder:
         self._fast = plain and isinstance(mapper.transcoder, OrjsonTranscoder)
 
     def __call__(self, notifications: Sequence[Notification]) -> list[EventRecord]:
+        topics = SUBJECT_TOPICS
+        if self._fast:  # the timestamp stays a string: nothing here needs it parsed
+            loads = orjson.loads
+            return [
+                EventRecord(
+                    str(n.originator_id), n.originator_version, n.id, n.topic, loads(n.state)
+                )
+                for n in notifications
+                if n.topic in topics
+            ]
         records = []
         for n in notifications:
-            if n.topic not in SUBJECT_TOPICS:
+            if n.topic not in topics:
                 continue
-            if self._fast:
-                state = orjson.loads(n.state)  # the timestamp stays a string: none is needed
-            elif self._decode is not None:
+            if self._decode is not None:
                 state = self._decode(n.state)
             else:
                 state = dict(vars(self._mapper.to_domain_event(n)))

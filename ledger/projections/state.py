@@ -45,7 +45,7 @@ from ledger.projections.schema import SCOPES as SCOPES_T
 Row = dict[str, Any]
 
 
-@dataclass
+@dataclass(slots=True)
 class EventRecord:
     """What a handler needs from one notification: who, which version, where, what."""
 
@@ -56,7 +56,10 @@ class EventRecord:
     state: dict[str, Any]
 
 
-@dataclass
+_KEYED_NAMES = tuple(t.name for t in KEYED)
+
+
+@dataclass(slots=True)
 class SubjectState:
     """Every keyed row of one subject, as loaded plus this batch's changes."""
 
@@ -68,7 +71,7 @@ class SubjectState:
 
     @classmethod
     def empty(cls, row: Row) -> SubjectState:
-        return cls(row=row, tables={t.name: {} for t in KEYED}, new=True)
+        return cls(row=row, tables={name: {} for name in _KEYED_NAMES}, new=True)
 
     @property
     def sid(self) -> int:
@@ -153,8 +156,10 @@ class BatchState:
         if state is None:
             return
         handler(self, state, record)
-        state.row["version"] = max(int(state.row["version"] or 0), record.version)
-        state.row["position"] = record.position
+        row = state.row
+        if record.version > row["version"]:  # notifications of a subject come in order
+            row["version"] = record.version
+        row["position"] = record.position
         self.applied += 1
 
     def log(self, table: Table, row: Row) -> None:
