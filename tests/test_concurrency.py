@@ -19,6 +19,7 @@ from uuid import UUID
 from ledger.clock import FixedClock
 from ledger.config import Settings
 from ledger.crypto.sealing import SealedValue, unseal
+from ledger.domain.subject import DataSubject
 from ledger.facade import Ledger
 from tests.conftest import MASTER_KEY, PG_URL, require_postgres
 
@@ -136,12 +137,15 @@ def test_two_processes_append_to_one_subject_and_lose_nothing(
         assert sorted(registered) == sorted({subject, once[0]})
         # every value decrypts to what its process sent
         version_actor = {e["version"]: e["actor"] for e in history}
-        aggregate: Any = ledger.app.repository.get(UUID(subject))
         keys = ledger.keystore.keys(subject)
         assert len(keys) == 1  # one key generation for the scope, whoever created it
-        orders = [item for item in aggregate.items if item["category"] == "orders"]
+        orders: list[Any] = [
+            event
+            for event in ledger.app.events.get(UUID(subject))
+            if isinstance(event, DataSubject.DataCollected) and event.category == "orders"
+        ]
         assert len(orders) == PER_PROCESS
-        for item in orders:
-            sealed = SealedValue.from_dict(item["value"])
+        for event in orders:
+            sealed = SealedValue.from_dict(event.value)
             value = unseal(keys[sealed.kid], sealed, subject=subject, category="orders")
-            assert value == f"ordre {version_actor[item['version']]}"
+            assert value == f"ordre {version_actor[event.originator_version]}"
