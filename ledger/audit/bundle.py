@@ -71,8 +71,12 @@ def _consistency_of(size1: int, size2: int) -> Callable[[SubtreeHashes], list[by
 
 
 def format_doc_path() -> Path:
-    """docs/audit-format.md of this source tree (copied into every bundle)."""
-    return Path(__file__).resolve().parents[2] / "docs" / "audit-format.md"
+    """docs/audit-format.md (copied into every bundle).
+
+    Shipped as package data (`ledger/audit/audit-format.md`, a link to the docs folder in
+    the source tree), so an installed ledger finds it too.
+    """
+    return Path(__file__).resolve().with_name("audit-format.md")
 
 
 def _sha256_file(path: Path) -> str:
