@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -50,6 +51,7 @@ class Ledger:
         self.keystore = keystore
         self.policy = policy
         self._read_models: ReadModels | None = None
+        self._read_models_lock = threading.Lock()
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -101,9 +103,10 @@ class Ledger:
     @property
     def read_models(self) -> ReadModels:
         """The read models (DESIGN 4.7), opened on first use; queries catch them up first."""
-        if self._read_models is None:
-            self._read_models = ReadModels.open(self.app, self.policy)
-        return self._read_models
+        with self._read_models_lock:
+            if self._read_models is None:
+                self._read_models = ReadModels.open(self.app, self.policy)
+            return self._read_models
 
     # -- commands ---------------------------------------------------------------------
 

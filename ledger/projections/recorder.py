@@ -54,10 +54,6 @@ class Cursor:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.raw.execute(self._sql(sql), params)
 
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if rows:
-            self.raw.executemany(self._sql(sql), rows)
-
     def fetchall(self) -> list[Row]:
         return [dict(row) for row in self.raw.fetchall()]
 
@@ -78,7 +74,7 @@ class Cursor:
                 for row in rows:
                     copy.write_row(row)
         else:
-            self.raw.executemany(statement.replace("?", "%s"), rows)
+            self.raw.executemany(self._sql(statement), rows)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         self.execute(sql, params)
@@ -118,10 +114,6 @@ _COPY = {
     t.name: f"COPY {t.name} ({', '.join(t.column_names)}) FROM STDIN"
     for t in (SUBJECTS, *KEYED, *LOGS)
 }
-
-
-def _dump(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
 
 
 def _encoder(table: Table) -> Callable[[Row], tuple[Any, ...]]:
