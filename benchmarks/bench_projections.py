@@ -1,7 +1,7 @@
 """Read models: rebuild throughput and memory, `subject show` and `subject find` latency.
 
     python -m benchmarks.bench_projections [--events 100000] [--big 1000000]
-        [--backends sqlite,postgres] [--pg-big 0] [--repeat 3]
+        [--backends sqlite,postgres] [--pg-big 0] [--repeat 3] [--reuse]
 
 1. Rebuild: `ReadModels.rebuild()` (drop, replay every notification into the tables)
    beside plain eventsourcing reading and decoding the same notifications
@@ -16,7 +16,8 @@
    the existence check), median of many calls.
 
 Data is made with `Ledger.execute_many`, 1,000 commands a transaction (the onboarding mix
-of `bench_append`: nine events per customer).
+of `bench_append`: nine events per customer); making a million events takes a while, so
+`--reuse` keeps the two ledgers (small and big) for the next run.
 """
 
 from __future__ import annotations
@@ -29,14 +30,19 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from benchmarks.bench_append import onboarding
-from benchmarks.common import fresh_settings, postgres_reachable, report
+from benchmarks.common import MASTER_KEY, PG_URL, fresh_settings, postgres_reachable, report
 from ledger.app import LedgerApplication, application_env
-from ledger.config import Settings
+from ledger.config import DatabaseURL, Settings
 from ledger.facade import Ledger
 from ledger.projections import ReadModels
 from ledger.queries import subject_view
@@ -64,9 +70,14 @@ def generate(ledger: Ledger, target: int, start: int, *, quiet: bool = False) ->
     return i
 
 
+LONG_SUBJECT = "1000e000-0000-4000-8000-000000001000"
+
+
 def long_subject(ledger: Ledger, events: int) -> str:
     """A subject with `events` events (registration, then correspondence)."""
-    subject = str(uuid.uuid4())
+    subject = LONG_SUBJECT
+    if ledger.app.subject_exists(subject):
+        return subject
     commands: list[dict[str, Any]] = [
         {
             "type": "register_subject",
@@ -125,10 +136,22 @@ def child(kind: str, env: dict[str, str]) -> dict[str, Any]:
         "events": events,
         "seconds": time.perf_counter() - wall,
         "cpu_seconds": time.process_time() - cpu,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }
     app.close()
     return out
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak resident set (VmHWM).
+
+    Not `getrusage`: a child started by vfork/exec inherits the parent's high-water mark
+    in `ru_maxrss`, which would report the generator's memory, not the rebuild's.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_child(kind: str, env: dict[str, str]) -> dict[str, Any]:
@@ -247,40 +270,70 @@ def latency_rows(
     return rows
 
 
-def bench_backend(backend: str, events: int, big: int, repeat: int) -> list[dict[str, Any]]:
+@contextmanager
+def dataset(backend: str, name: str, reuse: bool) -> Iterator[tuple[Settings, dict[str, str]]]:
+    """A ledger to measure: fresh and removed afterwards, or (`--reuse`) kept for next time."""
+    if not reuse:
+        with fresh_settings(backend) as found:
+            yield found
+        return
+    home = Path(tempfile.gettempdir()) / f"ledger-bench-projections-{backend}-{name}"
+    env = {"LEDGER_HOME": str(home), "LEDGER_MASTER_KEY": MASTER_KEY}
+    if backend == "postgres":
+        schema = f"bench_projections_{name}"
+        with psycopg.connect(DatabaseURL.parse(PG_URL).conninfo(), autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        env["LEDGER_DATABASE_URL"] = f"{PG_URL}?schema={schema}"
+    yield Settings.from_env(env), env
+
+
+def grow(settings: Settings, target: int, backend: str, *, long: bool) -> tuple[int, float]:
+    """Generate up to `target` events (nothing if there already); returns (new, seconds)."""
+    with Ledger.open(settings) as ledger:
+        before = ledger.max_position()
+        if before >= target:
+            return 0, 0.0
+        print(f"{backend}: generating {before:,} -> {target:,} events", file=sys.stderr)
+        started = time.perf_counter()
+        start = sum(1 for _ in ledger.subject_ids())
+        generate(ledger, target - 1000 if long else target, start)
+        if long:
+            long_subject(ledger, 1000)
+        return ledger.max_position() - before, time.perf_counter() - started
+
+
+def bench_backend(
+    backend: str, events: int, big: int, repeat: int, reuse: bool
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    with fresh_settings(backend) as (settings, env):
-        with Ledger.open(settings) as ledger:
-            print(f"{backend}: generating {events:,} events", file=sys.stderr)
-            index = generate(ledger, events, 0)
+    with dataset(backend, "small", reuse) as (settings, env):
+        grow(settings, events, backend, long=False)
         rows.append(rebuild_row(backend, env, repeat))
         print(json.dumps(rows[-1]), file=sys.stderr)
-        if big <= events:
-            return rows
+    if big <= events:
+        return rows
+    with dataset(backend, "big", reuse) as (settings, env):
+        made, seconds = grow(settings, big, backend, long=True)
         with Ledger.open(settings) as ledger:
-            print(f"{backend}: generating up to {big:,} events", file=sys.stderr)
-            started = time.perf_counter()
-            index = generate(ledger, big - 1000, index)
-            long_id = long_subject(ledger, 1000)
-            made = time.perf_counter() - started
-            catch = time.perf_counter()
-            ledger.read_models.catch_up()
-            caught = time.perf_counter() - catch
+            caught = time.perf_counter()
+            applied = ledger.read_models.catch_up()
+            caught = time.perf_counter() - caught
             total = ledger.max_position()
             subjects = sum(1 for _ in ledger.subject_ids())
-            rows.append(
-                {
-                    "backend": backend,
-                    "test": "generate + incremental catch-up",
-                    "events": total,
-                    "subjects": subjects,
-                    "generate_events_per_s": (total - events) / made,
-                    "catch_up_events_per_s": (total - events) / caught,
-                }
-            )
-            print(json.dumps(rows[-1]), file=sys.stderr)
-            rows.extend(latency_rows(backend, settings, ledger, subjects, long_id))
-            print(json.dumps(rows[-3:]), file=sys.stderr)
+            if made:
+                rows.append(
+                    {
+                        "backend": backend,
+                        "test": "generate + incremental catch-up",
+                        "events": total,
+                        "subjects": subjects,
+                        "generate_events_per_s": made / seconds,
+                        "catch_up_events_per_s": applied / caught if applied else None,
+                    }
+                )
+                print(json.dumps(rows[-1]), file=sys.stderr)
+            rows.extend(latency_rows(backend, settings, ledger, subjects, LONG_SUBJECT))
+            print(json.dumps(rows[-4:]), file=sys.stderr)
         rows.append(rebuild_row(backend, env, 1))
         print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
@@ -294,6 +347,11 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--child", choices=["baseline", "rebuild"])
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the generated ledgers (in the temp folder / fixed schemas) for the next run",
+    )
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, json.loads(sys.stdin.read()))))
@@ -304,7 +362,8 @@ def main() -> None:
             print("PostgreSQL is not reachable: skipped", file=sys.stderr)
             continue
         big = args.big if backend == "sqlite" else args.pg_big
-        rows.extend(bench_backend(backend, args.events, big, args.repeat))
+        rows.extend(bench_backend(backend, args.events, big, args.repeat, args.reuse))
+    os.environ.setdefault("COLUMNS", "200")  # a wide table, also when not on a terminal
     report(
         "projections",
         "Read models: rebuild beside plain eventsourcing, query latency",

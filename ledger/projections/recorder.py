@@ -80,6 +80,17 @@ class Cursor:
         self.execute(sql, params)
         return self.fetchall()
 
+    def query_many(self, queries: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Row]]:
+        """Several queries; on PostgreSQL sent together (pipeline mode), one round trip."""
+        if self.dialect == "sqlite":
+            return [self.query(sql, params) for sql, params in queries]
+        cursors = []
+        for sql, params in queries:
+            cursor = self.raw.connection.cursor()
+            cursor.execute(self._sql(sql), params)
+            cursors.append(cursor)
+        return [[dict(row) for row in cursor.fetchall()] for cursor in cursors]
+
 
 def _upsert(table: Table) -> str:
     cols = table.column_names
@@ -396,7 +407,13 @@ class PostgresReadModelRecorder(ReadModelRecorder, PostgresTrackingRecorder):
 
     @contextmanager
     def reader(self) -> Iterator[Cursor]:
-        with self.datastore.get_connection() as conn, conn.transaction(force_rollback=True):
+        # Pipeline mode: the preamble travels with the first query, and `query_many`
+        # sends a whole subject's queries in one round trip.
+        with (
+            self.datastore.get_connection() as conn,
+            conn.pipeline(),
+            conn.transaction(force_rollback=True),
+        ):
             raw = conn.cursor()
             raw.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             raw.execute(self._search_path)

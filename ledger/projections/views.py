@@ -28,7 +28,6 @@ from ledger.projections.schema import (
     SCOPES,
     SUBJECTS,
     TRANSFERS,
-    Table,
 )
 
 Row = dict[str, Any]
@@ -46,24 +45,52 @@ def _open(subject: str, sealed: Any, category: str, keys: Mapping[str, bytes] | 
         return None
 
 
-def _rows(cur: Cursor, table: Table, sid: int, order: str = "seq") -> list[Row]:
-    rows = cur.query(f"SELECT * FROM {table.name} WHERE sid = ? ORDER BY {order}", (sid,))
-    return [decode_row(table, row) for row in rows]
-
-
 def find_subject(cur: Cursor, subject_id: str) -> Row | None:
     rows = cur.query("SELECT * FROM rm_subjects WHERE subject = ?", (subject_id,))
     return decode_row(SUBJECTS, rows[0]) if rows else None
+
+
+_TABLES = (
+    (DATA_ITEMS, "seq"),
+    (SCOPES, "seq"),
+    (AGREEMENTS, "seq"),
+    (RELATIONSHIPS, "seq"),
+    (CONSENTS, "seq"),
+    (OBJECTIONS, "seq"),
+    (DISCLOSURES, "position"),
+    (TRANSFERS, "position"),
+    (HOLDS, "seq"),
+    (REQUESTS, "seq"),
+)
+_BY_SUBJECT = "sid = (SELECT sid FROM rm_subjects WHERE subject = ?)"
+
+
+def _subject_rows(cur: Cursor, subject_id: str) -> list[list[Row]]:
+    """The subject's row, then its rows of each table in `_TABLES`, in display order.
+
+    One query per table, all sent at once (one round trip on PostgreSQL).
+    """
+    return cur.query_many(
+        [("SELECT * FROM rm_subjects WHERE subject = ?", (subject_id,))]
+        + [
+            (f"SELECT * FROM {t.name} WHERE {_BY_SUBJECT} ORDER BY {order}", (subject_id,))
+            for t, order in _TABLES
+        ]
+    )
 
 
 def subject_document(
     cur: Cursor, subject_id: str, keys: Mapping[str, bytes] | None = None
 ) -> dict[str, Any]:
     """The `subject show --json` object; raises `unknown_subject` for an unknown id."""
-    subject = find_subject(cur, subject_id)
-    if subject is None:
+    found = _subject_rows(cur, subject_id)
+    if not found[0]:
         raise LedgerError("unknown_subject", f"no subject {subject_id}")
-    sid = int(subject["sid"])
+    subject = decode_row(SUBJECTS, found[0][0])
+    rows = {
+        t.name: [decode_row(t, row) for row in got]
+        for (t, _), got in zip(_TABLES, found[1:], strict=True)
+    }
     data = [
         {
             "category": item["category"],
@@ -77,7 +104,7 @@ def subject_document(
             "scope": item["scope"],
             "collected_at": item["collected_at"],
         }
-        for item in _rows(cur, DATA_ITEMS, sid)
+        for item in rows[DATA_ITEMS.name]
     ]
     retention = [
         {
@@ -86,7 +113,7 @@ def subject_document(
             "held": s["held"],
             "shredded_at": s["shredded_at"],
         }
-        for s in _rows(cur, SCOPES, sid)
+        for s in rows[SCOPES.name]
     ]
     agreements = [
         {
@@ -102,7 +129,7 @@ def subject_document(
             "agreed_at": a["agreed_at"],
             "revoked_at": a["revoked_at"],
         }
-        for a in _rows(cur, AGREEMENTS, sid)
+        for a in rows[AGREEMENTS.name]
     ]
     return {
         "subject": subject_id,
@@ -112,7 +139,7 @@ def subject_document(
         "provided_by": subject["provided_by"],
         "relationships": [
             {k: r[k] for k in ("relationship", "active", "started_at", "ended_at")}
-            for r in _rows(cur, RELATIONSHIPS, sid)
+            for r in rows[RELATIONSHIPS.name]
         ],
         "data": data,
         "consents": [
@@ -130,11 +157,11 @@ def subject_document(
                     "withdrawn_at",
                 )
             }
-            for c in _rows(cur, CONSENTS, sid)
+            for c in rows[CONSENTS.name]
         ],
         "objections": [
             {"purpose": o["purpose"], "objected_at": o["objected_at"]}
-            for o in _rows(cur, OBJECTIONS, sid)
+            for o in rows[OBJECTIONS.name]
         ],
         "restricted": subject["restricted"],
         "agreements": agreements,
@@ -143,15 +170,15 @@ def subject_document(
                 k: d[k]
                 for k in ("agreement", "categories", "recipient_kind", "country", "disclosed_at")
             }
-            for d in _rows(cur, DISCLOSURES, sid, "position")
+            for d in rows[DISCLOSURES.name]
         ],
         "transfers": [
             {k: t[k] for k in ("categories", "country", "recipient", "transferred_at")}
-            for t in _rows(cur, TRANSFERS, sid, "position")
+            for t in rows[TRANSFERS.name]
         ],
         "holds": [
             {k: h[k] for k in ("hold", "reason", "placed_at", "released_at")}
-            for h in _rows(cur, HOLDS, sid)
+            for h in rows[HOLDS.name]
         ],
         "retention": retention,
         "requests": [
@@ -165,7 +192,7 @@ def subject_document(
                 "outcome": r["outcome"],
                 "completed_at": r["completed_at"],
             }
-            for r in _rows(cur, REQUESTS, sid)
+            for r in rows[REQUESTS.name]
         ],
         "erased_at": subject["erased_at"],
     }
