@@ -34,9 +34,7 @@ from ledger.config import Settings
 from ledger.crypto.keystore import KeyConflict, KeySession, KeyStore
 from ledger.crypto.lookup import LOOKUP_KINDS, lookup_digest, normalise_identifier
 from ledger.crypto.sealing import seal
-from ledger.domain.calendar import local_date
 from ledger.domain.policy import PolicyCatalogue
-from ledger.domain.retention import due_scopes
 from ledger.domain.subject import DataSubject, check_cpr
 from ledger.errors import LedgerError
 from ledger.logs import get_logger
@@ -727,39 +725,6 @@ class LedgerApplication(Application[UUID]):
             policy=self.policy, request=c.get("request"), occurred_at=at, actor=c.actor
         )
         return {"shredded": outcome.shredded, "retained": outcome.retained}
-
-    # -- retention --------------------------------------------------------------------
-
-    def shred_due(
-        self, subject_id: str, now: datetime, *, actor: str | None = "retention-sweeper"
-    ) -> list[dict[str, str]]:
-        """Shred every scope of one subject past its deadline (one transaction, retried)."""
-        for _ in range(MAX_ATTEMPTS):
-            subject = self.load_subject(subject_id)
-            due = due_scopes(subject, self.policy, local_date(now))
-            if not due:
-                return []
-            shreds = [
-                (
-                    subject_id,
-                    item.scope,
-                    subject.shred_scope(
-                        scope=item.scope,
-                        reason="retention",
-                        deadline=item.deadline,
-                        occurred_at=now,
-                        actor=actor,
-                    ),
-                )
-                for item in due
-            ]
-            try:
-                self.save(subject)
-            except IntegrityError:
-                continue
-            self.keystore.shred_many(shreds)
-            return [{"scope": d.scope, "deadline": d.deadline.isoformat()} for d in due]
-        raise LedgerError("conflict", f"subject {subject_id} kept changing during the sweep")
 
     # -- logging ----------------------------------------------------------------------
 

@@ -615,6 +615,29 @@ def test_erasure_of_a_held_subject_keeps_all_and_can_be_repeated_after_release(
     world.assert_shredded(subject, "customer_data", ["name", "address", "phone"])
 
 
+def test_the_sweeper_finishes_an_erasure_once_its_hold_is_released(world: World) -> None:
+    subject = customer(world, "2024-01-10T09:00:00+01:00")
+    world.do("2024-06-15T12:00:00+02:00", invoice(subject, "F-2"))
+    hold = world.do("2025-01-05T10:00:00+01:00", place_hold(subject))["hold"]
+    world.do("2025-01-06T10:00:00+01:00", {"type": "erase", "subject": subject})
+    held = world.sweep(at("2025-02-01T12:00:00+01:00"))
+    assert shredded_scopes(held, subject) == {}
+    world.do(
+        "2025-03-01T10:00:00+01:00",
+        {"type": "release_legal_hold", "subject": subject, "hold": hold},
+    )
+    report = world.sweep(at("2025-03-01T12:00:00+01:00"))
+    assert shredded_scopes(report, subject) == {"customer_data": "2025-01-06"}
+    world.assert_shredded(subject, "customer_data", ["name", "address", "phone"])
+    world.assert_kept(subject, "bookkeeping:2024", billed("F-2"))
+    reasons = [
+        e["details"]["reason"]
+        for e in world.ledger.history(subject)
+        if e["type"] == "ScopeShredded"
+    ]
+    assert reasons == ["erasure"]
+
+
 # -- the sweeper itself --------------------------------------------------------------------------
 
 

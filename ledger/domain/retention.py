@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 class DueScope:
     scope: str
     deadline: date
+    reason: str = "retention"  # or "erasure": finishing an erasure a hold had delayed
 
 
 def _after(klass: RetentionClass, anchor: date) -> date:
@@ -70,12 +71,22 @@ def scope_deadline(subject: DataSubject, policy: PolicyCatalogue, scope: str) ->
 
 
 def due_scopes(subject: DataSubject, policy: PolicyCatalogue, today: date) -> list[DueScope]:
-    """Scopes past their deadline that no legal hold keeps."""
+    """Scopes past their deadline that no legal hold keeps.
+
+    An erased subject's scopes that only a (since released) hold kept are due at once:
+    the erasure is finished as soon as nothing keeps the data any more. What a legal
+    obligation keeps still waits for its own deadline.
+    """
     if subject.active_holds():
         return []
+    erased_on = _date_of(subject.erased_at)
     due: list[DueScope] = []
     for scope in subject.scopes_in_use():
         deadline = scope_deadline(subject, policy, scope)
         if deadline is not None and today >= deadline:
             due.append(DueScope(scope, deadline))
+            continue
+        klass = policy.retention.get(scope.split(":")[0])
+        if erased_on is not None and not (klass is not None and klass.legal_obligation):
+            due.append(DueScope(scope, erased_on, "erasure"))
     return due

@@ -338,7 +338,6 @@ def on_consent_given(b: BatchState, st: SubjectState, r: EventRecord) -> None:
             "seq": current["seq"] if current else r.position,
         },
     )
-    st.remove(OBJECTIONS, s["purpose"])
     b.log(
         CONSENT_EVENTS,
         {

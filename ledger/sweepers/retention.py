@@ -129,7 +129,7 @@ def _shred_batch(ledger: Ledger, subject_ids: Sequence[str], now: datetime) -> l
             for item in due:
                 kids = subject.shred_scope(
                     scope=item.scope,
-                    reason="retention",
+                    reason=item.reason,
                     deadline=item.deadline,
                     occurred_at=now,
                     actor=SWEEPER_ACTOR,
