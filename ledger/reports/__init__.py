@@ -97,12 +97,16 @@ def available() -> dict[str, ReportSpec]:
     return dict(sorted(_REGISTRY.items()))
 
 
-def build(name: str, context: ReportContext) -> Report:
+def _spec(name: str) -> ReportSpec:
     spec = available().get(name)
     if spec is None:
         known = ", ".join(available())
         raise LedgerError("invalid_command", f"no report '{name}' (available: {known})")
-    return spec.build(context)
+    return spec
+
+
+def build(name: str, context: ReportContext) -> Report:
+    return _spec(name).build(context)
 
 
 def produce(
@@ -121,8 +125,7 @@ def produce(
     """
     if fmt not in FORMATS:
         raise LedgerError("invalid_command", f"format must be one of: {', '.join(FORMATS)}")
-    if name not in available():
-        build(name, None)  # type: ignore[arg-type]  # raises the helpful error
+    spec = _spec(name)
     with read_models.reading(current=current) as cursor:
         context = ReportContext(
             cursor=cursor,
@@ -132,5 +135,5 @@ def produce(
             as_of=as_of,
             basis=basis,
         )
-        report = build(name, context)
+        report = spec.build(context)
     return render(report, context, fmt)
