@@ -27,6 +27,7 @@ from ledger.logs import configure_logging, get_logger
 from ledger.policies import load_policy
 from ledger.projections import ReadModels
 from ledger.queries import event_summary, request_is_late
+from ledger.storage import creation_lock
 
 log = get_logger("ledger")
 
@@ -68,13 +69,14 @@ class Ledger:
         settings.home.mkdir(parents=True, exist_ok=True)
         configure_logging(settings.log_path)
         policy = policy or load_policy(settings.policy_path)
-        keystore = KeyStore.open(settings.keystore, load_master_key(settings))
-        app = LedgerApplication(
-            env=application_env(settings),
-            policy=policy,
-            keystore=keystore,
-            clock=clock or SystemClock(),
-        )
+        with creation_lock(settings.database, settings.keystore):
+            keystore = KeyStore.open(settings.keystore, load_master_key(settings))
+            app = LedgerApplication(
+                env=application_env(settings),
+                policy=policy,
+                keystore=keystore,
+                clock=clock or SystemClock(),
+            )
         ledger = cls(settings, app, keystore, policy)
         ledger.reconcile_keys()
         return ledger
@@ -105,7 +107,8 @@ class Ledger:
         """The read models (DESIGN 4.7), opened on first use; queries catch them up first."""
         with self._read_models_lock:
             if self._read_models is None:
-                self._read_models = ReadModels.open(self.app, self.policy)
+                with creation_lock(self.settings.database):
+                    self._read_models = ReadModels.open(self.app, self.policy)
             return self._read_models
 
     # -- commands ---------------------------------------------------------------------

@@ -99,7 +99,10 @@ def test_two_processes_append_to_one_subject_and_lose_nothing(
     writers = [start_writer(env, subject, tag) for tag in ("a", "b")]
     for writer in writers:
         assert writer.stdout is not None
-        assert writer.stdout.readline().strip() == "ready", writer.stderr
+        line = writer.stdout.readline().strip()
+        if line != "ready":
+            assert writer.stderr is not None
+            raise AssertionError(f"writer did not start: {writer.stderr.read()}")
     for writer in writers:
         assert writer.stdin is not None
         writer.stdin.write("go\n")
