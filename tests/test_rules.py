@@ -542,7 +542,7 @@ def test_r6_objection_to_direct_marketing_is_unconditional(ledger: Ledger) -> No
 
 
 def test_r6_objection_stands_after_a_new_consent(ledger: Ledger) -> None:
-    """"No marketing on any channel afterwards": a later consent does not lift it."""
+    """No marketing on any channel afterwards: a later consent does not lift it (R6)."""
     subject = register(ledger)
     ok(ledger, simple("object", subject, purpose="marketing"))
     ok(ledger, consent(subject, "marketing", channels=["email"]))
