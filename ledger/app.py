@@ -25,6 +25,7 @@ import orjson
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Transcoder
+from eventsourcing.sqlite import SQLiteAggregateRecorder
 from eventsourcing.utils import EnvType
 
 from ledger.canonical import canonical_json
@@ -132,7 +133,7 @@ class ScopeSealer:
 class UnitOfWork:
     """Everything one transaction will write."""
 
-    check_new_subjects: bool = True
+    registered: set[str] = field(default_factory=set)  # chosen ids already in the store
     subjects: dict[str, DataSubject] = field(default_factory=dict)
     receipts: list[CommandReceipt] = field(default_factory=list)
     lookups: dict[str, dict[str, bytes]] = field(default_factory=dict)
@@ -227,7 +228,7 @@ class LedgerApplication(Application[UUID]):
                 parsed.append(error)
         for attempt in range(MAX_ATTEMPTS):
             try:
-                results = self._attempt(parsed, atomic=atomic, optimistic=attempt == 0)
+                results = self._attempt(parsed, atomic=atomic)
             except _Rejected as rejected:
                 self._log(parsed, None, rejected, started)
                 return self._rolled_back(len(commands), rejected.index, rejected.error)
@@ -267,15 +268,15 @@ class LedgerApplication(Application[UUID]):
         return results
 
     def _attempt(
-        self, commands: Sequence[Command | LedgerError], *, atomic: bool, optimistic: bool
+        self, commands: Sequence[Command | LedgerError], *, atomic: bool
     ) -> list[dict[str, Any]]:
-        """One try at the unit of work: rules and sealing, keys, then events.
-
-        On the first try a new subject id is trusted to be new (the event store's unique
-        constraint catches a duplicate, and the retry then checks and says `duplicate`),
-        which saves a read per registration in large batches.
-        """
-        uow = UnitOfWork(check_new_subjects=not optimistic)
+        """One try at the unit of work: rules and sealing, keys, then events."""
+        chosen = [
+            c.subject
+            for c in commands
+            if isinstance(c, Command) and c.type == "register_subject" and c.subject
+        ]
+        uow = UnitOfWork(registered=self.existing_subjects(chosen))
         session = self.keystore.session(
             c.subject for c in commands if isinstance(c, Command) and c.subject
         )
@@ -360,6 +361,41 @@ class LedgerApplication(Application[UUID]):
             raise LedgerError("unknown_subject", f"no subject {subject_id}")
         return found
 
+    def existing_subjects(self, subject_ids: Sequence[str]) -> set[str]:
+        """Which of these ids are registered already: one query for a whole batch.
+
+        Checked before any key is written, so a duplicate registration never creates a
+        key; one registered concurrently after this read is caught by the event store's
+        unique constraint, and the retry reads again.
+        """
+        found: set[str] = set()
+        recorder: Any = self.recorder
+        for start in range(0, len(subject_ids), 500):
+            chunk = [UUID(s) for s in subject_ids[start : start + 500]]
+            if isinstance(recorder, SQLiteAggregateRecorder):
+                marks = ", ".join("?" for _ in chunk)
+                with recorder.datastore.transaction(commit=False) as cursor:
+                    cursor.execute(
+                        f"SELECT originator_id FROM {recorder.events_table_name} "
+                        f"WHERE originator_id IN ({marks}) AND originator_version = 1",
+                        [u.hex for u in chunk],
+                    )
+                    found.update(str(UUID(row["originator_id"])) for row in cursor.fetchall())
+            else:
+                from psycopg.sql import SQL, Identifier
+
+                statement = SQL(
+                    "SELECT originator_id FROM {schema}.{table} "
+                    "WHERE originator_id = ANY(%s) AND originator_version = 1"
+                ).format(
+                    schema=Identifier(recorder.datastore.schema),
+                    table=Identifier(recorder.events_table_name),
+                )
+                with recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
+                    cursor.execute(statement, (chunk,))
+                    found.update(str(row["originator_id"]) for row in cursor.fetchall())
+        return found
+
     def subject_exists(self, subject_id: str) -> bool:
         try:
             self.load_subject(subject_id)
@@ -403,12 +439,7 @@ class LedgerApplication(Application[UUID]):
         self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
     ) -> dict[str, Any]:
         subject_id = c.get("subject") or str(uuid.uuid4())
-        # Trusting a new id is safe only when the registration writes no key or lookup row:
-        # those are committed before the events, so a duplicate must be caught first.
-        if subject_id in uow.subjects or (
-            (uow.check_new_subjects or (c.get("subject") and c.get("identifiers")))
-            and self.subject_exists(subject_id)
-        ):
+        if subject_id in uow.subjects or subject_id in uow.registered:
             raise LedgerError("duplicate", f"subject {subject_id} is already registered")
         provided_by = c.get("provided_by")
         if provided_by is not None and provided_by not in uow.subjects:
