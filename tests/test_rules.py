@@ -1148,3 +1148,33 @@ def test_rejections_are_reported_in_json_without_values(ledger: Ledger) -> None:
     assert "Hjertesygdom" not in text
     assert set(result) == {"ok", "error"}
     assert set(result["error"]) == {"code", "message"}
+
+
+def test_erasure_destroys_a_disclosure_recipients_name(ledger: Ledger) -> None:
+    """The recipient's name is the only customer_data value: erase must still shred it."""
+    subject = str(uuid.uuid4())
+    ok(
+        ledger,
+        {
+            "type": "register_subject",
+            "subject": subject,
+            "kind": "contact_person",
+            "purpose": "customer_administration",
+            "legal_basis": "contract",
+        },
+    )
+    ok(
+        ledger,
+        {
+            "type": "agree_disclosure",
+            "subject": subject,
+            "recipient": {"kind": "family_member", "name": "Ingrid Hansen", "country": "DK"},
+            "categories": ["name"],
+            "purpose": "customer_administration",
+        },
+    )
+    result = ok(ledger, {"type": "erase", "subject": subject})
+    assert result["shredded"] == ["customer_data"]
+    view = ledger.subject(subject, reveal=True, purpose="check", actor="tests")
+    assert view["agreements"][0]["recipient"]["name"] is None
+    assert ledger.keystore.keys(subject) == {}

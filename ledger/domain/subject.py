@@ -225,6 +225,11 @@ class DataSubject(Aggregate):
                 "agreed_at": self.occurred_at,
                 "revoked_at": None,
             }
+            # The name is sealed in customer_data: erasing that scope must destroy its key.
+            scope = self.recipient_name["scope"]
+            kids = subject.scopes.setdefault(scope, {"kids": [], "shredded": {}})["kids"]
+            if self.recipient_name["kid"] not in kids:
+                kids.append(self.recipient_name["kid"])
 
     class DisclosureAgreementRevoked(Event):
         agreement: str

@@ -446,7 +446,8 @@ def on_disclosure_agreed(b: BatchState, st: SubjectState, r: EventRecord) -> Non
             "seq": current["seq"] if current else r.position,
         },
     )
-    # The aggregate keeps no scope entry for the name's key, so neither does the read model.
+    # The name is sealed in the subject's customer_data scope: it goes when that scope goes.
+    _add_kid(b, st, name["scope"], name["kid"], r.position)
 
 
 def on_agreement_revoked(b: BatchState, st: SubjectState, r: EventRecord) -> None:
