@@ -625,14 +625,9 @@ class DataSubject(Aggregate):
         """R1–R5, R7, R9, R12, R17, then seal and record."""
         if self.erased and legal_basis != "legal_obligation":
             self._not_erased("collection except under a legal obligation")
-        if category not in policy.categories:
-            raise LedgerError("unknown_category", f"category '{category}' is not in the policy")
+        self._known_categories(policy, [category])
         the_purpose = _purpose_with_basis(policy, purpose, legal_basis)
-        if category not in the_purpose.categories:
-            raise LedgerError(
-                "purpose_not_allowed",
-                f"purpose '{purpose}' does not allow category '{category}'",
-            )
+        _purpose_allows(the_purpose, [category])
         if source not in SOURCES:
             raise LedgerError("invalid_command", f"unknown source '{source}'")
         if category == "cpr":
@@ -704,8 +699,7 @@ class DataSubject(Aggregate):
     ) -> None:
         """Art. 16: a new value for data on file; allowed while restricted (its remedy)."""
         self._not_erased("rectification")
-        if category not in policy.categories:
-            raise LedgerError("unknown_category", f"category '{category}' is not in the policy")
+        self._known_categories(policy, [category])
         if request is not None:
             self._open_request(request)
         previous = self.latest_item(category)
@@ -746,12 +740,7 @@ class DataSubject(Aggregate):
         if method not in CONSENT_METHODS:
             raise LedgerError("invalid_command", f"unknown consent method '{method}'")
         self._known_categories(policy, categories)
-        for category in categories:
-            if category not in the_purpose.categories:
-                raise LedgerError(
-                    "purpose_not_allowed",
-                    f"purpose '{purpose}' does not allow category '{category}'",
-                )
+        _purpose_allows(the_purpose, categories)
         if categories and not explicit:
             raise LedgerError(
                 "invalid_command", "consent naming categories must be explicit (explicit: true)"
@@ -841,12 +830,7 @@ class DataSubject(Aggregate):
             raise LedgerError("invalid_command", f"unknown recipient kind '{recipient_kind}'")
         self._known_categories(policy, categories)
         the_purpose = _known_purpose(policy, purpose)
-        for category in categories:
-            if category not in the_purpose.categories:
-                raise LedgerError(
-                    "purpose_not_allowed",
-                    f"purpose '{purpose}' does not allow category '{category}'",
-                )
+        _purpose_allows(the_purpose, categories)
         _inside_eu(policy, country)
         sealed = sealer.seal(self.subject_id, "customer_data", RECIPIENT_NAME, recipient_name)
         self.trigger_event(
@@ -967,12 +951,7 @@ class DataSubject(Aggregate):
         if not legal_obligation_only:
             self._not_erased("processing")
         self._known_categories(policy, categories)
-        for category in categories:
-            if category not in the_purpose.categories:
-                raise LedgerError(
-                    "purpose_not_allowed",
-                    f"purpose '{purpose}' does not allow category '{category}'",
-                )
+        _purpose_allows(the_purpose, categories)
         self._notified_of(policy, the_purpose)
         self._not_restricted("processing")
         self._not_objected(the_purpose, None)
@@ -1290,6 +1269,15 @@ def _later(current: str | None, candidate: str) -> str:
     if current is None or parse_iso(candidate) > parse_iso(current):
         return candidate
     return current
+
+
+def _purpose_allows(purpose: Purpose, categories: list[str]) -> None:
+    for category in categories:
+        if category not in purpose.categories:
+            raise LedgerError(
+                "purpose_not_allowed",
+                f"purpose '{purpose.name}' does not allow category '{category}'",
+            )
 
 
 def _known_purpose(policy: PolicyCatalogue, purpose: str) -> Purpose:
