@@ -412,7 +412,7 @@ def test_lookup_rows_go_with_the_customer_data_key(ledger: Ledger) -> None:
 
 def test_lookup_rows_stay_when_another_scope_is_shredded(store: KeyStore) -> None:
     subject = new_subject()
-    store.replace_lookup(subject, "email", b"\x01" * 32)
+    store.replace_lookups([(subject, "email", b"\x01" * 32)])
     marketing = store.ensure_key(subject, "marketing")
     store.shred(subject, "marketing", [marketing.kid])
     assert store.find("email", b"\x01" * 32) == [subject]

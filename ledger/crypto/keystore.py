@@ -14,8 +14,7 @@ import hmac
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -275,7 +274,6 @@ class KeyStore:
         self._master = AESGCM(master_key)
         self._master_key = master_key
         self._lock = threading.RLock()
-        self._batch_depth = 0
         self._lookup_key: bytes | None = None
         with self._lock:
             try:
@@ -298,27 +296,9 @@ class KeyStore:
         with self._lock:
             self._db.close()
 
-    # -- transactions ---------------------------------------------------------------
-
-    @contextmanager
-    def batch(self) -> Iterator[None]:
-        """Group key creations into one transaction; rolled back if the block raises."""
-        with self._lock:
-            self._batch_depth += 1
-            try:
-                yield
-            except BaseException:
-                self._batch_depth -= 1
-                if self._batch_depth == 0:
-                    self._db.rollback()
-                raise
-            self._batch_depth -= 1
-            if self._batch_depth == 0:
-                self._db.commit()
-
     def _done(self) -> None:
-        if self._batch_depth == 0:
-            self._db.commit()
+        """End the implicit transaction of a single operation."""
+        self._db.commit()
 
     def session(self, subjects: Iterable[str]) -> KeySession:
         """Keys for one unit of work: read in one query, new keys written in one go."""
@@ -531,13 +511,11 @@ class KeyStore:
                     chunk = erased[start : start + 500]
                     marks = ", ".join("?" for _ in chunk)
                     self._db.execute(f"DELETE FROM ledger_lookup WHERE subject IN ({marks})", chunk)
-                if self._batch_depth == 0:
-                    self._db.commit()
-                    if destroyed and compact:
-                        self._db.compact()
+                self._db.commit()
+                if destroyed and compact:
+                    self._db.compact()
             except BaseException:
-                if self._batch_depth == 0:
-                    self._db.rollback()
+                self._db.rollback()
                 raise
         return destroyed
 
@@ -565,8 +543,7 @@ class KeyStore:
 
     def compact(self) -> None:
         with self._lock:
-            if self._batch_depth == 0:
-                self._db.compact()
+            self._db.compact()
 
     def rewrap(self, new_master_key: bytes) -> int:
         """Re-encrypt every live key (and the lookup key) under a new master key."""
@@ -638,28 +615,6 @@ class KeyStore:
             self._done()
         self._lookup_key = self._unwrap(bytes(rows[0][0]), aad)
         return self._lookup_key
-
-    def add_lookups(self, subject: str, entries: Sequence[tuple[str, bytes]]) -> None:
-        with self._lock:
-            self._db.executemany(
-                "INSERT INTO ledger_lookup (kind, digest, subject) VALUES (?, ?, ?) "
-                "ON CONFLICT DO NOTHING",
-                [(kind, digest, subject) for kind, digest in entries],
-            )
-            self._done()
-
-    def replace_lookup(self, subject: str, kind: str, digest: bytes) -> None:
-        """The subject's current identifier of this kind (latest value wins)."""
-        with self._lock:
-            self._db.execute(
-                "DELETE FROM ledger_lookup WHERE subject = ? AND kind = ?", (subject, kind)
-            )
-            self._db.execute(
-                "INSERT INTO ledger_lookup (kind, digest, subject) VALUES (?, ?, ?) "
-                "ON CONFLICT DO NOTHING",
-                (kind, digest, subject),
-            )
-            self._done()
 
     def find(self, kind: str, digest: bytes) -> list[str]:
         with self._lock:
