@@ -80,32 +80,58 @@ class KeyRecord:
 
 
 class _Database:
-    """The few SQL operations the store needs, on SQLite or PostgreSQL."""
+    """The few SQL operations the store needs, on SQLite or PostgreSQL.
 
-    placeholder = "?"
+    Both connections run in autocommit mode: reads cost one statement, and the first
+    write opens a transaction explicitly (`begin_statement`) until `commit`/`rollback`.
+    """
+
+    begin_statement = "BEGIN"
+    conn: Any
+
+    def __init__(self) -> None:
+        self._in_tx = False
+
+    def _begin(self) -> None:
+        if not self._in_tx:
+            self.conn.execute(self.begin_statement)
+            self._in_tx = True
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        if not sql.startswith("SELECT"):
+            self._begin()  # reads outside a write transaction take no lock
+        return self._run(sql, params)
+
+    def _run(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         raise NotImplementedError
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         raise NotImplementedError
 
     def commit(self) -> None:
-        raise NotImplementedError
+        if self._in_tx:
+            self.conn.execute("COMMIT")
+            self._in_tx = False
 
     def rollback(self) -> None:
-        raise NotImplementedError
+        if self._in_tx:
+            self.conn.execute("ROLLBACK")
+            self._in_tx = False
 
     def compact(self) -> None:
         """Make deleted key bytes unrecoverable from the database files."""
         raise NotImplementedError
 
     def close(self) -> None:
-        raise NotImplementedError
+        self.rollback()
+        self.conn.close()
 
 
 class _SQLite(_Database):
+    begin_statement = "BEGIN IMMEDIATE"
+
     def __init__(self, path: Path) -> None:
+        super().__init__()
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -113,90 +139,45 @@ class _SQLite(_Database):
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.execute("PRAGMA secure_delete=ON")
         self.conn.execute("PRAGMA busy_timeout=30000")
-        self._in_tx = False
         os.chmod(path, 0o600)
 
-    def _begin(self) -> None:
-        if not self._in_tx:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self._in_tx = True
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        if not sql.startswith("SELECT"):
-            self._begin()  # reads outside a write transaction take no lock
-        return self.conn.execute(sql, tuple(params)).fetchall()
+    def _run(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = self.conn.execute(sql, tuple(params)).fetchall()
+        return rows
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self._begin()
         self.conn.executemany(sql, rows)
 
-    def commit(self) -> None:
-        if self._in_tx:
-            self.conn.execute("COMMIT")
-            self._in_tx = False
-
-    def rollback(self) -> None:
-        if self._in_tx:
-            self.conn.execute("ROLLBACK")
-            self._in_tx = False
-
     def compact(self) -> None:
         self.commit()
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    def close(self) -> None:
-        self.rollback()
-        self.conn.close()
-
 
 class _Postgres(_Database):
-    placeholder = "%s"
-
     def __init__(self, url: DatabaseURL) -> None:
         import psycopg
 
+        super().__init__()
         self.url = url
-        # Autocommit: reads cost one round trip; writes open a transaction explicitly.
         self.conn = psycopg.connect(url.conninfo(), autocommit=True)
-        self._in_tx = False
         if url.schema:
             self.conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{url.schema}"')
             self.conn.execute(f'SET search_path TO "{url.schema}"')
 
-    def _begin(self) -> None:
-        if not self._in_tx:
-            self.conn.execute("BEGIN")
-            self._in_tx = True
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        if not sql.startswith("SELECT"):
-            self._begin()
+    def _run(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self.conn.cursor() as cur:
-            cur.execute(sql.replace("?", "%s"), tuple(params))  # type: ignore[arg-type]
+            cur.execute(sql.replace("?", "%s"), tuple(params))
             return cur.fetchall() if cur.description else []
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self._begin()
         with self.conn.cursor() as cur:
-            cur.executemany(sql.replace("?", "%s"), rows)  # type: ignore[arg-type]
-
-    def commit(self) -> None:
-        if self._in_tx:
-            self.conn.execute("COMMIT")
-            self._in_tx = False
-
-    def rollback(self) -> None:
-        if self._in_tx:
-            self.conn.execute("ROLLBACK")
-            self._in_tx = False
+            cur.executemany(sql.replace("?", "%s"), rows)
 
     def compact(self) -> None:
         self.commit()
         self.conn.execute("VACUUM ledger_keys, ledger_lookup")
-
-    def close(self) -> None:
-        self.rollback()
-        self.conn.close()
 
 
 def _now() -> str:
