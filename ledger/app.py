@@ -14,7 +14,7 @@ import hmac
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,9 +22,9 @@ from typing import Any, ClassVar
 from uuid import UUID
 
 import orjson
-from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, Transcoder
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.domain import Aggregate, CanMutateProtocol
+from eventsourcing.persistence import IntegrityError, Recording, Transcoder
 from eventsourcing.sqlite import SQLiteAggregateRecorder
 from eventsourcing.utils import EnvType
 
@@ -73,6 +73,17 @@ def _to_datetime(state: dict[str, Any], key: str) -> None:
     value = state.get(key)
     if isinstance(value, str):
         state[key] = datetime.fromisoformat(value)
+
+
+def project(aggregate: Any, events: Iterable[CanMutateProtocol[Any, Any]]) -> Any:
+    """The library's `project_aggregate` without its per-event runtime Protocol assertion.
+
+    Every event this application stores is an `Aggregate.Event`; on Python 3.11 an
+    `isinstance` against a runtime-checkable Protocol costs ~25 µs, a tenth of a command.
+    """
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    return aggregate
 
 
 class CommandReceipt(Aggregate):
@@ -177,6 +188,7 @@ class LedgerApplication(Application[UUID]):
     # A snapshot every 50 events keeps loading (and so erasure) cheap for long histories.
     # Snapshots hold the aggregate's state: sealed values only, and outside the Merkle log.
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {DataSubject: 50}
+    snapshotting_projectors: ClassVar[dict[type[Any], Any]] = {DataSubject: project}
 
     def __init__(
         self,
@@ -201,6 +213,23 @@ class LedgerApplication(Application[UUID]):
 
     def construct_transcoder(self) -> Transcoder:
         return OrjsonTranscoder()
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        """Save the pending events of these aggregates in one transaction.
+
+        The library's `save` accepts aggregates or events and tells them apart with
+        runtime Protocol checks (two per object, ~50 µs on Python 3.11); this application
+        only ever saves aggregates, so it collects their events directly.
+        """
+        processing: ProcessingEvent[UUID] = ProcessingEvent()
+        for aggregate in objs:
+            processing.events.extend(aggregate.collect_events())
+            processing.aggregates[aggregate.id] = aggregate
+        processing.saved_kwargs.update(kwargs)
+        recordings = self._record(processing)
+        self._take_snapshots(processing)
+        self._notify(recordings)
+        return recordings
 
     # -- execution --------------------------------------------------------------------
 
@@ -344,7 +373,7 @@ class LedgerApplication(Application[UUID]):
             if pending.id == receipt_id:
                 return pending
         try:
-            found: Any = self.repository.get(receipt_id)
+            found: Any = self.repository.get(receipt_id, projector_func=project)
         except AggregateNotFoundError:
             return None
         assert isinstance(found, CommandReceipt)
@@ -354,7 +383,7 @@ class LedgerApplication(Application[UUID]):
 
     def load_subject(self, subject_id: str) -> DataSubject:
         try:
-            found: Any = self.repository.get(UUID(subject_id))
+            found: Any = self.repository.get(UUID(subject_id), projector_func=project)
         except (AggregateNotFoundError, ValueError):
             raise LedgerError("unknown_subject", f"no subject {subject_id}") from None
         if not isinstance(found, DataSubject):
