@@ -75,7 +75,7 @@ def _to_datetime(state: dict[str, Any], key: str) -> None:
         state[key] = datetime.fromisoformat(value)
 
 
-def project(aggregate: Any, events: Iterable[CanMutateProtocol[Any, Any]]) -> Any:
+def project(aggregate: Any, events: Iterable[CanMutateProtocol[Any]]) -> Any:
     """The library's `project_aggregate` without its per-event runtime Protocol assertion.
 
     Every event this application stores is an `Aggregate.Event`; on Python 3.11 an
