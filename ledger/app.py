@@ -23,9 +23,8 @@ from uuid import UUID
 
 import orjson
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.domain import Aggregate, CanMutateProtocol
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Recording, Transcoder
-from eventsourcing.sqlite import SQLiteAggregateRecorder
 from eventsourcing.utils import EnvType
 
 from ledger.canonical import canonical_json
@@ -38,6 +37,7 @@ from ledger.crypto.sealing import seal
 from ledger.domain.policy import PolicyCatalogue
 from ledger.domain.subject import DataSubject, check_cpr
 from ledger.errors import LedgerError
+from ledger.eventstore import EventStoreQueries
 from ledger.logs import get_logger
 from ledger.policies import load_policy
 
@@ -75,7 +75,7 @@ def _to_datetime(state: dict[str, Any], key: str) -> None:
         state[key] = datetime.fromisoformat(value)
 
 
-def project(aggregate: Any, events: Iterable[CanMutateProtocol[Any]]) -> Any:
+def project(aggregate: Any, events: Iterable[Any]) -> Any:
     """The library's `project_aggregate` without its per-event runtime Protocol assertion.
 
     Every event this application stores is an `Aggregate.Event`; on Python 3.11 an
@@ -204,6 +204,7 @@ class LedgerApplication(Application[UUID]):
         self.policy = policy or load_policy(Path(policy_path) if policy_path else None)
         self._keystore = keystore
         self.clock: Clock = clock or SystemClock()
+        self.queries = EventStoreQueries(self.recorder)
 
     @property
     def keystore(self) -> KeyStore:
@@ -219,7 +220,9 @@ class LedgerApplication(Application[UUID]):
 
         The library's `save` accepts aggregates or events and tells them apart with
         runtime Protocol checks (two per object, ~50 µs on Python 3.11); this application
-        only ever saves aggregates, so it collects their events directly.
+        only ever saves aggregates, so it collects their events directly. Once saved, an
+        aggregate is what the cache holds (see `load_subjects`): callers do not change it
+        after saving.
         """
         processing: ProcessingEvent[UUID] = ProcessingEvent()
         for aggregate in objs:
@@ -306,6 +309,16 @@ class LedgerApplication(Application[UUID]):
             if isinstance(c, Command) and c.type == "register_subject" and c.subject
         ]
         uow = UnitOfWork(registered=self.existing_subjects(chosen))
+        registering = set(chosen)
+        uow.subjects.update(
+            self.load_subjects(
+                {
+                    c.subject
+                    for c in commands
+                    if isinstance(c, Command) and c.subject and c.subject not in registering
+                }
+            )
+        )
         session = self.keystore.session(
             c.subject for c in commands if isinstance(c, Command) and c.subject
         )
@@ -382,12 +395,52 @@ class LedgerApplication(Application[UUID]):
     # -- loading ----------------------------------------------------------------------
 
     def load_subject(self, subject_id: str) -> DataSubject:
-        try:
-            found: Any = self.repository.get(UUID(subject_id), projector_func=project)
-        except (AggregateNotFoundError, ValueError):
-            raise LedgerError("unknown_subject", f"no subject {subject_id}") from None
-        if not isinstance(found, DataSubject):
+        found = self.load_subjects([subject_id]).get(subject_id)
+        if found is None:
             raise LedgerError("unknown_subject", f"no subject {subject_id}")
+        return found
+
+    def load_subjects(self, subject_ids: Iterable[str]) -> dict[str, DataSubject]:
+        """Current copies of these subjects (the unknown left out), one query for all.
+
+        The cache holds each subject as this process last saw it, never mutated after; one
+        query brings every cached subject up to date with events other processes wrote
+        since (the library would ask once per subject). Subjects not cached are read in
+        full. A subject changed again after this read is caught when saving (optimistic
+        concurrency), and the retry reads again.
+        """
+        cache: Any = self.repository.cache
+        wanted: dict[UUID, str] = {}
+        for subject_id in subject_ids:
+            try:
+                wanted[UUID(subject_id)] = subject_id
+            except ValueError:
+                continue
+        cached: dict[UUID, Any] = {}
+        if cache is not None:
+            for uid in wanted:
+                try:
+                    cached[uid] = cache.get(uid)
+                except KeyError:
+                    continue
+        newer = self.queries.events_after({uid: a.version for uid, a in cached.items()})
+        found: dict[str, DataSubject] = {}
+        for uid, subject_id in wanted.items():
+            aggregate: Any
+            if uid in cached:
+                aggregate = copy.deepcopy(cached[uid])
+                if uid in newer:
+                    events = [self.mapper.to_domain_event(e) for e in newer[uid]]
+                    aggregate = project(aggregate, events)
+                    cache.put(uid, aggregate)
+                    aggregate = copy.deepcopy(aggregate)
+            else:
+                try:
+                    aggregate = self.repository.get(uid, projector_func=project)
+                except AggregateNotFoundError:
+                    continue
+            if isinstance(aggregate, DataSubject):
+                found[subject_id] = aggregate
         return found
 
     def existing_subjects(self, subject_ids: Sequence[str]) -> set[str]:
@@ -397,33 +450,8 @@ class LedgerApplication(Application[UUID]):
         key; one registered concurrently after this read is caught by the event store's
         unique constraint, and the retry reads again.
         """
-        found: set[str] = set()
-        recorder: Any = self.recorder
-        for start in range(0, len(subject_ids), 500):
-            chunk = [UUID(s) for s in subject_ids[start : start + 500]]
-            if isinstance(recorder, SQLiteAggregateRecorder):
-                marks = ", ".join("?" for _ in chunk)
-                with recorder.datastore.transaction(commit=False) as cursor:
-                    cursor.execute(
-                        f"SELECT originator_id FROM {recorder.events_table_name} "
-                        f"WHERE originator_id IN ({marks}) AND originator_version = 1",
-                        [u.hex for u in chunk],
-                    )
-                    found.update(str(UUID(row["originator_id"])) for row in cursor.fetchall())
-            else:
-                from psycopg.sql import SQL, Identifier
-
-                statement = SQL(
-                    "SELECT originator_id FROM {schema}.{table} "
-                    "WHERE originator_id = ANY(%s) AND originator_version = 1"
-                ).format(
-                    schema=Identifier(recorder.datastore.schema),
-                    table=Identifier(recorder.events_table_name),
-                )
-                with recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
-                    cursor.execute(statement, (chunk,))
-                    found.update(str(row["originator_id"]) for row in cursor.fetchall())
-        return found
+        found = self.queries.registered_among([UUID(s) for s in subject_ids])
+        return {str(uid) for uid in found}
 
     def subject_exists(self, subject_id: str) -> bool:
         try:
@@ -865,7 +893,7 @@ def application_env(settings: Settings) -> dict[str, str]:
             "SQLITE_LOCK_TIMEOUT": "30",
             "CREATE_TABLE": "y",
             "AGGREGATE_CACHE_MAXSIZE": "1000",
-            "AGGREGATE_CACHE_FASTFORWARD": "y",
+            "AGGREGATE_CACHE_FASTFORWARD": "n",
         }
     env = {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
@@ -878,7 +906,7 @@ def application_env(settings: Settings) -> dict[str, str]:
         "POSTGRES_MAX_OVERFLOW": "10",
         "CREATE_TABLE": "y",
         "AGGREGATE_CACHE_MAXSIZE": "1000",
-        "AGGREGATE_CACHE_FASTFORWARD": "y",
+        "AGGREGATE_CACHE_FASTFORWARD": "n",
     }
     if db.schema:
         env["POSTGRES_SCHEMA"] = db.schema

@@ -1,0 +1,108 @@
+"""Reads of the event store that the library's recorders do not offer, one query each.
+
+The library reads one aggregate at a time; a group of commands touches many. These two
+questions are asked of a whole group at once, on the library's own tables and connections:
+which of these ids are registered already, and which events are newer than the versions a
+process holds in its cache. Statements are built once and, on PostgreSQL, prepared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import ApplicationRecorder, StoredEvent
+from eventsourcing.sqlite import SQLiteAggregateRecorder
+
+CHUNK = 400  # ids per statement: well under SQLite's bound-parameter limit
+
+_REGISTERED = (
+    "SELECT originator_id FROM {table} WHERE originator_id {ids} AND originator_version = 1"
+)
+_AFTER_ONE = (
+    "SELECT originator_id, originator_version, topic, state FROM {table} "
+    "WHERE originator_id = {p} AND originator_version > {p} ORDER BY originator_version"
+)
+_AFTER_MANY_SQLITE = (
+    "WITH held(id, version) AS (VALUES {pairs}) "
+    "SELECT e.originator_id, e.originator_version, e.topic, e.state "
+    "FROM held JOIN {table} e "
+    "ON e.originator_id = held.id AND e.originator_version > held.version "
+    "ORDER BY e.originator_id, e.originator_version"
+)
+_AFTER_MANY_POSTGRES = (
+    "SELECT e.originator_id, e.originator_version, e.topic, e.state "
+    "FROM unnest(%s::uuid[], %s::bigint[]) AS held(id, version) "
+    "JOIN {table} e "
+    "ON e.originator_id = held.id AND e.originator_version > held.version "
+    "ORDER BY e.originator_id, e.originator_version"
+)
+
+
+class EventStoreQueries:
+    """Set-at-a-time reads of one application's events table (SQLite or PostgreSQL)."""
+
+    def __init__(self, recorder: ApplicationRecorder) -> None:
+        library: Any = recorder  # both recorders name their table; PostgreSQL adds a schema
+        self.recorder = library
+        self.sqlite = isinstance(recorder, SQLiteAggregateRecorder)
+        name = library.events_table_name
+        self.table = name if self.sqlite else f'"{library.datastore.schema}"."{name}"'
+        p = "?" if self.sqlite else "%s"
+        self._after_one = _AFTER_ONE.format(table=self.table, p=p)
+        self._registered_pg = _REGISTERED.format(table=self.table, ids="= ANY(%s)")
+        self._after_many_pg = _AFTER_MANY_POSTGRES.format(table=self.table)
+
+    def registered_among(self, ids: Sequence[UUID]) -> set[UUID]:
+        """Which of these aggregate ids have a first event."""
+        found: set[UUID] = set()
+        for chunk in _chunks(list(ids)):
+            if self.sqlite:
+                marks = ", ".join("?" for _ in chunk)
+                sql = _REGISTERED.format(table=self.table, ids=f"IN ({marks})")
+                rows = self._rows(sql, [u.hex for u in chunk])
+            else:
+                rows = self._rows(self._registered_pg, (chunk,))
+            found.update(UUID(str(row["originator_id"])) for row in rows)
+        return found
+
+    def events_after(self, versions: Mapping[UUID, int]) -> dict[UUID, list[StoredEvent]]:
+        """The stored events of each aggregate after the version given for it, in order."""
+        newer: dict[UUID, list[StoredEvent]] = {}
+        for chunk in _chunks(list(versions.items())):
+            if len(chunk) == 1:
+                ((uid, version),) = chunk
+                rows = self._rows(self._after_one, (uid.hex if self.sqlite else uid, version))
+            elif self.sqlite:
+                pairs = ", ".join("(?, ?)" for _ in chunk)
+                params = [value for uid, version in chunk for value in (uid.hex, version)]
+                rows = self._rows(_AFTER_MANY_SQLITE.format(pairs=pairs, table=self.table), params)
+            else:
+                ids = [uid for uid, _ in chunk]
+                rows = self._rows(self._after_many_pg, (ids, [v for _, v in chunk]))
+            for row in rows:
+                uid = UUID(str(row["originator_id"]))
+                newer.setdefault(uid, []).append(
+                    StoredEvent(
+                        originator_id=uid,
+                        originator_version=row["originator_version"],
+                        topic=row["topic"],
+                        state=bytes(row["state"]),
+                    )
+                )
+        return newer
+
+    def _rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        if self.sqlite:
+            with self.recorder.datastore.transaction(commit=False) as cursor:
+                cursor.execute(sql, params)
+                return list(cursor.fetchall())
+        with self.recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
+            cursor.execute(sql, params, prepare=True)
+            return list(cursor.fetchall())
+
+
+def _chunks(items: list[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
