@@ -341,6 +341,11 @@ class LedgerApplication(Application[UUID]):
         finally:
             session.forget()
         shreds = uow.shredded_keys()
+        registered_now = {
+            subject_id
+            for subject_id, subject in uow.subjects.items()
+            if subject.pending_events and subject.pending_events[0].originator_version == 1
+        }
         if any(s.pending_events for s in uow.subjects.values()) or uow.receipts:
             self.save(*uow.subjects.values(), *uow.receipts)
         # After the events: an index row never points at data that was not written. A crash
@@ -351,7 +356,8 @@ class LedgerApplication(Application[UUID]):
                     (subject_id, kind, digest)
                     for subject_id, kinds in uow.lookups.items()
                     for kind, digest in kinds.items()
-                ]
+                ],
+                new_subjects=registered_now,
             )
         if shreds:
             self.keystore.shred_many(shreds)

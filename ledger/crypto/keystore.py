@@ -14,7 +14,7 @@ import hmac
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -298,13 +298,18 @@ class KeyStore:
                 )
         return KeySession(self, rows)
 
-    def replace_lookups(self, rows: Sequence[tuple[str, str, bytes]]) -> None:
-        """Each (subject, kind) gets this digest as its current identifier, in one transaction."""
+    def replace_lookups(
+        self, rows: Sequence[tuple[str, str, bytes]], *, new_subjects: Collection[str] = ()
+    ) -> None:
+        """Each (subject, kind) gets this digest as its current identifier, in one transaction.
+
+        Subjects registered in the same unit of work have no earlier rows to remove.
+        """
         with self._lock:
             try:
                 self._db.executemany(
                     "DELETE FROM ledger_lookup WHERE subject = ? AND kind = ?",
-                    [(subject, kind) for subject, kind, _ in rows],
+                    [(subject, kind) for subject, kind, _ in rows if subject not in new_subjects],
                 )
                 self._db.executemany(
                     "INSERT INTO ledger_lookup (kind, digest, subject) VALUES (?, ?, ?) "
