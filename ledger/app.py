@@ -234,6 +234,24 @@ class LedgerApplication(Application[UUID]):
         self._notify(recordings)
         return recordings
 
+    def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
+        """Snapshot each aggregate whose saved events crossed its interval, as saved.
+
+        The library re-reads the aggregate from the store to snapshot it (two queries and a
+        transaction each); the aggregate just saved already is that state. All snapshots
+        of one save are written together.
+        """
+        if self.snapshots is None:
+            return
+        due: dict[UUID, Any] = {}
+        for event in processing_event.events:
+            aggregate = processing_event.aggregates.get(event.originator_id)
+            interval = self.snapshotting_intervals.get(type(aggregate))
+            if interval and event.originator_version % interval == 0:
+                due[event.originator_id] = aggregate
+        if due:
+            self.snapshots.put([type(a).Snapshot.take(a) for a in due.values()])
+
     # -- execution --------------------------------------------------------------------
 
     def execute(self, command: Any, *, actor: str | None = None) -> dict[str, Any]:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+from uuid import UUID
 
 import pytest
 
+from ledger.app import project
 from ledger.clock import FixedClock
 from ledger.config import Settings
 from ledger.facade import Ledger
@@ -66,3 +68,27 @@ def test_subjects_are_loaded_with_one_query_per_unit_of_work(ledger: Ledger) -> 
     results = ledger.execute_many([simple("record_dialogue", s) for s in subjects])
     assert all(r["ok"] for r in results)
     assert len(queries) == 1 and len(queries[0]) == len(subjects)
+
+
+def test_snapshots_are_taken_as_saved_and_load_to_the_same_state(
+    ledger: Ledger, settings: Settings, clock: FixedClock
+) -> None:
+    subject = register(ledger)
+    ok(ledger, consent(subject, "marketing", channels=["email"]))
+    for _ in range(40):
+        ok(ledger, simple("record_dialogue", subject))
+    # one unit of work crossing versions 50 and 100: one snapshot, of the state as saved
+    assert all(r["ok"] for r in ledger.execute_many([simple("record_dialogue", subject)] * 70))
+    app = ledger.app
+    uid = UUID(subject)
+    assert app.snapshots is not None
+    assert [s.originator_version for s in app.snapshots.get(uid)] == [112]
+    with Ledger.open(settings, clock=clock) as fresh:  # an empty cache: snapshot + events
+        loaded = fresh.app.load_subject(subject)
+    replayed = project(None, app.events.get(uid))
+    assert loaded.version == replayed.version == 112
+    assert _state(loaded) == _state(replayed)
+
+
+def _state(subject: Any) -> dict[str, Any]:
+    return {k: v for k, v in vars(subject).items() if k not in ("_pending_events",)}
