@@ -14,7 +14,7 @@ import hmac
 import random
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -141,6 +141,17 @@ class ScopeSealer:
 
 
 @dataclass
+class Checkpoint:
+    """The state of a unit of work before one command of a group."""
+
+    subject_id: str | None
+    subject: DataSubject | None  # a copy, unless `unchanged`
+    unchanged: bool  # loaded and not changed yet: reload instead of copying
+    receipts: int
+    lookups: dict[str, bytes] | None
+
+
+@dataclass
 class UnitOfWork:
     """Everything one transaction will write."""
 
@@ -149,27 +160,35 @@ class UnitOfWork:
     receipts: list[CommandReceipt] = field(default_factory=list)
     lookups: dict[str, dict[str, bytes]] = field(default_factory=dict)
 
-    def checkpoint(self, subject_id: str | None) -> tuple[str | None, Any, int, Any]:
-        """What one command may change, so a rejected command can be undone in a group."""
+    def checkpoint(self, subject_id: str | None) -> Checkpoint:
+        """What one command may change, so a rejected command can be undone in a group.
+
+        A subject this unit of work has not changed yet is not copied: undoing means
+        loading it again.
+        """
         subject = self.subjects.get(subject_id) if subject_id else None
         lookups = dict(self.lookups.get(subject_id, {})) if subject_id else None
-        return subject_id, copy.deepcopy(subject), len(self.receipts), lookups
+        unchanged = subject is not None and not subject.pending_events
+        copied = None if unchanged else copy.deepcopy(subject)
+        return Checkpoint(subject_id, copied, unchanged, len(self.receipts), lookups)
 
-    def restore(self, saved: tuple[str | None, Any, int, Any] | None) -> None:
+    def restore(self, saved: Checkpoint | None, load: Callable[[str], DataSubject]) -> None:
         if saved is None:
             return
-        subject_id, subject, receipts, lookups = saved
-        del self.receipts[receipts:]
+        del self.receipts[saved.receipts :]
+        subject_id = saved.subject_id
         if subject_id is None:
             return
-        if subject is None:
+        if saved.unchanged:
+            self.subjects[subject_id] = load(subject_id)
+        elif saved.subject is None:
             self.subjects.pop(subject_id, None)
         else:
-            self.subjects[subject_id] = subject
-        if lookups is None or not lookups:
+            self.subjects[subject_id] = saved.subject
+        if not saved.lookups:
             self.lookups.pop(subject_id, None)
         else:
-            self.lookups[subject_id] = lookups
+            self.lookups[subject_id] = saved.lookups
 
     def shredded_keys(self) -> list[tuple[str, str, list[str]]]:
         """The keys that the pending `ScopeShredded` events say must be destroyed."""
@@ -353,7 +372,7 @@ class LedgerApplication(Application[UUID]):
                 except LedgerError as error:
                     if atomic:
                         raise _Rejected(index, error) from None
-                    uow.restore(saved)
+                    uow.restore(saved, self.load_subject)
                     results.append(error.to_result())
             session.commit()
         finally:
