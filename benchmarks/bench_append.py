@@ -231,6 +231,14 @@ def _stored_sizes(ledger: Ledger) -> list[int]:
 
 
 def _raw_psycopg(settings: Settings, events: int, sizes: list[int], transactions: int) -> float:
+    """Best of three: the baseline's run is short, and one checkpoint stall would halve it
+    (which would flatter the ratio)."""
+    return max(_raw_psycopg_once(settings, events, sizes, transactions) for _ in range(3))
+
+
+def _raw_psycopg_once(
+    settings: Settings, events: int, sizes: list[int], transactions: int
+) -> float:
     schema = settings.database.schema + "_raw"
     rows = [
         ("Raw", uuid.uuid4(), 1, "ledger.domain.subject:DataSubject.DataCollected", os.urandom(n))
