@@ -643,6 +643,12 @@ def test_access_log_has_templates_and_no_personal_values(served: Served, subject
     with served.client("officer") as client:
         client.get("/v1/subjects", params={"email": EMAIL})
         client.get(f"/v1/subjects/{subject}", params={"reveal": "true", "purpose": "log test"})
+    with served.client("service") as service:  # appends take a road of their own
+        assert service.post("/v1/commands", json=_register_command()).status_code == 200
+        refused = service.post("/v1/commands", json={"type": "erase", "subject": subject})
+        assert refused.status_code == 403
+    with served.client() as anonymous:
+        assert anonymous.post("/v1/commands", json=_register_command()).status_code == 401
     time.sleep(0.2)
     text = served.log_text()
     import json
@@ -656,6 +662,8 @@ def test_access_log_has_templates_and_no_personal_values(served: Served, subject
     assert "/v1/subjects" in paths and "/v1/subjects/{subject_id}" in paths
     finds = [line for line in lines if line["path"] == "/v1/subjects" and line["status"] == 200]
     assert finds and finds[-1]["actor"] == "officer-token"
+    appends = [(line["status"], line["actor"]) for line in lines if line["path"] == "/v1/commands"]
+    assert {(200, "service-token"), (403, "service-token"), (401, None)} <= set(appends)
     for secret in (EMAIL, "karen.blixen", "Karen Blixen", "log test"):
         assert secret not in text
 

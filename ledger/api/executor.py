@@ -14,6 +14,8 @@ Work that must not share a transaction (an atomic batch, a reveal that records
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 from collections import deque
@@ -30,8 +32,11 @@ log = get_logger("ledger.http")
 
 @dataclass
 class _Command:
+    """A command and the event loop future its request awaits."""
+
     command: Any
-    future: Future[dict[str, Any]] = field(default_factory=Future)
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[dict[str, Any]]
 
 
 @dataclass
@@ -83,13 +88,16 @@ class GroupCommitExecutor:
             if delta < 0:
                 self._cond.notify()
 
-    def submit(self, command: Any, *, arrived: bool = False) -> Future[dict[str, Any]]:
+    def submit(self, command: Any, *, arrived: bool = False) -> asyncio.Future[dict[str, Any]]:
         """Queue one command for the next group; the future holds its own result.
 
-        `arrived`: the request was counted by `arriving(1)`; it is counted out in the same
-        step, so the writer never waits for a command that is already queued.
+        Called on the event loop, whose future it returns: a group's results reach the
+        loop in one wake-up, not one per command. `arrived`: the request was counted by
+        `arriving(1)`; it is counted out in the same step, so the writer never waits for a
+        command that is already queued.
         """
-        item = _Command(command)
+        loop = asyncio.get_running_loop()
+        item = _Command(command, loop, loop.create_future())
         self._put(item, -1 if arrived else 0)
         return item.future
 
@@ -157,7 +165,7 @@ class GroupCommitExecutor:
         return group
 
     def _run_group(self, group: list[_Command]) -> None:
-        live = [item for item in group if item.future.set_running_or_notify_cancel()]
+        live = [item for item in group if not item.future.cancelled()]
         if not live:
             return
         started = time.perf_counter()
@@ -175,13 +183,11 @@ class GroupCommitExecutor:
                 error=type(exc).__name__,
                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
             )
-            for item in live:
-                item.future.set_exception(exc)
+            _deliver([(item, exc) for item in live])
             return
         self.groups += 1
         self.commands += len(live)
-        for item, result in zip(live, results, strict=True):
-            item.future.set_result(result)
+        _deliver(list(zip(live, results, strict=True)))
 
     def _run_job(self, job: _Job) -> None:
         if not job.future.set_running_or_notify_cancel():
@@ -192,3 +198,27 @@ class GroupCommitExecutor:
             job.future.set_exception(exc)
         else:
             job.future.set_result(result)
+
+
+Outcome = tuple[_Command, dict[str, Any] | BaseException]
+
+
+def _deliver(outcomes: list[Outcome]) -> None:
+    """Hand results to the waiting requests: one `call_soon_threadsafe` per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+    for loop, settled in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            loop.call_soon_threadsafe(_settle, settled)
+
+
+def _settle(outcomes: list[Outcome]) -> None:
+    """On the event loop: set each future that its request still awaits."""
+    for item, result in outcomes:
+        if item.future.done():
+            continue
+        if isinstance(result, BaseException):
+            item.future.set_exception(result)
+        else:
+            item.future.set_result(result)

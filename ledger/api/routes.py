@@ -28,6 +28,7 @@ from ledger.facade import Ledger
 
 T = TypeVar("T")
 MAX_BATCH: Final = 1000
+COMMANDS_PATH: Final = "/v1/commands"
 RETRIES: Final = 8
 SUBJECT_ID = Path(description="The subject's id (a UUID).")
 
@@ -120,7 +121,7 @@ def _ok(payload: dict[str, Any]) -> JSONResponse:
 
 
 @router.post(
-    "/v1/commands",
+    COMMANDS_PATH,
     tags=["commands"],
     summary="Execute one command, or a batch in one transaction",
     openapi_extra={
@@ -157,8 +158,7 @@ async def post_commands(request: Request) -> Response:
             return await _batch(request, body, principal)
         command = _as_command(body, principal)
         counted = False  # submit counts this request out, even when it refuses it
-        future = executor.submit(command, arrived=True)
-        result: dict[str, Any] = await asyncio.wrap_future(future)
+        result: dict[str, Any] = await executor.submit(command, arrived=True)
         return result_response(result)
     finally:
         if counted:

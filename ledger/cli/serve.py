@@ -94,6 +94,7 @@ def serve(
             port=port,
             workers=workers,
             access_log=False,  # ours leaves query strings out; uvicorn's would log them
+            proxy_headers=False,  # no proxy is trusted: the access log has no client address
             timeout_graceful_shutdown=30,
             log_level="info",
         )
