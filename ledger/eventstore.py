@@ -4,6 +4,10 @@ The library reads one aggregate at a time; a group of commands touches many. The
 questions are asked of a whole group at once, on the library's own tables and connections:
 which of these ids are registered already, and which events are newer than the versions a
 process holds in its cache. Statements are built once and, on PostgreSQL, prepared.
+
+A third read serves the read models: a page of the notification log as plain tuples, the
+originator id already as text, where the library builds a `UUID` and a `Notification` for
+each row; a rebuild reads every event there is, and that difference is a tenth of it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import ApplicationRecorder, StoredEvent
 from eventsourcing.sqlite import SQLiteAggregateRecorder
+from psycopg.rows import tuple_row
 
 CHUNK = 400  # ids per statement: well under SQLite's bound-parameter limit
 
@@ -31,6 +36,24 @@ _AFTER_MANY_SQLITE = (
     "ON e.originator_id = held.id AND e.originator_version > held.version "
     "ORDER BY e.originator_id, e.originator_version"
 )
+# SQLite keeps ids as 32 hex digits; the read models name subjects as `str(UUID)` does.
+_DASHED = (
+    "substr(originator_id, 1, 8) || '-' || substr(originator_id, 9, 4) || '-' || "
+    "substr(originator_id, 13, 4) || '-' || substr(originator_id, 17, 4) || '-' || "
+    "substr(originator_id, 21)"
+)
+_PAGE_SQLITE = (
+    f"SELECT rowid, {_DASHED}, originator_version, topic, state FROM {{table}} "
+    "WHERE rowid >= ? AND rowid <= ? ORDER BY rowid"
+)
+_PAGE_POSTGRES = (
+    "SELECT notification_id, originator_id::text, originator_version, topic, state "
+    "FROM {table} WHERE notification_id >= %s AND notification_id <= %s "
+    "ORDER BY notification_id"
+)
+#: One notification: (id, originator id as text, version, topic, state).
+RawNotification = tuple[int, str, int, str, bytes]
+
 _AFTER_MANY_POSTGRES = (
     "SELECT e.originator_id, e.originator_version, e.topic, e.state "
     "FROM unnest(%s::uuid[], %s::bigint[]) AS held(id, version) "
@@ -53,6 +76,26 @@ class EventStoreQueries:
         self._after_one = _AFTER_ONE.format(table=self.table, p=p)
         self._registered_pg = _REGISTERED.format(table=self.table, ids="= ANY(%s)")
         self._after_many_pg = _AFTER_MANY_POSTGRES.format(table=self.table)
+        self._page = (_PAGE_SQLITE if self.sqlite else _PAGE_POSTGRES).format(table=self.table)
+
+    def notifications(self, start: int, stop: int) -> list[RawNotification]:
+        """Notifications `start <= id <= stop`, in order, as tuples.
+
+        A range of ids rather than a `LIMIT`: PostgreSQL plans a range it can see the end
+        of as an index scan even before the table has statistics, where `id >= n ORDER
+        BY id LIMIT k` on a freshly loaded table was sorted whole (50 times slower).
+        """
+        if self.sqlite:
+            with self.recorder.datastore.transaction(commit=False) as cursor:
+                cursor.execute(self._page, (start, stop))
+                return [tuple(row) for row in cursor.fetchall()]
+        with (
+            self.recorder.datastore.get_connection() as conn,
+            conn.cursor(row_factory=tuple_row) as cursor,
+        ):
+            cursor.execute(self._page, (start, stop), prepare=True)
+            rows: list[RawNotification] = cursor.fetchall()
+            return rows
 
     def registered_among(self, ids: Sequence[UUID]) -> set[UUID]:
         """Which of these aggregate ids have a first event."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from eventsourcing.utils import get_topic
 
 from ledger.app import LedgerApplication, application_env
@@ -324,5 +325,50 @@ def test_schema_change_rebuilds(backend: str) -> None:
             reopened.catch_up()
             with reopened.reading(current=False) as cur:
                 assert canonical(dump_tables(cur)) == canonical(before)
+        finally:
+            reopened.close()
+
+
+def _index_names(models: ReadModels) -> set[str]:
+    if models.backend == "sqlite":
+        sql = "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE ?"
+    else:
+        sql = "SELECT indexname AS name FROM pg_indexes WHERE schemaname = current_schema()"
+        sql += " AND indexname LIKE ?"
+    rows = models.query(sql, ("rm_%",), current=False)
+    return {str(r["name"]) for r in rows if not str(r["name"]).endswith("_pkey")}
+
+
+def test_interrupted_rebuild_gets_its_indexes_on_the_next_open(backend: str) -> None:
+    """A rebuild creates the secondary indexes last; one stopped half-way leaves them to
+    the next open, and the tables come out as a full rebuild makes them."""
+    with fresh_ledger(backend, FixedClock(NOW)) as ledger:
+        run_story(ledger, 40, views=False)
+        models = ledger.read_models
+        models.catch_up()
+        expected = tables(ledger)
+        indexes = _index_names(models)
+        assert len(indexes) >= 10, indexes
+
+        models.rebuild_batch_size = 50
+
+        def stop(position: int, target: int) -> None:
+            raise KeyboardInterrupt  # an operator's Ctrl-C after the first batch
+
+        with pytest.raises(KeyboardInterrupt):
+            models.rebuild(progress=stop)
+        assert 0 < models.position() < ledger.max_position()
+        assert _index_names(models) < indexes  # only the subject lookup so far
+        assert "indexes_pending" in models.recorder.stored_meta()
+
+        reopened = ReadModels.open(ledger.app, ledger.policy)
+        try:
+            assert _index_names(reopened) == indexes
+            assert "indexes_pending" not in reopened.recorder.stored_meta()
+            reopened.catch_up()
+            with reopened.reading(current=False) as cur:
+                assert canonical(dump_tables(cur)) == canonical(expected)
+            assert reopened.rebuild() == ledger.max_position()
+            assert _index_names(reopened) == indexes
         finally:
             reopened.close()

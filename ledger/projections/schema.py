@@ -227,8 +227,13 @@ _TYPES = {
 }
 
 
-def create_statements(dialect: str, qualify: str = "") -> list[str]:
-    """DDL for every table and index; `qualify` is a schema prefix like '"s".'."""
+def create_statements(dialect: str, qualify: str = "", *, indexes: bool = True) -> list[str]:
+    """DDL for every table and index; `qualify` is a schema prefix like '"s".'.
+
+    `indexes=False` leaves out the secondary indexes but the subject lookup, which applying
+    events needs: a rebuild creates them last, since one sort per index costs far less
+    than keeping it through a million inserts.
+    """
     types = _TYPES[dialect]
     statements = []
     for table in ALL:
@@ -239,14 +244,26 @@ def create_statements(dialect: str, qualify: str = "") -> list[str]:
         statements.append(
             f"CREATE TABLE IF NOT EXISTS {name} ({cols}, PRIMARY KEY ({key})){suffix}"
         )
-        for index in table.indexes:
-            unique = "UNIQUE " if table is SUBJECTS and index == ("subject",) else ""
-            name = f"{table.name}_{'_'.join(index)}"
-            statements.append(
-                f"CREATE {unique}INDEX IF NOT EXISTS {name} "
-                f"ON {qualify}{table.name} ({', '.join(index)})"
-            )
-    return statements
+    statements.append(_index(SUBJECT_LOOKUP, qualify))
+    return statements + index_statements(qualify) if indexes else statements
+
+
+def index_statements(qualify: str = "") -> list[str]:
+    """DDL for the secondary indexes (but the subject lookup, which is always there)."""
+    return [_index(i, qualify) for i in _INDEXES if i != SUBJECT_LOOKUP]
+
+
+SUBJECT_LOOKUP = (SUBJECTS, ("subject",))
+_INDEXES = [(table, index) for table in ALL for index in table.indexes]
+
+
+def _index(which: tuple[Table, tuple[str, ...]], qualify: str) -> str:
+    table, columns = which
+    unique = "UNIQUE " if which == SUBJECT_LOOKUP else ""
+    name = f"{table.name}_{'_'.join(columns)}"
+    return (
+        f"CREATE {unique}INDEX IF NOT EXISTS {name} ON {qualify}{table.name} ({', '.join(columns)})"
+    )
 
 
 def drop_statements(qualify: str = "") -> list[str]:
