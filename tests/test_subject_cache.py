@@ -92,3 +92,58 @@ def test_snapshots_are_taken_as_saved_and_load_to_the_same_state(
 
 def _state(subject: Any) -> dict[str, Any]:
     return {k: v for k, v in vars(subject).items() if k not in ("_pending_events",)}
+
+
+def _as_stored(settings: Settings, clock: FixedClock, subject: str) -> dict[str, Any]:
+    """The subject as a ledger with an empty cache loads it from the store."""
+    with Ledger.open(settings, clock=clock) as fresh:
+        return _state(fresh.app.load_subject(subject))
+
+
+def test_rejected_commands_leave_nothing_in_the_cache(
+    ledger: Ledger, settings: Settings, clock: FixedClock
+) -> None:
+    """A unit of work changes cached subjects in place; what it does not save, it drops."""
+    subjects = [register(ledger) for _ in range(3)]
+    ok(ledger, consent(subjects[0], "marketing", channels=["email"]))
+    group = [
+        process(subjects[0], "marketing", channel="email"),
+        process(subjects[1], "marketing", channel="email"),  # no consent: rejected
+        simple("record_dialogue", subjects[1]),
+        simple("restrict", subjects[2], reason="disputed accuracy"),
+        process(subjects[2], "marketing", channel="email"),  # changed above; rejected
+    ]
+    results = ledger.app.execute_many(group, atomic=False)
+    assert [r["ok"] for r in results] == [True, False, True, True, False]
+    batch = [simple("record_dialogue", subjects[0]), group[1]]
+    assert not ledger.app.execute_many(batch)[0]["ok"]  # atomic: all rolled back
+    for subject in subjects:
+        assert _state(ledger.app.load_subject(subject)) == _as_stored(settings, clock, subject)
+
+
+class RacingClock(FixedClock):
+    """A clock that, when next read, first lets another ledger write: the unit of work that
+    reads it has loaded its subjects already, so it loses the race when it saves."""
+
+    race: Any = None
+
+    def now(self) -> Any:
+        race, self.race = self.race, None
+        if race is not None:
+            race()
+        return super().now()
+
+
+def test_a_unit_of_work_that_loses_a_race_starts_again_from_the_store(
+    settings: Settings, clock: FixedClock, other: Ledger
+) -> None:
+    racing = RacingClock(clock.now())
+    with Ledger.open(settings, clock=racing) as ledger:
+        subject = register(ledger)
+        ok(ledger, simple("record_dialogue", subject))  # cached in `ledger`
+        racing.race = lambda: ok(other, simple("record_dialogue", subject))
+        ok(ledger, simple("record_dialogue", subject))
+        assert racing.race is None  # the race did run
+        versions = [e["version"] for e in ledger.history(subject)]
+        assert versions == [1, 2, 3, 4]
+        assert _state(ledger.app.load_subject(subject)) == _as_stored(settings, clock, subject)
