@@ -1000,6 +1000,7 @@ def application_env(settings: Settings) -> dict[str, str]:
         "CREATE_TABLE": "y",
         "AGGREGATE_CACHE_MAXSIZE": "1000",
         "AGGREGATE_CACHE_FASTFORWARD": "n",
+        "APPLICATION_RECORDER_TOPIC": "ledger.pgrecorder:CopyingPostgresRecorder",
     }
     if db.schema:
         env["POSTGRES_SCHEMA"] = db.schema

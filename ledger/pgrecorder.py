@@ -1,0 +1,75 @@
+"""The PostgreSQL application recorder: the library's, with large saves sent by COPY.
+
+The library inserts a save's events as one statement over an array of a composite type,
+which psycopg builds in Python: ~27 µs an event, a third of a 1,000-command batch. COPY
+costs a few µs a row. Everything else stays the library's: the same table, the same
+`EXCLUSIVE` table lock (so notification ids are committed in the order they are issued,
+which readers that tail the log rely on), the same NOTIFY, the same errors (a duplicate
+version is the library's `IntegrityError`, and the unit of work is retried). COPY
+cannot tell which ids the defaults gave, so the ids are drawn from the column's sequence
+first, under the lock, and written explicitly. Small saves (one command) keep the
+library's pipelined insert, which is quicker for a handful of rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final
+
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.utils import retry
+from psycopg.sql import SQL, Identifier, Literal
+
+COPY_FROM: Final = 32  # events in one save from which COPY is the quicker way
+
+
+class CopyingPostgresRecorder(PostgresApplicationRecorder):
+    """`PostgresApplicationRecorder`, but a save of many events is written with COPY."""
+
+    def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        schema, table = datastore.schema, self.events_table_name
+        self._reserve_ids = SQL(
+            "SELECT setval(seq, nextval(seq) + %s - 1) AS last "
+            "FROM pg_get_serial_sequence({0}, 'notification_id') AS seq"
+        ).format(Literal(f'"{schema}"."{table}"'))
+        self._copy_rows = SQL(
+            "COPY {0}.{1} (notification_id, originator_id, originator_version, topic, state) "
+            "FROM STDIN"
+        ).format(Identifier(schema), Identifier(table))
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        ids: Sequence[int] | None
+        if len(stored_events) < COPY_FROM or any(v is not None for v in kwargs.values()):
+            # A handful of events, or tracking records (which this application never
+            # writes): the library's own insert.
+            ids = super().insert_events(stored_events, **kwargs)
+        else:
+            ids = self._copy_events(stored_events)
+        return ids
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def _copy_events(self, stored_events: Sequence[StoredEvent]) -> list[int]:
+        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+            self._lock_table(curs)
+            self._notify_channel(curs)
+            curs.execute(self._reserve_ids, (len(stored_events),))
+            row = curs.fetchone()
+            assert row is not None
+            last = int(row["last"])
+            ids = list(range(last - len(stored_events) + 1, last + 1))
+            with curs.copy(self._copy_rows) as copy:
+                for notification_id, event in zip(ids, stored_events, strict=True):
+                    copy.write_row(
+                        (
+                            notification_id,
+                            event.originator_id,
+                            event.originator_version,
+                            event.topic,
+                            event.state,
+                        )
+                    )
+        return ids
