@@ -474,8 +474,12 @@ class LedgerApplication(Application[UUID]):
         cached subject up to date with events other processes wrote since (the library
         would ask once per subject). Subjects not cached are read in full. A subject
         changed again after this read is caught when saving (optimistic concurrency), and
-        the retry reads again. `shared=True` hands out the cached instances themselves:
-        for the unit of work only, which holds `_writing` and evicts what it fails to save.
+        the retry reads again.
+
+        `shared=True` hands out the cached instances themselves, brought up to date in
+        place: for the unit of work only, which holds `_writing` and evicts what it fails
+        to save. Other callers get copies, taken under that lock; a reader holds it across
+        a database read only for a subject that is not cached.
         """
         cache: Any = self.repository.cache
         wanted: dict[UUID, str] = {}
@@ -484,37 +488,38 @@ class LedgerApplication(Application[UUID]):
                 wanted[UUID(subject_id)] = subject_id
             except ValueError:
                 continue
-        found: dict[str, DataSubject] = {}
-        with self._writing:
-            cached: dict[UUID, Any] = {}
-            if cache is not None:
+        cached: dict[UUID, Any] = {}
+        if cache is not None:
+            with self._writing:
                 for uid in wanted:
                     try:
-                        cached[uid] = cache.get(uid)
+                        found_in_cache = cache.get(uid)
                     except KeyError:
                         continue
-            newer = self.queries.events_after({uid: a.version for uid, a in cached.items()})
-            for uid, subject_id in wanted.items():
-                aggregate: Any
-                if uid in cached:
-                    aggregate = cached[uid]
-                    if uid in newer:
-                        if not shared:
-                            aggregate = copy.deepcopy(aggregate)
-                        events = [self.mapper.to_domain_event(e) for e in newer[uid]]
-                        aggregate = project(aggregate, events)
+                    cached[uid] = found_in_cache if shared else copy.deepcopy(found_in_cache)
+        newer = self.queries.events_after({uid: a.version for uid, a in cached.items()})
+        found: dict[str, DataSubject] = {}
+        for uid, subject_id in wanted.items():
+            aggregate: Any
+            if uid in cached:
+                aggregate = cached[uid]
+                if uid in newer:
+                    events = [self.mapper.to_domain_event(e) for e in newer[uid]]
+                    aggregate = project(aggregate, events)
+                    if shared:  # a copy brought up to date stays private to its reader
                         cache.put(uid, aggregate)
-                    if not shared:
-                        aggregate = copy.deepcopy(aggregate)
-                else:
-                    try:
+            else:
+                try:
+                    # Under the lock: the library copies from its cache if the writer
+                    # has put the subject there meanwhile.
+                    with self._writing:
                         aggregate = self.repository.get(
                             uid, projector_func=project, deepcopy_from_cache=not shared
                         )
-                    except AggregateNotFoundError:
-                        continue
-                if isinstance(aggregate, DataSubject):
-                    found[subject_id] = aggregate
+                except AggregateNotFoundError:
+                    continue
+            if isinstance(aggregate, DataSubject):
+                found[subject_id] = aggregate
         return found
 
     def _reload(self, subject_id: str) -> DataSubject:

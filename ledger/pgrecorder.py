@@ -6,9 +6,17 @@ costs a few µs a row. Everything else stays the library's: the same table, the 
 `EXCLUSIVE` table lock (so notification ids are committed in the order they are issued,
 which readers that tail the log rely on), the same NOTIFY, the same errors (a duplicate
 version is the library's `IntegrityError`, and the unit of work is retried). COPY
-cannot tell which ids the defaults gave, so the ids are drawn from the column's sequence
-first, under the lock, and written explicitly. Small saves (one command) keep the
-library's pipelined insert, which is quicker for a handful of rows.
+cannot tell which ids the defaults gave, so a block of ids is drawn from the column's
+sequence first (one `nextval`, one `setval`) and written explicitly. The block is the
+save's alone: every writer of the table takes the lock before it draws an id, and the
+sequence caches none (the library creates it so); the unique index on `notification_id`
+would refuse a duplicate anyway. Small saves (one command) keep the library's pipelined
+insert, which is quicker for a handful of rows.
+
+The database role needs UPDATE on the notification id sequence (`setval`), beside the
+USAGE the library's inserts need (the owner of the schema, the usual case, has both):
+
+    GRANT UPDATE ON SEQUENCE <schema>.ledger_events_notification_id_seq TO <role>
 """
 
 from __future__ import annotations
@@ -43,9 +51,14 @@ class CopyingPostgresRecorder(PostgresApplicationRecorder):
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         ids: Sequence[int] | None
-        if len(stored_events) < COPY_FROM or any(v is not None for v in kwargs.values()):
-            # A handful of events, or tracking records (which this application never
-            # writes): the library's own insert.
+        if (
+            len(stored_events) < COPY_FROM
+            or any(v is not None for v in kwargs.values())
+            or self.datastore.enable_db_functions
+        ):
+            # A handful of events, tracking records (which this application never writes),
+            # or the library's database functions, which insert without the table lock
+            # that makes a reserved block of ids safe: the library's own insert.
             ids = super().insert_events(stored_events, **kwargs)
         else:
             ids = self._copy_events(stored_events)

@@ -58,8 +58,12 @@ CRASHING_RUNNER = textwrap.dedent(
 
     ReadModelRecorder._flush = flush
     with Ledger.open(Settings.from_env()) as ledger:
-        ledger.read_models.batch_size = 200
-        ledger.read_models.catch_up()
+        models = ledger.read_models
+        models.batch_size = models.rebuild_batch_size = 200
+        if sys.argv[2:] == ["rebuild"]:
+            models.rebuild()
+        else:
+            models.catch_up()
     """
 )
 
@@ -339,9 +343,8 @@ def _index_names(models: ReadModels) -> set[str]:
     return {str(r["name"]) for r in rows if not str(r["name"]).endswith("_pkey")}
 
 
-def test_interrupted_rebuild_gets_its_indexes_on_the_next_open(backend: str) -> None:
-    """A rebuild creates the secondary indexes last; one stopped half-way leaves them to
-    the next open, and the tables come out as a full rebuild makes them."""
+def test_a_stopped_rebuild_still_creates_its_indexes(backend: str) -> None:
+    """A rebuild creates the secondary indexes last, also when it is stopped half-way."""
     with fresh_ledger(backend, FixedClock(NOW)) as ledger:
         run_story(ledger, 40, views=False)
         models = ledger.read_models
@@ -349,7 +352,6 @@ def test_interrupted_rebuild_gets_its_indexes_on_the_next_open(backend: str) -> 
         expected = tables(ledger)
         indexes = _index_names(models)
         assert len(indexes) >= 10, indexes
-
         models.rebuild_batch_size = 50
 
         def stop(position: int, target: int) -> None:
@@ -358,17 +360,53 @@ def test_interrupted_rebuild_gets_its_indexes_on_the_next_open(backend: str) -> 
         with pytest.raises(KeyboardInterrupt):
             models.rebuild(progress=stop)
         assert 0 < models.position() < ledger.max_position()
-        assert _index_names(models) < indexes  # only the subject lookup so far
-        assert "indexes_pending" in models.recorder.stored_meta()
+        assert _index_names(models) == indexes
+        assert "indexes_pending" not in models.recorder.stored_meta()
+        models.catch_up()
+        assert canonical(tables(ledger)) == canonical(expected)
 
-        reopened = ReadModels.open(ledger.app, ledger.policy)
-        try:
-            assert _index_names(reopened) == indexes
-            assert "indexes_pending" not in reopened.recorder.stored_meta()
-            reopened.catch_up()
-            with reopened.reading(current=False) as cur:
-                assert canonical(dump_tables(cur)) == canonical(expected)
-            assert reopened.rebuild() == ledger.max_position()
-            assert _index_names(reopened) == indexes
-        finally:
-            reopened.close()
+
+def test_a_killed_rebuild_gets_its_indexes_once_it_is_clearly_dead(backend: str) -> None:
+    """A rebuild killed outright leaves its mark in rm_meta. Another process leaves the
+    indexes to a rebuild whose mark is fresh (it may be running), and creates them once
+    the mark is older than `abandoned_after`; the tables end as a full rebuild makes them."""
+    with fresh_env(backend) as env:
+        with Ledger.open(Settings.from_env(env), clock=FixedClock(NOW)) as ledger:
+            run_story(ledger, 40, views=False)
+            ledger.read_models.catch_up()
+            expected = tables(ledger)
+            indexes = _index_names(ledger.read_models)
+        killed = _run_until_killed(env, "rebuild")
+
+        with Ledger.open(Settings.from_env(env), clock=FixedClock(NOW)) as ledger:
+            models = ledger.read_models
+            assert models.position() == killed  # two batches of the rebuild committed
+            assert _index_names(models) < indexes  # only the subject lookup
+            assert "indexes_pending" in models.recorder.stored_meta()  # a fresh mark
+            models.abandoned_after = 0.0  # as if a minute had passed without a batch
+            models.catch_up()
+            assert _index_names(models) == indexes
+            assert "indexes_pending" not in models.recorder.stored_meta()
+            assert canonical(tables(ledger)) == canonical(expected)
+
+
+def _run_until_killed(env: dict[str, str], action: str) -> int:
+    """Run CRASHING_RUNNER (`catch_up` or `rebuild`), SIGKILL it in its third batch;
+    returns the position it had committed."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    full.update(env)
+    marker = Path(env["LEDGER_HOME"]) / f"killed-{action}"
+    runner = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_RUNNER, str(marker), action],
+        env=full,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    while not marker.exists() or not marker.read_text():
+        assert runner.poll() is None, runner.stderr.read() if runner.stderr else ""
+        assert time.monotonic() < deadline, "the runner never reached its third batch"
+        time.sleep(0.05)
+    os.kill(runner.pid, signal.SIGKILL)
+    runner.wait(30)
+    return int(marker.read_text())

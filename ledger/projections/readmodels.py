@@ -9,12 +9,14 @@ LISTEN/NOTIFY through the library's subscription, or by polling on SQLite.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -42,6 +44,7 @@ log = get_logger("ledger.projections")
 
 BATCH = 1000
 REBUILD_BATCH = 3000  # fewer, larger transactions: a rebuild keeps no reader waiting
+ABANDONED_AFTER = 60.0  # seconds without a batch after which a rebuild counts as dead
 Progress = Callable[[int, int], None]
 EventFilter = Callable[[EventRecord], bool]
 
@@ -163,6 +166,9 @@ class ReadModels:
         self.events = EventStoreQueries(app.recorder)  # type: ignore[arg-type]
         self._lock = threading.RLock()
         self._checked = False
+        self._rebuilding = False
+        self._index_check_at = time.monotonic()
+        self.abandoned_after = ABANDONED_AFTER
 
     @classmethod
     def open(cls, app: Application[Any], policy: PolicyCatalogue) -> ReadModels:
@@ -197,11 +203,27 @@ class ReadModels:
             log.warning("read_models_reset", reason="schema or policy changed")
             self.recorder.reset(expected)
             reset = True
-        elif INDEXES_PENDING in meta:
-            log.warning("read_models_indexes_created", reason="a rebuild was interrupted")
-            self.recorder.create_indexes()
+        else:
+            self._finish_abandoned_rebuild(meta)
         self._checked = True
         return reset
+
+    def _finish_abandoned_rebuild(self, meta: Mapping[str, str] | None = None) -> None:
+        """Create the indexes a rebuild left pending if its mark has not been renewed for
+        `abandoned_after` seconds (the rebuild died); a live rebuild's are left alone."""
+        self._index_check_at = time.monotonic()
+        meta = self.recorder.stored_meta() if meta is None else meta
+        mark = meta.get(INDEXES_PENDING)
+        if mark is None or self._rebuilding:
+            return
+        try:
+            renewed = datetime.fromisoformat(mark)
+        except ValueError:
+            renewed = datetime.min.replace(tzinfo=UTC)
+        if (datetime.now(UTC) - renewed).total_seconds() < self.abandoned_after:
+            return
+        log.warning("read_models_indexes_created", reason="a rebuild stopped before them")
+        self.recorder.create_indexes()
 
     # -- keeping current --------------------------------------------------------------
 
@@ -229,7 +251,8 @@ class ReadModels:
         """
         batch_size = batch_size or self.batch_size
         with self._lock:
-            target = self.head() if until is None else until
+            head = self.head()
+            target = head if until is None else min(until, head)
             position = self.position()
             done = 0
             while position < target:
@@ -253,22 +276,33 @@ class ReadModels:
                     position = self.position()
                 if progress is not None:
                     progress(position, target)
+            if time.monotonic() - self._index_check_at > self.abandoned_after:
+                self._finish_abandoned_rebuild()  # long-lived processes: now and then
             return done
 
     def rebuild(self, *, progress: Progress | None = None) -> int:
         """Drop every read model and replay the whole notification log into it.
 
-        The secondary indexes are created at the end; until then (and after a crash, until
-        the next open) queries are correct but slower.
+        The secondary indexes are created at the end, also when the rebuild is stopped
+        (Ctrl-C, an error); until then queries are correct but slower. A rebuild killed
+        outright leaves a mark in `rm_meta` that stops being renewed, and the next process
+        to open or catch up with the read models a minute later creates them.
         """
         with self._lock:
             started = time.perf_counter()
             self.recorder.reset(fingerprint(self.policy), indexes=False)
-            self._checked = False  # an interrupted rebuild leaves its indexes to the next check
-            with self.recorder.bulk(), _collector_paused():
-                done = self.catch_up(progress=progress, batch_size=self.rebuild_batch_size)
-            self.recorder.create_indexes()
             self._checked = True
+            self._rebuilding = True
+            try:
+                with self.recorder.rebuilding(), _collector_paused():
+                    done = self.catch_up(progress=progress, batch_size=self.rebuild_batch_size)
+            except BaseException:
+                with contextlib.suppress(Exception):  # else the mark stays for another process
+                    self.recorder.create_indexes()
+                raise
+            finally:
+                self._rebuilding = False
+            self.recorder.create_indexes()
             log.info(
                 "read_models_rebuilt",
                 events=done,

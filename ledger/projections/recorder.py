@@ -15,6 +15,7 @@ import hashlib
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any
 
@@ -132,6 +133,10 @@ _COPY = {
 }
 
 
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
 def _encoder(table: Table) -> Callable[[Row], tuple[Any, ...]]:
     """A function turning a row dict into a parameter tuple (JSON columns as text)."""
     names = table.column_names
@@ -173,6 +178,7 @@ class ReadModelRecorder(TrackingRecorder):
 
     dialect: str = ""
     application_name = "Ledger"
+    _rebuilding = False
 
     # -- transactions (per backend) ---------------------------------------------------
 
@@ -187,9 +193,15 @@ class ReadModelRecorder(TrackingRecorder):
         """A read transaction that sees one consistent state of every table."""
 
     @contextmanager
-    def bulk(self) -> Iterator[None]:
-        """Settings for writing a great many batches in a row (a rebuild); none by default."""
-        yield
+    def rebuilding(self) -> Iterator[None]:
+        """While a rebuild applies its batches: each batch also renews the rebuild's mark in
+        `rm_meta` (see `reset`), so other processes can tell a live rebuild from a dead one.
+        Backends add settings for writing many batches in a row."""
+        self._rebuilding = True
+        try:
+            yield
+        finally:
+            self._rebuilding = False
 
     @abstractmethod
     def _tracking_position(self, cursor: Cursor) -> int:
@@ -206,9 +218,13 @@ class ReadModelRecorder(TrackingRecorder):
     # -- schema -----------------------------------------------------------------------
 
     def create_read_models(self) -> None:
+        """Create what is missing: tables, and indexes unless a rebuild has them pending."""
         with self.writer() as cur:
-            for statement in create_statements(self.dialect):
+            for statement in create_statements(self.dialect, indexes=False):
                 cur.execute(statement)
+            if not cur.query("SELECT value FROM rm_meta WHERE name = ?", (INDEXES_PENDING,)):
+                for statement in index_statements():
+                    cur.execute(statement)
 
     def stored_meta(self) -> dict[str, str]:
         """What the tables say about themselves: their fingerprint, unfinished indexes."""
@@ -222,8 +238,9 @@ class ReadModelRecorder(TrackingRecorder):
         """Drop every read model, recreate it empty and forget the position (one transaction).
 
         `indexes=False` (a rebuild) leaves the secondary indexes to `create_indexes`, and
-        says so in `rm_meta` until then, so that an interrupted rebuild gets them on the
-        next open.
+        says so in `rm_meta` until then, with the time (renewed by every batch of the
+        rebuild): a mark that stops being renewed is a rebuild that died, whose indexes
+        another process creates.
         """
         with self.writer() as cur:
             for statement in drop_statements():
@@ -233,7 +250,7 @@ class ReadModelRecorder(TrackingRecorder):
             self._reset_tracking(cur)
             cur.execute(_UPSERT[META.name], (FINGERPRINT, fingerprint))
             if not indexes:
-                cur.execute(_UPSERT[META.name], (INDEXES_PENDING, "yes"))
+                cur.execute(_UPSERT[META.name], (INDEXES_PENDING, _now()))
 
     def create_indexes(self) -> None:
         """Create the secondary indexes a rebuild left out (nothing if they are there)."""
@@ -278,6 +295,8 @@ class ReadModelRecorder(TrackingRecorder):
             batch.finish()
             self._flush(cur, batch)
             self._track(cur, position)
+            if self._rebuilding:
+                cur.execute(_UPSERT[META.name], (INDEXES_PENDING, _now()))
         return True
 
     def load_subjects(self, cur: Cursor, subject_ids: Sequence[str]) -> dict[str, SubjectState]:
@@ -391,15 +410,15 @@ class SQLiteReadModelRecorder(ReadModelRecorder, SQLiteTrackingRecorder):
             conn.commit()
 
     @contextmanager
-    def bulk(self) -> Iterator[None]:
-        """Copy the write-ahead log into the database every 40 MB instead of every 4 MB.
-
-        Each copy costs two fsyncs; in a rebuild the default size spends a sixth of the
-        time on them. The log is copied back once at the end.
+    def rebuilding(self) -> Iterator[None]:
+        """Also copy the write-ahead log into the database every 40 MB instead of every
+        4 MB: each copy costs two fsyncs, and in a rebuild the default size spent a sixth
+        of the time on them. The log is copied back once at the end.
         """
         self._checkpoint_pages = WAL_CHECKPOINT_PAGES_BULK
         try:
-            yield
+            with super().rebuilding():
+                yield
         finally:
             self._checkpoint_pages = WAL_CHECKPOINT_PAGES
             with self.datastore.get_connection(commit=True) as conn:
