@@ -33,6 +33,7 @@ from ledger.projections.schema import (
     SUBJECTS,
     TRACKING_TABLE,
     Table,
+    column_types,
     create_statements,
     drop_statements,
     index_statements,
@@ -66,9 +67,10 @@ class Cursor:
     def write(self, table: Table, mode: str, rows: Sequence[tuple[Any, ...]]) -> None:
         """Write many rows at once: `insert`, `upsert`, `delete` (by key) or `count` (add).
 
-        New rows go to PostgreSQL with COPY, several times cheaper per row than any
-        statement the driver can pipeline; the few upserts and deletes of a batch (rows
-        of subjects stored before) are executed as prepared statements.
+        New rows go to PostgreSQL with binary COPY, several times cheaper per row than any
+        statement the driver can pipeline (and a little cheaper than text COPY on both
+        ends); the few upserts and deletes of a batch (rows of subjects stored before) are
+        executed as prepared statements.
         """
         if not rows:
             return
@@ -77,6 +79,7 @@ class Cursor:
             self.raw.executemany(statement, rows)
         elif mode == "insert":
             with self.raw.copy(_COPY[table.name]) as copy:
+                copy.set_types(_COPY_TYPES[table.name])
                 for row in rows:
                     copy.write_row(row)
         else:
@@ -128,9 +131,10 @@ _STATEMENTS: dict[str, dict[str, str]] = {
     "count": {COUNTERS.name: _COUNT},
 }
 _COPY = {
-    t.name: f"COPY {t.name} ({', '.join(t.column_names)}) FROM STDIN"
+    t.name: f"COPY {t.name} ({', '.join(t.column_names)}) FROM STDIN (FORMAT BINARY)"
     for t in (SUBJECTS, *KEYED, *LOGS)
 }
+_COPY_TYPES = {t.name: column_types("postgres", t) for t in (SUBJECTS, *KEYED, *LOGS)}
 
 
 def _now() -> str:

@@ -227,6 +227,12 @@ _TYPES = {
 }
 
 
+def column_types(dialect: str, table: Table) -> list[str]:
+    """The SQL type of each column, in order (binary COPY needs them on PostgreSQL)."""
+    types = _TYPES[dialect]
+    return [types[kind].lower() for _, kind in table.columns]
+
+
 def create_statements(dialect: str, qualify: str = "", *, indexes: bool = True) -> list[str]:
     """DDL for every table and index; `qualify` is a schema prefix like '"s".'.
 
