@@ -92,23 +92,7 @@ def test_runner_killed_mid_batch_resumes_exactly_once(backend: str) -> None:
             run_story(ledger, 120, views=False)
             head = ledger.max_position()
             assert head > 800
-        full = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
-        full.update(env)
-        marker = Path(env["LEDGER_HOME"]) / "killed-at"
-        runner = subprocess.Popen(
-            [sys.executable, "-c", CRASHING_RUNNER, str(marker)],
-            env=full,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 120
-        while not marker.exists() or not marker.read_text():
-            assert runner.poll() is None, runner.stderr.read() if runner.stderr else ""
-            assert time.monotonic() < deadline, "the runner never reached its third batch"
-            time.sleep(0.05)
-        os.kill(runner.pid, signal.SIGKILL)
-        runner.wait(30)
-        committed = int(marker.read_text())
+        committed = _run_until_killed(env, "catch_up")
 
         with Ledger.open(Settings.from_env(env), clock=FixedClock(NOW)) as ledger:
             # Two batches committed; the third, written but not committed, left nothing.
