@@ -166,7 +166,6 @@ class ReadModels:
         self.events = EventStoreQueries(app.recorder)  # type: ignore[arg-type]
         self._lock = threading.RLock()
         self._checked = False
-        self._rebuilding = False
         self._index_check_at = time.monotonic()
         self.abandoned_after = ABANDONED_AFTER
 
@@ -214,7 +213,7 @@ class ReadModels:
         self._index_check_at = time.monotonic()
         meta = self.recorder.stored_meta() if meta is None else meta
         mark = meta.get(INDEXES_PENDING)
-        if mark is None or self._rebuilding:
+        if mark is None or self.recorder.in_rebuild:
             return
         try:
             renewed = datetime.fromisoformat(mark)
@@ -292,7 +291,6 @@ class ReadModels:
             started = time.perf_counter()
             self.recorder.reset(fingerprint(self.policy), indexes=False)
             self._checked = True
-            self._rebuilding = True
             try:
                 with self.recorder.rebuilding(), _collector_paused():
                     done = self.catch_up(progress=progress, batch_size=self.rebuild_batch_size)
@@ -300,8 +298,6 @@ class ReadModels:
                 with contextlib.suppress(Exception):  # else the mark stays for another process
                     self.recorder.create_indexes()
                 raise
-            finally:
-                self._rebuilding = False
             self.recorder.create_indexes()
             log.info(
                 "read_models_rebuilt",

@@ -182,7 +182,7 @@ class ReadModelRecorder(TrackingRecorder):
 
     dialect: str = ""
     application_name = "Ledger"
-    _rebuilding = False
+    in_rebuild = False  # True inside `rebuilding()`
 
     # -- transactions (per backend) ---------------------------------------------------
 
@@ -201,11 +201,11 @@ class ReadModelRecorder(TrackingRecorder):
         """While a rebuild applies its batches: each batch also renews the rebuild's mark in
         `rm_meta` (see `reset`), so other processes can tell a live rebuild from a dead one.
         Backends add settings for writing many batches in a row."""
-        self._rebuilding = True
+        self.in_rebuild = True
         try:
             yield
         finally:
-            self._rebuilding = False
+            self.in_rebuild = False
 
     @abstractmethod
     def _tracking_position(self, cursor: Cursor) -> int:
@@ -299,7 +299,7 @@ class ReadModelRecorder(TrackingRecorder):
             batch.finish()
             self._flush(cur, batch)
             self._track(cur, position)
-            if self._rebuilding:
+            if self.in_rebuild:
                 cur.execute(_UPSERT[META.name], (INDEXES_PENDING, _now()))
         return True
 
