@@ -51,6 +51,8 @@ _PAGE_POSTGRES = (
     "FROM {table} WHERE notification_id >= %s AND notification_id <= %s "
     "ORDER BY notification_id"
 )
+_NEXT_SQLITE = "SELECT MIN(rowid) AS next_id FROM {table} WHERE rowid > ?"
+_NEXT_POSTGRES = "SELECT MIN(notification_id) AS next_id FROM {table} WHERE notification_id > %s"
 #: One notification: (id, originator id as text, version, topic, state).
 RawNotification = tuple[int, str, int, str, bytes]
 
@@ -77,6 +79,12 @@ class EventStoreQueries:
         self._registered_pg = _REGISTERED.format(table=self.table, ids="= ANY(%s)")
         self._after_many_pg = _AFTER_MANY_POSTGRES.format(table=self.table)
         self._page = (_PAGE_SQLITE if self.sqlite else _PAGE_POSTGRES).format(table=self.table)
+        self._next = (_NEXT_SQLITE if self.sqlite else _NEXT_POSTGRES).format(table=self.table)
+
+    def next_notification_id(self, after: int) -> int | None:
+        """The first notification id after `after` (None if there is none yet)."""
+        value = self._rows(self._next, (after,))[0]["next_id"]
+        return int(value) if value is not None else None
 
     def notifications(self, start: int, stop: int) -> list[RawNotification]:
         """Notifications `start <= id <= stop`, in order, as tuples.

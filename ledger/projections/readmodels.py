@@ -255,9 +255,13 @@ class ReadModels:
             position = self.position()
             done = 0
             while position < target:
-                # A page is a range of ids; gaps (rolled-back ids) only make it shorter.
+                # A page is a range of ids; gaps (rolled-back ids) only make it shorter,
+                # and a page that falls wholly in one reaches to the next id in use.
                 upper = min(target, position + batch_size)
                 page = self.events.notifications(position + 1, upper)
+                if not page and upper < target:
+                    following = self.events.next_notification_id(upper)
+                    upper = target if following is None else min(target, following - 1)
                 records = self.decode(page)
                 if self.event_filter is not None:
                     records = [r for r in records if self.event_filter(r)]
