@@ -137,8 +137,9 @@ _COPY = {
 _COPY_TYPES = {t.name: column_types("postgres", t) for t in (SUBJECTS, *KEYED, *LOGS)}
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
+def _mark_rebuild(cur: Cursor) -> None:
+    """Say in `rm_meta` that a rebuild owes its indexes, and that it is alive now."""
+    cur.execute(_UPSERT[META.name], (INDEXES_PENDING, datetime.now(UTC).isoformat()))
 
 
 def _encoder(table: Table) -> Callable[[Row], tuple[Any, ...]]:
@@ -254,7 +255,7 @@ class ReadModelRecorder(TrackingRecorder):
             self._reset_tracking(cur)
             cur.execute(_UPSERT[META.name], (FINGERPRINT, fingerprint))
             if not indexes:
-                cur.execute(_UPSERT[META.name], (INDEXES_PENDING, _now()))
+                _mark_rebuild(cur)
 
     def create_indexes(self) -> None:
         """Create the secondary indexes a rebuild left out (nothing if they are there)."""
@@ -300,7 +301,7 @@ class ReadModelRecorder(TrackingRecorder):
             self._flush(cur, batch)
             self._track(cur, position)
             if self.in_rebuild:
-                cur.execute(_UPSERT[META.name], (INDEXES_PENDING, _now()))
+                _mark_rebuild(cur)
         return True
 
     def load_subjects(self, cur: Cursor, subject_ids: Sequence[str]) -> dict[str, SubjectState]:
