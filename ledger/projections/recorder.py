@@ -405,6 +405,12 @@ class SQLiteReadModelRecorder(ReadModelRecorder, SQLiteTrackingRecorder):
             # connections, which this setting does not touch.
             raw.execute("PRAGMA synchronous=NORMAL")
             raw.execute("PRAGMA cache_size=-65536")
+            # Debian's SQLite zeroes every freed page by default; dropping the tables at a
+            # rebuild then cost ~0.4 s per 100k events. Nothing here needs it: a read
+            # model row is derived from the immutable event log, which keeps the same
+            # sealed values (unreadable once their key is shredded) and metadata for good.
+            # `FAST` still clears freed cells where that costs no extra writes.
+            raw.execute("PRAGMA secure_delete=FAST")
             raw.execute(f"PRAGMA wal_autocheckpoint={self._checkpoint_pages}")
             raw.execute("BEGIN IMMEDIATE")
             try:
