@@ -30,6 +30,7 @@ from eventsourcing.utils import EnvType
 
 from ledger.canonical import canonical_json
 from ledger.clock import Clock, SystemClock
+from ledger.collector import collector_paused
 from ledger.commands import Command, parse_command
 from ledger.config import Settings
 from ledger.crypto.keystore import KeyConflict, KeySession, KeyStore
@@ -290,6 +291,12 @@ class LedgerApplication(Application[UUID]):
         `atomic=False` (group commit): each command stands alone; a rejected one is left
         out and the rest are written together in one transaction.
         """
+        with collector_paused():  # a full pass over the cached subjects cost ~8 % of a batch
+            return self._execute_many(commands, actor=actor, atomic=atomic)
+
+    def _execute_many(
+        self, commands: Sequence[Any], *, actor: str | None, atomic: bool
+    ) -> list[dict[str, Any]]:
         started = time.perf_counter()
         parsed: list[Command | LedgerError] = []
         for index, data in enumerate(commands):

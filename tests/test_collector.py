@@ -1,0 +1,112 @@
+"""The cycle collector waits while a batch or a rebuild runs, and is on again afterwards.
+
+Observed from inside the work: the ledger's clock (read by every command) and a
+rebuild's progress callback (called after every batch) note whether the collector is on.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import uuid
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from ledger.clock import FixedClock
+from ledger.collector import collector_paused
+from ledger.config import Settings
+from ledger.facade import Ledger
+
+
+class WatchingClock(FixedClock):
+    """A fixed clock that notes, at each reading, whether the collector is on."""
+
+    def __init__(self, moment: datetime) -> None:
+        super().__init__(moment)
+        self.collector_on: list[bool] = []
+
+    def now(self) -> datetime:
+        self.collector_on.append(gc.isenabled())
+        return super().now()
+
+
+def onboarding(count: int) -> list[dict[str, Any]]:
+    commands: list[dict[str, Any]] = []
+    for i in range(count):
+        subject = str(uuid.uuid4())
+        commands += [
+            {
+                "type": "register_subject",
+                "subject": subject,
+                "kind": "customer",
+                "purpose": "customer_administration",
+                "legal_basis": "contract",
+                "identifiers": {"email": f"kunde{i}@example.dk"},
+            },
+            {
+                "type": "collect",
+                "subject": subject,
+                "category": "name",
+                "value": f"Kunde {i}",
+                "purpose": "customer_administration",
+                "legal_basis": "contract",
+                "source": "subject",
+            },
+        ]
+    return commands
+
+
+def test_commands_run_with_the_collector_paused(settings: Settings, clock: FixedClock) -> None:
+    watching = WatchingClock(clock.now())
+    with Ledger.open(settings, clock=watching) as ledger:
+        assert gc.isenabled()
+        results = ledger.execute_many(onboarding(50))
+        assert all(r["ok"] for r in results)
+        assert ledger.execute(onboarding(1)[0])["ok"]
+        assert watching.collector_on and not any(watching.collector_on)
+        assert gc.isenabled()
+
+
+def test_the_collector_is_back_after_a_rejection_and_an_error(ledger: Ledger) -> None:
+    rejected = ledger.execute_many([{"type": "collect", "subject": str(uuid.uuid4())}])
+    assert rejected[0]["ok"] is False
+    assert gc.isenabled()
+    with pytest.raises(TypeError):
+        ledger.app.execute_many(None)  # type: ignore[arg-type]
+    assert gc.isenabled()
+
+
+def test_a_rebuild_runs_with_the_collector_paused(ledger: Ledger) -> None:
+    ledger.execute_many(onboarding(50))
+    seen: list[bool] = []
+    assert ledger.read_models.rebuild(progress=lambda done, total: seen.append(gc.isenabled()))
+    assert seen and not any(seen)
+    assert gc.isenabled()
+
+
+def test_overlapping_pauses_in_two_threads_leave_the_collector_on() -> None:
+    first_in = threading.Event()
+    second_in = threading.Event()
+    first_out = threading.Event()
+
+    def first() -> None:
+        with collector_paused():
+            first_in.set()
+            second_in.wait(5)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(5)
+        with collector_paused():
+            second_in.set()
+            first_out.wait(5)  # the first block ends while this one is still open
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert first_out.is_set() and second_in.is_set()
+    assert gc.isenabled()
