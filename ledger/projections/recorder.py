@@ -41,6 +41,7 @@ from ledger.projections.schema import (
 from ledger.projections.state import BatchState, EventRecord, SubjectState, subjects_to_load
 
 Row = dict[str, Any]
+Write = tuple[Table, str, Sequence[tuple[Any, ...]]]  # table, mode, rows
 CHUNK = 400  # ids per IN (...) list: well under SQLite's bound-parameter limit
 FINGERPRINT = "fingerprint"  # rm_meta: what code and catalogue built the tables
 INDEXES_PENDING = "indexes_pending"  # rm_meta: a rebuild has not created its indexes yet
@@ -89,15 +90,33 @@ class Cursor:
         self.execute(sql, params)
         return self.fetchall()
 
+    def write_all(self, writes: Sequence[Write]) -> None:
+        """Several writes; on PostgreSQL the COPYs first, then every statement in one
+        pipeline (one round trip, where each `executemany` waited for its own)."""
+        if self.dialect == "sqlite":
+            for table, mode, rows in writes:
+                self.write(table, mode, rows)
+            return
+        statements = [w for w in writes if w[1] != "insert" and w[2]]
+        for table, mode, rows in writes:
+            if mode == "insert":
+                self.write(table, mode, rows)
+        if statements:
+            with self.raw.connection.pipeline():
+                for table, mode, rows in statements:
+                    self.write(table, mode, rows)
+
     def query_many(self, queries: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Row]]:
         """Several queries; on PostgreSQL sent together (pipeline mode), one round trip."""
         if self.dialect == "sqlite":
             return [self.query(sql, params) for sql, params in queries]
-        cursors = []
-        for sql, params in queries:
-            cursor = self.raw.connection.cursor()
-            cursor.execute(self._sql(sql), params)
-            cursors.append(cursor)
+        connection = self.raw.connection
+        with connection.pipeline():  # nested in the reader's own pipeline: no harm
+            cursors = []
+            for sql, params in queries:
+                cursor = connection.cursor()
+                cursor.execute(self._sql(sql), params)
+                cursors.append(cursor)
         return [[dict(row) for row in cursor.fetchall()] for cursor in cursors]
 
 
@@ -176,6 +195,36 @@ def decode_row(table: Table, row: Row) -> Row:
 
 _ENCODE = {t.name: _encoder(t) for t in (SUBJECTS, *KEYED, *LOGS)}
 _LOG_TABLES = {t.name: t for t in LOGS}
+
+
+def writes_of(batch: BatchState) -> list[Write]:
+    """What a batch changes, as rows for `Cursor.write`: new subjects' rows are inserted,
+    stored subjects' rows deleted or upserted, log rows inserted, counters added."""
+    out: list[Write] = []
+    states = list(batch.subjects.values())
+    encode = _ENCODE[SUBJECTS.name]
+    out.append((SUBJECTS, "insert", [encode(s.row) for s in states if s.new]))
+    out.append((SUBJECTS, "upsert", [encode(s.row) for s in states if not s.new]))
+    for table in KEYED:
+        name = table.name
+        deletes = [(s.sid, key) for s in states if not s.new for key in s.deleted.get(name, ())]
+        out.append((table, "delete", deletes))
+        encode = _ENCODE[name]
+        fresh: list[tuple[Any, ...]] = []
+        changed: list[tuple[Any, ...]] = []
+        for s in states:
+            keys = s.dirty.get(name)
+            if not keys:
+                continue
+            rows = s.tables[name]
+            (fresh if s.new else changed).extend(encode(rows[k]) for k in keys if k in rows)
+        out.append((table, "insert", fresh))
+        out.append((table, "upsert", changed))
+    for name, log_rows in batch.logs.items():
+        encode = _ENCODE[name]
+        out.append((_LOG_TABLES[name], "insert", [encode(r) for r in log_rows]))
+    out.append((COUNTERS, "count", [(*k, n) for k, n in sorted(batch.counters.items())]))
+    return [w for w in out if w[2]]
 
 
 class ReadModelRecorder(TrackingRecorder):
@@ -320,39 +369,20 @@ class ReadModelRecorder(TrackingRecorder):
                 continue
             sids = list(by_sid)
             marks = ", ".join("?" * len(sids))
-            for table in KEYED:
-                rows = cur.query(
-                    f"SELECT * FROM {table.name} WHERE sid IN ({marks}) ORDER BY seq", sids
-                )
+            found_rows = cur.query_many(
+                [
+                    (f"SELECT * FROM {table.name} WHERE sid IN ({marks}) ORDER BY seq", sids)
+                    for table in KEYED
+                ]
+            )
+            for table, rows in zip(KEYED, found_rows, strict=True):
                 for row in rows:
                     state = by_sid[int(row["sid"])]
                     state.tables[table.name][row[table.key2]] = decode_row(table, row)
         return found
 
     def _flush(self, cur: Cursor, batch: BatchState) -> None:
-        states = list(batch.subjects.values())
-        encode = _ENCODE[SUBJECTS.name]
-        cur.write(SUBJECTS, "insert", [encode(s.row) for s in states if s.new])
-        cur.write(SUBJECTS, "upsert", [encode(s.row) for s in states if not s.new])
-        for table in KEYED:
-            name = table.name
-            deletes = [(s.sid, key) for s in states if not s.new for key in s.deleted.get(name, ())]
-            cur.write(table, "delete", deletes)
-            encode = _ENCODE[name]
-            fresh: list[tuple[Any, ...]] = []
-            changed: list[tuple[Any, ...]] = []
-            for s in states:
-                keys = s.dirty.get(name)
-                if not keys:
-                    continue
-                rows = s.tables[name]
-                (fresh if s.new else changed).extend(encode(rows[k]) for k in keys if k in rows)
-            cur.write(table, "insert", fresh)
-            cur.write(table, "upsert", changed)
-        for name, log_rows in batch.logs.items():
-            encode = _ENCODE[name]
-            cur.write(_LOG_TABLES[name], "insert", [encode(r) for r in log_rows])
-        cur.write(COUNTERS, "count", [(*k, n) for k, n in sorted(batch.counters.items())])
+        cur.write_all(writes_of(batch))
 
     # -- reading ----------------------------------------------------------------------
 
