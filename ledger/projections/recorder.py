@@ -167,7 +167,7 @@ def _encoder(table: Table) -> Callable[[Row], tuple[Any, ...]]:
     getter = itemgetter(*names)
     json_at = [i for i, name in enumerate(names) if name in table.json]
     if not json_at:
-        return lambda row: tuple(getter(row))
+        return getter  # several names: itemgetter gives the tuple itself
 
     def encode(row: Row) -> tuple[Any, ...]:
         values = list(getter(row))
