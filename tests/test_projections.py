@@ -118,6 +118,85 @@ def test_runner_killed_mid_batch_resumes_exactly_once(backend: str) -> None:
             assert canonical(resumed) == canonical(tables(ledger))
 
 
+_REFUSE_COUNTERS = {
+    "sqlite": [
+        "CREATE TRIGGER refuse_insert BEFORE INSERT ON rm_counters "
+        "BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END",
+        "CREATE TRIGGER refuse_update BEFORE UPDATE ON rm_counters "
+        "BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END",
+    ],
+    "postgres": [
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'refused by a test trigger'; END $$",
+        "CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON rm_counters "
+        "FOR EACH ROW EXECUTE FUNCTION refuse()",
+    ],
+}
+_ALLOW_COUNTERS = {
+    "sqlite": ["DROP TRIGGER refuse_insert", "DROP TRIGGER refuse_update"],
+    "postgres": ["DROP TRIGGER refuse ON rm_counters"],
+}
+
+
+def _more_of_the_same(ledger: Ledger) -> None:
+    """New customers, and new data about stored ones (their rows change: upserts)."""
+    stored = [s for s in ledger.subject_ids() if ledger.subject(s)["status"] == "active"]
+    for n, subject in enumerate([*stored[:10], *(str(uuid.uuid4()) for _ in range(10))]):
+        if subject not in stored:
+            registered = ledger.execute(
+                {
+                    "type": "register_subject",
+                    "subject": subject,
+                    "kind": "customer",
+                    "purpose": "customer_administration",
+                    "legal_basis": "contract",
+                }
+            )
+            assert registered["ok"], registered
+        collected = ledger.execute(
+            {
+                "type": "collect",
+                "subject": subject,
+                "category": "correspondence",
+                "value": f"Henvendelse {n}",
+                "purpose": "customer_administration",
+                "legal_basis": "contract",
+                "source": "subject",
+            }
+        )
+        assert collected["ok"], collected
+
+
+def _run_sql(ledger: Ledger, statements: list[str]) -> None:
+    with ledger.read_models.recorder.writer() as cur:
+        for statement in statements:
+            cur.execute(statement)
+
+
+def test_a_batch_the_database_refuses_writes_nothing(backend: str) -> None:
+    """The counters are the last write of a batch (on PostgreSQL, at the end of the
+    pipeline that follows the COPYs): when the database refuses them, the batch's new
+    rows, upserts and position are all rolled back, and the next catch-up applies it."""
+    with fresh_ledger(backend, FixedClock(NOW)) as ledger:
+        run_story(ledger, 30, views=False)
+        models = ledger.read_models
+        models.catch_up()
+        before, position = tables(ledger), models.position()
+        _more_of_the_same(ledger)
+        _run_sql(ledger, _REFUSE_COUNTERS[backend])
+        with pytest.raises(Exception, match="refused by a test trigger"):
+            models.catch_up()
+        assert models.position() == position
+        assert canonical(tables(ledger)) == canonical(before)
+
+        _run_sql(ledger, _ALLOW_COUNTERS[backend])
+        assert models.catch_up() > 0
+        assert models.position() == ledger.max_position()
+        caught_up = tables(ledger)
+        models.rebuild()
+        assert canonical(caught_up) == canonical(tables(ledger))
+
+
 def _sealed_values(ledger: Ledger) -> list[tuple[str, dict[str, str]]]:
     """(subject, sealed value) of every value recorded in any event."""
     found = []
