@@ -8,7 +8,9 @@
    (`select_notifications` pages of 1,000 and `mapper.to_domain_event`), alternately in
    child processes of the same run, best of `--repeat`. The ratio is of events/s (goal
    >= 0.5), by wall clock and by CPU time of the process (CPU time is steadier on a
-   shared machine). Peak RSS is each child's own maximum, at `--events` and `--big`.
+   shared machine), and as the median of each rebuild beside the read just before it
+   (`paired_median_ratio`: the steadiest when the machine's speed drifts). Peak RSS is
+   each child's own maximum, at `--events` and `--big`.
 2. Latency at the big size (about 111,000 subjects for 1,000,000 events): `subject show`
    (no reveal; catch-up check included) of a subject with 1,000 events and of an ordinary
    one, beside the aggregate-based view it replaced (load + `ledger.queries.subject_view`,
@@ -189,6 +191,11 @@ def rebuild_row(backend: str, env: dict[str, str], repeat: int) -> dict[str, Any
         "ratio_cpu": b_cpu / r_cpu,
         "median_ratio": statistics.median(x["seconds"] for x in base)
         / statistics.median(x["seconds"] for x in built),
+        # each rebuild beside the plain read run just before it: the machine's speed
+        # drifts (by up to 2x on a busy day), two neighbouring runs share its state
+        "paired_median_ratio": statistics.median(
+            b["seconds"] / r["seconds"] for b, r in zip(base, built, strict=True)
+        ),
         "rebuild_peak_rss_mb": max(x["peak_rss_mb"] for x in built),
         "baseline_peak_rss_mb": max(x["peak_rss_mb"] for x in base),
         "goal": ">= 0.5",
@@ -376,6 +383,7 @@ def main() -> None:
             "rebuild_events_per_s",
             "baseline_events_per_s",
             "ratio",
+            "paired_median_ratio",
             "ratio_cpu",
             "rebuild_peak_rss_mb",
             "baseline_peak_rss_mb",
