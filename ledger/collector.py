@@ -10,21 +10,32 @@ collector waits until it is over.
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+_lock = threading.Lock()
+_depth = 0  # pauses open now, in every thread
+_was_enabled = False  # the collector's state when the first of them began
 
 
 @contextmanager
 def collector_paused() -> Iterator[None]:
-    """No cycle collection inside the block; as it was before, afterwards.
+    """No cycle collection inside the block; as it was before, once every pause is over.
 
-    Safe across threads: the collector is on again once the block that turned it off
-    ends, whatever other blocks did meanwhile.
+    Pauses may overlap across threads: the first to begin turns the collector off, the
+    last to end turns it back on (if it was on before the first).
     """
-    enabled = gc.isenabled()
-    gc.disable()
+    global _depth, _was_enabled
+    with _lock:
+        if _depth == 0:
+            _was_enabled = gc.isenabled()
+            gc.disable()
+        _depth += 1
     try:
         yield
     finally:
-        if enabled:
-            gc.enable()
+        with _lock:
+            _depth -= 1
+            if _depth == 0 and _was_enabled:
+                gc.enable()

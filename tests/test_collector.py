@@ -7,6 +7,7 @@ rebuild's progress callback (called after every batch) note whether the collecto
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 import uuid
 from datetime import datetime
@@ -78,35 +79,59 @@ def test_the_collector_is_back_after_a_rejection_and_an_error(ledger: Ledger) ->
     assert gc.isenabled()
 
 
-def test_a_rebuild_runs_with_the_collector_paused(ledger: Ledger) -> None:
+def test_a_rebuild_runs_with_the_collector_paused(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Throughout: dropping the tables, every batch, and creating the indexes."""
     ledger.execute_many(onboarding(50))
-    seen: list[bool] = []
-    assert ledger.read_models.rebuild(progress=lambda done, total: seen.append(gc.isenabled()))
-    assert seen and not any(seen)
+    recorder = ledger.read_models.recorder
+    seen: dict[str, list[bool]] = {"reset": [], "batch": [], "indexes": []}
+
+    def watching(step: str, method: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            seen[step].append(gc.isenabled())
+            return method(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(recorder, "reset", watching("reset", recorder.reset))
+    monkeypatch.setattr(recorder, "create_indexes", watching("indexes", recorder.create_indexes))
+    assert ledger.read_models.rebuild(
+        progress=lambda done, total: seen["batch"].append(gc.isenabled())
+    )
+    assert all(seen.values()), seen  # each step was observed
+    assert not any(on for steps in seen.values() for on in steps)
     assert gc.isenabled()
 
 
 def test_overlapping_pauses_in_two_threads_leave_the_collector_on() -> None:
-    first_in = threading.Event()
-    second_in = threading.Event()
-    first_out = threading.Event()
+    """Many short pauses in two threads, switching threads as often as Python allows:
+    whatever the interleaving, the collector is on once both are done."""
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(5):
 
-    def first() -> None:
+            def pause_often() -> None:
+                for _ in range(5_000):
+                    with collector_paused():
+                        pass
+
+            threads = [threading.Thread(target=pause_often) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            assert gc.isenabled()
+    finally:
+        sys.setswitchinterval(switch)
+
+
+def test_a_pause_leaves_the_collector_off_if_it_was_off() -> None:
+    gc.disable()
+    try:
         with collector_paused():
-            first_in.set()
-            second_in.wait(5)
-        first_out.set()
-
-    def second() -> None:
-        first_in.wait(5)
-        with collector_paused():
-            second_in.set()
-            first_out.wait(5)  # the first block ends while this one is still open
-
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-    assert first_out.is_set() and second_in.is_set()
-    assert gc.isenabled()
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

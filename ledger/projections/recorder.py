@@ -117,7 +117,11 @@ class Cursor:
                 cursor = connection.cursor()
                 cursor.execute(self._sql(sql), params)
                 cursors.append(cursor)
-        return [[dict(row) for row in cursor.fetchall()] for cursor in cursors]
+        found = []
+        for cursor in cursors:
+            with cursor:
+                found.append([dict(row) for row in cursor.fetchall()])
+        return found
 
 
 def _upsert(table: Table) -> str:
@@ -164,10 +168,11 @@ def _mark_rebuild(cur: Cursor) -> None:
 def _encoder(table: Table) -> Callable[[Row], tuple[Any, ...]]:
     """A function turning a row dict into a parameter tuple (JSON columns as text)."""
     names = table.column_names
+    assert len(names) > 1, table.name  # itemgetter of one name would give no tuple
     getter = itemgetter(*names)
     json_at = [i for i, name in enumerate(names) if name in table.json]
     if not json_at:
-        return getter  # several names: itemgetter gives the tuple itself
+        return getter
 
     def encode(row: Row) -> tuple[Any, ...]:
         values = list(getter(row))
