@@ -427,6 +427,16 @@ def files_under(home: Path) -> Iterator[tuple[str, bytes]]:
             yield str(path.relative_to(home)), path.read_bytes()
 
 
+def leaks_in(blobs: list[tuple[str, bytes]]) -> list[str]:
+    """Each personal value found in any of its byte forms, with where it was found."""
+    return [
+        f"{value!r} in {name}"
+        for value in VALUES
+        for name, data in blobs
+        if any(form in data for form in forms(value))
+    ]
+
+
 def postgres_dump(settings: Settings) -> Iterator[tuple[str, bytes]]:
     """Every row of every table in the schema as text, and every bytea column raw."""
     db = settings.database
@@ -484,12 +494,7 @@ def test_no_personal_value_in_the_clear(
         assert control.encode() in everything, control
     assert subject_ids[0].encode() in everything
 
-    leaks = [
-        f"{value!r} in {name}"
-        for value in VALUES
-        for name, data in blobs
-        if any(form in data for form in forms(value))
-    ]
+    leaks = leaks_in(blobs)
     leaks += [
         f"{value!r} (hex) in {name}"
         for value in VALUES
@@ -528,10 +533,4 @@ def test_freed_read_model_pages_hold_no_personal_value(tmp_path: Path, clock: Fi
     with sqlite3.connect(settings.home / "ledger.db") as db:
         freed = db.execute("PRAGMA freelist_count").fetchone()[0]
     assert freed > 0  # the old tables' pages are in the file, free
-    leaks = [
-        f"{value!r} in {name}"
-        for value in VALUES
-        for name, data in files_under(settings.home)
-        if any(form in data for form in forms(value))
-    ]
-    assert leaks == []
+    assert leaks_in(list(files_under(settings.home))) == []

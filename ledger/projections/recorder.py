@@ -97,7 +97,7 @@ class Cursor:
             for table, mode, rows in writes:
                 self.write(table, mode, rows)
             return
-        statements = [w for w in writes if w[1] != "insert" and w[2]]
+        statements = [w for w in writes if w[1] != "insert"]
         for table, mode, rows in writes:
             if mode == "insert":
                 self.write(table, mode, rows)
