@@ -202,14 +202,20 @@ def test_graceful_shutdown_finishes_in_flight_groups(env: dict[str, str], tmp_pa
     server = ServerProcess(env, ["--no-sweep"], log_dir=tmp_path).wait_ready()
 
     async def run() -> list[Any]:
+        first_acknowledged = asyncio.Event()
         async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as c:
 
             async def one(i: int) -> Any:
-                await asyncio.sleep(i * 0.002)
-                return await c.post("/v1/commands", json=_register(subjects[i]))
+                await asyncio.sleep(i * 0.004)
+                answer = await c.post("/v1/commands", json=_register(subjects[i]))
+                if answer.status_code == 200:
+                    first_acknowledged.set()
+                return answer
 
             tasks = [asyncio.create_task(one(i)) for i in range(len(subjects))]
-            await asyncio.sleep(0.1)
+            # Stop once the server has proved it is writing, not after a fixed delay: on a
+            # slow machine no command had been answered yet 0.1 s in.
+            await asyncio.wait_for(first_acknowledged.wait(), timeout=20)
             await asyncio.to_thread(server.stop)
             return list(await asyncio.gather(*tasks, return_exceptions=True))
 
