@@ -7,6 +7,7 @@ malformed bodies, the actor rule, batches, idempotency, group commit and the acc
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -640,6 +641,7 @@ def test_concurrent_commands_get_their_own_results(served: Served, subject: str)
 
 
 def test_access_log_has_templates_and_no_personal_values(served: Served, subject: str) -> None:
+    already = len(served.log_text())
     with served.client("officer") as client:
         client.get("/v1/subjects", params={"email": EMAIL})
         client.get(f"/v1/subjects/{subject}", params={"reveal": "true", "purpose": "log test"})
@@ -649,11 +651,14 @@ def test_access_log_has_templates_and_no_personal_values(served: Served, subject
         assert refused.status_code == 403
     with served.client() as anonymous:
         assert anonymous.post("/v1/commands", json=_register_command()).status_code == 401
-    time.sleep(0.2)
-    text = served.log_text()
-    import json
-
-    lines = [json.loads(line) for line in text.splitlines() if '"http_request"' in line]
+    # An access line is written as its response finishes: wait for this test's last one.
+    deadline = time.monotonic() + 10
+    while True:
+        text = served.log_text()[already:]
+        lines = [json.loads(line) for line in text.splitlines() if '"http_request"' in line]
+        if any(line["status"] == 401 for line in lines) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert lines
     for line in lines:
         assert set(line) >= {"method", "path", "status", "duration_ms", "actor"}

@@ -139,7 +139,9 @@ def test_background_hook_runs_every_tick(env: dict[str, str], monkeypatch: Any) 
     monkeypatch.setattr("ledger.cli.common.after_write", lambda ledger: calls.append(1.0))
     settings = Settings.from_env(env)
     with ThreadServer(settings, ServerOptions(sweep_every=None, tick=0.05)):
-        time.sleep(0.5)
+        deadline = time.monotonic() + 10
+        while len(calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
     assert len(calls) >= 3
 
 
