@@ -22,7 +22,7 @@ import pytest
 
 from ledger.clock import FixedClock
 from ledger.config import DatabaseURL, Settings
-from ledger.crypto.keystore import KeyStore, KeyStoreError
+from ledger.crypto.keystore import KeyConflict, KeyStore, KeyStoreError
 from ledger.crypto.master import decode_master_key
 from ledger.crypto.sealing import SealError, seal, unseal
 from ledger.facade import Ledger
@@ -419,6 +419,46 @@ def test_lookup_rows_stay_when_another_scope_is_shredded(store: KeyStore) -> Non
     customer = store.ensure_key(subject, SCOPE)
     store.shred(subject, SCOPE, [customer.kid])
     assert store.find("email", b"\x01" * 32) == []
+
+
+def test_lookups_of_a_new_subject_that_are_there_already_do_not_fail(store: KeyStore) -> None:
+    """New subjects' rows go in by plain inserts (COPY on PostgreSQL). Should one be there
+    already, the store falls back to delete-and-insert for the whole group instead of
+    failing after the events were written."""
+    subject, other = new_subject(), new_subject()
+    store.replace_lookups(
+        [(subject, "email", b"\x01" * 32), (subject, "phone", b"\x02" * 32)],
+        new_subjects={subject},
+    )
+    assert store.find("email", b"\x01" * 32) == [subject]
+    store.replace_lookups(
+        [
+            (subject, "email", b"\x01" * 32),
+            (subject, "phone", b"\x05" * 32),
+            (other, "email", b"\x04" * 32),
+        ],
+        new_subjects={subject, other},
+    )
+    assert store.find("email", b"\x01" * 32) == [subject]
+    assert store.find("phone", b"\x02" * 32) == []
+    assert store.find("phone", b"\x05" * 32) == [subject]
+    assert store.find("email", b"\x04" * 32) == [other]
+    count = store._db.execute("SELECT COUNT(*) FROM ledger_lookup WHERE subject = ?", (subject,))
+    assert count[0][0] == 2
+
+
+def test_a_key_generation_written_twice_is_a_conflict(store: KeyStore) -> None:
+    """Two writers creating the same generation: the second is told, and writes nothing."""
+    subject = new_subject()
+    first = store.session([subject])
+    second = store.session([subject])
+    kept = first.key_for_sealing(subject, SCOPE)
+    lost = second.key_for_sealing(subject, "marketing"), second.key_for_sealing(subject, SCOPE)
+    first.commit()
+    with pytest.raises(KeyConflict):
+        second.commit()
+    assert [r.kid for r in store.records(subject)] == [kept.kid]
+    assert lost[1].kid != kept.kid
 
 
 def _lookup_rows(ledger: Ledger, subject: str, kind: str) -> int:
