@@ -1,6 +1,7 @@
 """Appending: the ledger beside plain eventsourcing and raw psycopg, same backend, same run.
 
-    python -m benchmarks.bench_append [--commands N] [--batches N] [--backends sqlite,postgres]
+    python -m benchmarks.bench_append [--commands N] [--batches N] [--rounds N]
+        [--backends sqlite,postgres]
 
 1. One command per transaction: `collect` on existing subjects through `Ledger.execute`
    (parse, load, rules, seal, save, log) beside plain eventsourcing doing get → trigger →
@@ -9,6 +10,12 @@
 2. `execute_many` with 1,000 commands per transaction (an onboarding mix: register with
    e-mail and phone, name, address, relationship, consent, marketing send, invoice) beside
    raw psycopg `executemany` of as many rows of the same size (PostgreSQL).
+
+Each test runs `--rounds` times, the ledger and its baseline alternately; the figures are
+medians, the ratio the median of the rounds' ratios (with their range): on a shared
+machine one hiccup in a half-second run moved a single figure by a fifth. The rounds
+write to the same ledger, so later rounds meet bigger tables (random keys: every insert
+lands on another page); `execute_many` also reports its first and last round.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import psycopg
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
-from benchmarks.common import fresh_settings, postgres_reachable, report, timed
+from benchmarks.common import fresh_settings, median, postgres_reachable, report, timed
 from ledger.app import application_env
 from ledger.config import Settings
 from ledger.facade import Ledger
@@ -113,56 +120,86 @@ def onboarding(i: int) -> list[dict[str, Any]]:
     ]
 
 
-def single_commands(backend: str, commands: int, subjects: int) -> dict[str, Any]:
-    with fresh_settings(backend) as (settings, _env):
-        with Ledger.open(settings) as ledger:
-            ids = [str(uuid.uuid4()) for _ in range(subjects)]
-            ledger.execute_many([_register(s, i) for i, s in enumerate(ids)])
+def single_commands(backend: str, commands: int, subjects: int, rounds: int) -> dict[str, Any]:
+    """`rounds` alternating runs of `commands` collects, ledger then plain eventsourcing;
+    the ratio is the median of each round's (the machine's speed drifts between rounds)."""
+    ledger_rates: list[float] = []
+    plain_rates: list[float] = []
+    with (
+        fresh_settings(backend) as (settings, _env),
+        Ledger.open(settings) as ledger,
+        _PlainStore(settings, subjects) as plain,
+    ):
+        ids = [str(uuid.uuid4()) for _ in range(subjects)]
+        ledger.execute_many([_register(s, i) for i, s in enumerate(ids)])
+        for round_ in range(rounds):
+            offset = round_ * commands
             results: list[dict[str, Any]] = []
 
-            def run() -> None:
-                for i in range(commands):
+            def run(offset: int = offset, results: list[dict[str, Any]] = results) -> None:
+                for i in range(offset, offset + commands):
                     results.append(ledger.execute(_collect(ids[i % subjects], i)))
 
-            ledger_seconds = timed(run)
+            ledger_rates.append(commands / timed(run))
             assert all(r["ok"] for r in results), results[:3]
-        plain_seconds = _plain_single(settings, commands, subjects)
-    ledger_rate = commands / ledger_seconds
-    plain_rate = commands / plain_seconds
+            plain_rates.append(commands / plain.run(offset, commands))
     return {
         "backend": backend,
         "test": "one command per transaction",
-        "events": commands,
-        "ledger_events_per_s": ledger_rate,
+        "events": commands * rounds,
+        "rounds": rounds,
+        "ledger_events_per_s": median(ledger_rates),
         "baseline": "plain eventsourcing, unencrypted",
-        "baseline_events_per_s": plain_rate,
-        "ratio": ledger_rate / plain_rate,
+        "baseline_events_per_s": median(plain_rates),
+        "ratio": median([a / b for a, b in zip(ledger_rates, plain_rates, strict=True)]),
+        "ratio_range": _range(ledger_rates, plain_rates),
         "goal": ">= 0.8",
     }
 
 
-def _plain_single(settings: Settings, commands: int, subjects: int) -> float:
-    env = application_env(settings)
-    # The library's own way for a cached aggregate to stay current when other processes
-    # write: read its newer events on every load (the ledger does that too, in one query
-    # per unit of work).
-    env["AGGREGATE_CACHE_FASTFORWARD"] = "y"
-    if settings.database.backend == "sqlite":
-        assert settings.database.sqlite_path is not None
-        env["SQLITE_DBNAME"] = str(settings.database.sqlite_path.with_name("plain.db"))
-    else:
-        env["POSTGRES_SCHEMA"] = settings.database.schema + "_plain"
-        with psycopg.connect(settings.database.conninfo(), autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{env["POSTGRES_SCHEMA"]}"')
-    app = PlainApplication(env)
-    try:
+def _range(rates: list[float], baselines: list[float]) -> str:
+    ratios = [a / b for a, b in zip(rates, baselines, strict=True)]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}"
+
+
+class _PlainStore:
+    """The baseline's application: its own database (SQLite file or schema), `subjects`
+    aggregates made up front, collects timed by `run`."""
+
+    def __init__(self, settings: Settings, subjects: int) -> None:
+        self.settings = settings
+        self.env = application_env(settings)
+        # The library's own way for a cached aggregate to stay current when other processes
+        # write: read its newer events on every load (the ledger does that too, in one query
+        # per unit of work).
+        self.env["AGGREGATE_CACHE_FASTFORWARD"] = "y"
+        if settings.database.backend == "sqlite":
+            assert settings.database.sqlite_path is not None
+            self.env["SQLITE_DBNAME"] = str(settings.database.sqlite_path.with_name("plain.db"))
+        else:
+            self.env["POSTGRES_SCHEMA"] = settings.database.schema + "_plain"
+            with psycopg.connect(settings.database.conninfo(), autocommit=True) as conn:
+                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.env["POSTGRES_SCHEMA"]}"')
+        self.app = PlainApplication(self.env)
         aggregates = [PlainSubject(kind="customer") for _ in range(subjects)]
-        app.save(*aggregates)
-        ids = [a.id for a in aggregates]
+        self.app.save(*aggregates)
+        self.ids = [a.id for a in aggregates]
+
+    def __enter__(self) -> _PlainStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.app.close()
+        if self.settings.database.backend == "postgres":
+            with psycopg.connect(self.settings.database.conninfo(), autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{self.env["POSTGRES_SCHEMA"]}" CASCADE')
+
+    def run(self, offset: int, commands: int) -> float:
+        app, ids = self.app, self.ids
 
         def run() -> None:
-            for i in range(commands):
-                subject = app.repository.get(ids[i % subjects])
+            for i in range(offset, offset + commands):
+                subject: PlainSubject = app.repository.get(ids[i % len(ids)])
                 command = _collect(str(subject.id), i)
                 subject.collect(
                     category=command["category"],
@@ -175,59 +212,66 @@ def _plain_single(settings: Settings, commands: int, subjects: int) -> float:
                 app.save(subject)
 
         return timed(run)
-    finally:
-        app.close()
-        if settings.database.backend == "postgres":
-            with psycopg.connect(settings.database.conninfo(), autocommit=True) as conn:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{env["POSTGRES_SCHEMA"]}" CASCADE')
 
 
-def batches(backend: str, count: int) -> dict[str, Any]:
+def batches(backend: str, count: int, rounds: int) -> dict[str, Any]:
+    """`rounds` alternating runs: `count` batches of 1,000 commands through the ledger,
+    then (PostgreSQL) raw psycopg writing as many rows of the same sizes."""
     per_batch = 1000
-    work = []
     i = 0
-    for _ in range(count):
-        batch: list[dict[str, Any]] = []
-        while len(batch) < per_batch:
-            batch.extend(onboarding(i))
-            i += 1
-        work.append(batch[:per_batch])
+    rates: list[float] = []
+    raw_rates: list[float] = []
+    total = 0
     with fresh_settings(backend) as (settings, _env):
         with Ledger.open(settings) as ledger:
-            before = ledger.max_position()
-            outcomes: list[dict[str, Any]] = []
+            for _ in range(rounds):
+                work = []
+                for _ in range(count):
+                    batch: list[dict[str, Any]] = []
+                    while len(batch) < per_batch:
+                        batch.extend(onboarding(i))
+                        i += 1
+                    work.append(batch[:per_batch])
+                before = ledger.max_position()
+                outcomes: list[dict[str, Any]] = []
 
-            def run() -> None:
-                for batch in work:
-                    outcomes.extend(ledger.execute_many(batch))
+                def run(
+                    work: list[list[dict[str, Any]]] = work,
+                    outcomes: list[dict[str, Any]] = outcomes,
+                ) -> None:
+                    for batch in work:
+                        outcomes.extend(ledger.execute_many(batch))
 
-            seconds = timed(run)
-            events = ledger.max_position() - before
-            bad = [r for r in outcomes if not r["ok"]]
-            assert not bad, bad[:3]
-            sizes = _stored_sizes(ledger)
-        rate = events / seconds
+                seconds = timed(run)
+                events = ledger.max_position() - before
+                bad = [r for r in outcomes if not r["ok"]]
+                assert not bad, bad[:3]
+                rates.append(events / seconds)
+                total += events
+                if backend == "postgres":
+                    sizes = [len(n.state) for n in ledger.notifications(before + 1)]
+                    raw_rates.append(_raw_psycopg(settings, events, sizes, count))
         row: dict[str, Any] = {
             "backend": backend,
             "test": "execute_many, 1,000 commands a transaction",
-            "events": events,
-            "ledger_events_per_s": rate,
+            "events": total,
+            "rounds": rounds,
+            "ledger_events_per_s": median(rates),
+            # the ledger grows by every round: its first (empty) and last rounds
+            "first_round_events_per_s": rates[0],
+            "last_round_events_per_s": rates[-1],
         }
         if backend == "postgres":
-            raw_rate = _raw_psycopg(settings, events, sizes, count)
             row.update(
                 baseline="raw psycopg executemany, same row sizes",
-                baseline_events_per_s=raw_rate,
-                ratio=rate / raw_rate,
+                baseline_events_per_s=median(raw_rates),
+                ratio=median([a / b for a, b in zip(rates, raw_rates, strict=True)]),
+                ratio_range=_range(rates, raw_rates),
                 goal=">= 0.35",
             )
         else:
             row.update(goal=">= 20,000 events/s")
         return row
-
-
-def _stored_sizes(ledger: Ledger) -> list[int]:
-    return [len(n.state) for n in ledger.notifications()]
 
 
 def _raw_psycopg(settings: Settings, events: int, sizes: list[int], transactions: int) -> float:
@@ -276,6 +320,7 @@ def main() -> None:
     parser.add_argument("--commands", type=int, default=2000)
     parser.add_argument("--subjects", type=int, default=200)
     parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating runs; medians")
     parser.add_argument("--backends", default="sqlite,postgres")
     args = parser.parse_args()
     rows = []
@@ -283,8 +328,9 @@ def main() -> None:
         if backend == "postgres" and not postgres_reachable():
             print("PostgreSQL is not reachable: skipping its rows")
             continue
-        rows.append(single_commands(backend, args.commands, args.subjects))
-        rows.append(batches(backend, args.batches))
+        rows.append(single_commands(backend, args.commands, args.subjects, args.rounds))
+        rows.append(batches(backend, args.batches, args.rounds))
+    os.environ.setdefault("COLUMNS", "220")  # a wide table, also when not on a terminal
     report(
         "append",
         "Appending: ledger beside baselines (same backend, same run)",
@@ -294,9 +340,12 @@ def main() -> None:
             "test",
             "events",
             "ledger_events_per_s",
+            "first_round_events_per_s",
+            "last_round_events_per_s",
             "baseline",
             "baseline_events_per_s",
             "ratio",
+            "ratio_range",
             "goal",
         ],
     )
