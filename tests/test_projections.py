@@ -197,6 +197,32 @@ def test_a_batch_the_database_refuses_writes_nothing(backend: str) -> None:
         assert canonical(caught_up) == canonical(tables(ledger))
 
 
+def test_pages_read_ahead_give_what_plain_reads_give(backend: str) -> None:
+    """The page reader asks for the page it is told comes next before returning the
+    current one (PostgreSQL): right guesses, wrong guesses, a guess never used, and a
+    connection that goes back to the pool ready for ordinary queries."""
+    with fresh_ledger(backend, FixedClock(NOW)) as ledger:
+        run_story(ledger, 10, views=False)
+        events = ledger.read_models.events
+        head = ledger.max_position()
+        plain = [events.notifications(start, start + 6) for start in range(1, head + 1, 7)]
+        with events.pages() as pages:
+            read = [
+                pages.page(start, start + 6, (start + 7, start + 13))
+                for start in range(1, head + 1, 7)
+            ]
+            assert read == plain
+            assert pages.page(3, 5, (40, 45)) == events.notifications(3, 5)
+            assert pages.page(1, 2, None) == events.notifications(1, 2)  # a wrong guess
+            assert pages.page(head + 1, head + 10, (head + 11, head + 20)) == []
+        for _ in range(6):  # every pooled connection answers ordinary queries again
+            assert events.notifications(1, 3) == plain[0][:3]
+        with pytest.raises(ZeroDivisionError), events.pages() as pages:
+            pages.page(1, 5, (6, 10))
+            raise ZeroDivisionError
+        assert events.notifications(1, 3) == plain[0][:3]
+
+
 def _sealed_values(ledger: Ledger) -> list[tuple[str, dict[str, str]]]:
     """(subject, sealed value) of every value recorded in any event."""
     found = []

@@ -27,7 +27,7 @@ from eventsourcing.utils import Environment, EnvType
 from ledger.app import OrjsonTranscoder
 from ledger.collector import collector_paused
 from ledger.domain.policy import PolicyCatalogue
-from ledger.eventstore import EventStoreQueries, RawNotification
+from ledger.eventstore import EventStoreQueries, PageReader, RawNotification
 from ledger.logs import get_logger
 from ledger.projections.recorder import (
     FINGERPRINT,
@@ -240,34 +240,49 @@ class ReadModels:
             target = head if until is None else min(until, head)
             position = self.position()
             done = 0
-            while position < target:
-                # A page is a range of ids; gaps (rolled-back ids) only make it shorter,
-                # and a page that falls wholly in one reaches to the next id in use.
-                upper = min(target, position + batch_size)
-                page = self.events.notifications(position + 1, upper)
-                if not page and upper < target:
-                    following = self.events.next_notification_id(upper)
-                    upper = target if following is None else min(target, following - 1)
-                records = self.decode(page)
-                if self.event_filter is not None:
-                    records = [r for r in records if self.event_filter(r)]
-                applied = self.recorder.apply(
-                    records,
-                    upper,
-                    expected=position,
-                    policy=self.policy,
-                    keep_ciphertext=self.keep_ciphertext,
-                )
-                if applied:
-                    done += len(page)
-                    position = upper
-                else:  # another writer moved on (or a rebuild went back): start from there
-                    position = self.position()
-                if progress is not None:
-                    progress(position, target)
+            if position < target:  # a query's check finds nothing to do: no connection held
+                with self.events.pages() as pages:
+                    done = self._apply_pages(pages, position, target, batch_size, progress)
             if time.monotonic() - self._index_check_at > self.abandoned_after:
                 self._finish_abandoned_rebuild()  # long-lived processes: now and then
             return done
+
+    def _apply_pages(
+        self,
+        pages: PageReader,
+        position: int,
+        target: int,
+        batch_size: int,
+        progress: Progress | None,
+    ) -> int:
+        done = 0
+        while position < target:
+            # A page is a range of ids; gaps (rolled-back ids) only make it shorter,
+            # and a page that falls wholly in one reaches to the next id in use.
+            upper = min(target, position + batch_size)
+            ahead = (upper + 1, min(target, upper + batch_size)) if upper < target else None
+            page = pages.page(position + 1, upper, ahead)
+            if not page and upper < target:
+                following = self.events.next_notification_id(upper)
+                upper = target if following is None else min(target, following - 1)
+            records = self.decode(page)
+            if self.event_filter is not None:
+                records = [r for r in records if self.event_filter(r)]
+            applied = self.recorder.apply(
+                records,
+                upper,
+                expected=position,
+                policy=self.policy,
+                keep_ciphertext=self.keep_ciphertext,
+            )
+            if applied:
+                done += len(page)
+                position = upper
+            else:  # another writer moved on (or a rebuild went back): start from there
+                position = self.position()
+            if progress is not None:
+                progress(position, target)
+        return done
 
     def rebuild(self, *, progress: Progress | None = None) -> int:
         """Drop every read model and replay the whole notification log into it.
