@@ -222,8 +222,10 @@ class _PrefetchingPages:
         else:
             if pending is not None:
                 pending[2].fetchall()  # a guess that missed: its result still comes first
+                pending[2].close()
             cursor = self._send(start, stop)
         rows: list[RawNotification] = cursor.fetchall()
+        cursor.close()
         if following is not None:
             self._pending = (*following, self._send(*following))
         return rows
@@ -233,6 +235,7 @@ class _PrefetchingPages:
         pending, self._pending = self._pending, None
         if pending is not None and not self._conn.closed:
             pending[2].fetchall()
+            pending[2].close()
 
 
 def _chunks(items: list[Any]) -> Iterator[list[Any]]:

@@ -423,8 +423,9 @@ def test_lookup_rows_stay_when_another_scope_is_shredded(store: KeyStore) -> Non
 
 def test_lookups_of_a_new_subject_that_are_there_already_do_not_fail(store: KeyStore) -> None:
     """New subjects' rows go in by plain inserts (COPY on PostgreSQL). Should one be there
-    already, the store falls back to delete-and-insert for the whole group instead of
-    failing after the events were written."""
+    already (it should not: rows follow the subject's first event), the store falls back
+    to delete-and-insert for the whole group instead of failing after the events were
+    written."""
     subject, other = new_subject(), new_subject()
     store.replace_lookups(
         [(subject, "email", b"\x01" * 32), (subject, "phone", b"\x02" * 32)],

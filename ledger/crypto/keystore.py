@@ -350,8 +350,9 @@ class KeyStore:
                 self._db.rollback()
                 if not (fresh and _is_unique_violation(exc)):
                     raise
-                # A row of a "new" subject was there already (an earlier attempt whose
-                # events were refused): write them all the careful way.
+                # A row of a "new" subject is there already. It should not be (rows are
+                # written after the subject's first event is saved), but the events are
+                # saved now: write the rows the careful way rather than fail.
                 try:
                     self._replace_lookups(rows, [], ())
                 except BaseException:
