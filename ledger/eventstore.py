@@ -102,13 +102,8 @@ class EventStoreQueries:
                 (i, f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", v, t, s)
                 for i, h, v, t, s in found
             ]
-        with (
-            self.recorder.datastore.get_connection() as conn,
-            conn.cursor(row_factory=tuple_row) as cursor,
-        ):
-            cursor.execute(self._page, (start, stop), prepare=True, binary=True)
-            rows: list[RawNotification] = cursor.fetchall()
-            return rows
+        with self.recorder.datastore.get_connection() as conn:
+            return _taken(_page_cursor(conn, self._page, start, stop))
 
     @contextmanager
     def pages(self) -> Iterator[PageReader]:
@@ -208,11 +203,6 @@ class _PrefetchingPages:
         self._statement = statement
         self._pending: tuple[int, int, Any] | None = None
 
-    def _send(self, start: int, stop: int) -> Any:
-        cursor = self._conn.cursor(row_factory=tuple_row)
-        cursor.execute(self._statement, (start, stop), prepare=True, binary=True)
-        return cursor
-
     def page(
         self, start: int, stop: int, following: tuple[int, int] | None = None
     ) -> list[RawNotification]:
@@ -221,21 +211,32 @@ class _PrefetchingPages:
             cursor = pending[2]
         else:
             if pending is not None:
-                pending[2].fetchall()  # a guess that missed: its result still comes first
-                pending[2].close()
-            cursor = self._send(start, stop)
-        rows: list[RawNotification] = cursor.fetchall()
-        cursor.close()
+                _taken(pending[2])  # a guess that missed: its result still comes first
+            cursor = _page_cursor(self._conn, self._statement, start, stop)
+        rows = _taken(cursor)
         if following is not None:
-            self._pending = (*following, self._send(*following))
+            self._pending = (*following, _page_cursor(self._conn, self._statement, *following))
         return rows
 
     def drain(self) -> None:
         """Take the result of a page asked for and never used (the pipeline ends clean)."""
         pending, self._pending = self._pending, None
         if pending is not None and not self._conn.closed:
-            pending[2].fetchall()
-            pending[2].close()
+            _taken(pending[2])
+
+
+def _page_cursor(conn: Any, statement: str, start: int, stop: int) -> Any:
+    """A cursor with a page of the log asked for (in pipeline mode: sent, not yet read)."""
+    cursor = conn.cursor(row_factory=tuple_row)
+    cursor.execute(statement, (start, stop), prepare=True, binary=True)
+    return cursor
+
+
+def _taken(cursor: Any) -> list[RawNotification]:
+    """The page a cursor holds; the cursor is closed."""
+    with cursor:
+        rows: list[RawNotification] = cursor.fetchall()
+    return rows
 
 
 def _chunks(items: list[Any]) -> Iterator[list[Any]]:

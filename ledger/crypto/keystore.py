@@ -345,19 +345,16 @@ class KeyStore:
         ]
         with self._lock:
             try:
-                self._replace_lookups(rows, fresh, new_subjects)
-            except Exception as exc:
-                self._db.rollback()
-                if not (fresh and _is_unique_violation(exc)):
-                    raise
-                # A row of a "new" subject is there already. It should not be (rows are
-                # written after the subject's first event is saved), but the events are
-                # saved now: write the rows the careful way rather than fail.
                 try:
-                    self._replace_lookups(rows, [], ())
-                except BaseException:
+                    self._replace_lookups(rows, fresh, new_subjects)
+                except Exception as exc:
+                    if not (fresh and _is_unique_violation(exc)):
+                        raise
+                    # A row of a "new" subject is there already. It should not be (rows
+                    # are written after the subject's first event is saved), but the
+                    # events are saved now: write the rows the careful way rather than fail.
                     self._db.rollback()
-                    raise
+                    self._replace_lookups(rows, [], ())
             except BaseException:
                 self._db.rollback()
                 raise
