@@ -396,12 +396,14 @@ class LedgerApplication(Application[UUID]):
                     results.append(command.to_result())
                     continue
                 saved = None if atomic else uow.checkpoint(command.subject)
+                keys = session.checkpoint()
                 try:
                     results.append(self._run_one(uow, sealer, command))
                 except LedgerError as error:
                     if atomic:
                         raise _Rejected(index, error) from None
                     uow.restore(saved, self._reload)
+                    session.rollback_to(keys)
                     results.append(error.to_result())
             session.commit()
         finally:

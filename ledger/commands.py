@@ -1,11 +1,16 @@
 """The command schema (DESIGN 5.1): one strict parser for Python, the CLI and HTTP.
 
 Unknown fields, missing fields and wrong types are `invalid_command`. Messages name the
-field, never its value, so no personal value can leak into an error.
+field, never its value (nor an unknown field's name, which may be anything), so no
+personal value can leak into an error. Free-text fields that are stored in the clear are
+screened for identifiers (`ledger.domain.screening`); values to seal must be JSON the
+ledger can seal.
 """
 
 from __future__ import annotations
 
+import difflib
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -13,7 +18,10 @@ from datetime import date, datetime
 from typing import Any
 from uuid import UUID
 
+import orjson
+
 from ledger.clock import parse_instant
+from ledger.domain.screening import personal_data_in
 from ledger.errors import LedgerError
 
 Validator = Callable[[str, Any], Any]
@@ -29,6 +37,15 @@ def text(name: str, value: Any) -> str:
     if len(value) > 10_000:
         raise _fail(name, "is too long")
     return value
+
+
+def free_text(name: str, value: Any) -> str:
+    """Text stored in the clear for good (a reason, an activity): no identifiers in it."""
+    checked = text(name, value)
+    found = personal_data_in(checked)
+    if found is not None:
+        raise _fail(name, f"must not hold personal data, and it holds what looks like {found}")
+    return checked
 
 
 def uuid(name: str, value: Any) -> str:
@@ -64,10 +81,46 @@ def day(name: str, value: Any) -> date:
         raise _fail(name, "must be a date (YYYY-MM-DD)") from None
 
 
-def any_value(name: str, value: Any) -> Any:
+MAX_VALUE_BYTES = 64 * 1024  # a personal value, sealed: a document belongs elsewhere
+MAX_VALUE_DEPTH = 32
+_JSON_KINDS = "text, a number, true or false, or a list or object of these"
+
+
+def personal_value(name: str, value: Any) -> Any:
+    """A value to seal: JSON, not empty, at most 64 KiB and 32 levels deep."""
     if value is None:
         raise _fail(name, "must not be null")
+    if isinstance(value, str | list | dict) and not (
+        value.strip() if isinstance(value, str) else value
+    ):
+        raise _fail(name, "must not be empty")
+    _check_json(name, value, 1)
+    if len(orjson.dumps(value)) > MAX_VALUE_BYTES:
+        raise _fail(name, f"must be at most {MAX_VALUE_BYTES // 1024} KiB as JSON")
     return value
+
+
+def _check_json(name: str, value: Any, depth: int) -> None:
+    if depth > MAX_VALUE_DEPTH:
+        raise _fail(name, f"must not be nested more than {MAX_VALUE_DEPTH} levels deep")
+    if value is None or isinstance(value, bool | str):
+        return
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**64:
+            raise _fail(name, "holds a whole number too large for JSON (write it as text)")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise _fail(name, "holds a number that is not finite")
+    elif isinstance(value, list):
+        for item in value:
+            _check_json(name, item, depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _fail(name, "must have text keys only")
+            _check_json(name, item, depth + 1)
+    else:
+        raise _fail(name, f"must be JSON: {_JSON_KINDS}")
 
 
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
@@ -105,9 +158,8 @@ def record(spec: Mapping[str, tuple[Validator, bool]]) -> Validator:
     def check(name: str, value: Any) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise _fail(name, "must be an object")
-        unknown = sorted(set(value) - set(spec))
-        if unknown:
-            raise _fail(name, f"has unknown fields: {', '.join(unknown)}")
+        if set(value) - set(spec):
+            raise _fail(name, f"has fields it does not take (it takes: {', '.join(spec)})")
         out: dict[str, Any] = {}
         for key, (validator, required) in spec.items():
             if key in value and value[key] is not None:
@@ -161,23 +213,23 @@ COMMANDS: dict[str, dict[str, tuple[Validator, bool]]] = {
     "collect": {
         "subject": (uuid, REQUIRED),
         "category": (text, REQUIRED),
-        "value": (any_value, REQUIRED),
+        "value": (personal_value, REQUIRED),
         "purpose": (text, REQUIRED),
         "legal_basis": (LEGAL_BASIS, REQUIRED),
         "source": (SOURCE, REQUIRED),
-        "competition": (text, OPTIONAL),
+        "competition": (free_text, OPTIONAL),
         "cpr_ground": (one_of("law", "consent", "identification"), OPTIONAL),
     },
     "rectify": {
         "subject": (uuid, REQUIRED),
         "category": (text, REQUIRED),
-        "value": (any_value, REQUIRED),
+        "value": (personal_value, REQUIRED),
         "request": (uuid, OPTIONAL),
     },
     "give_consent": {
         "subject": (uuid, REQUIRED),
         "purpose": (text, REQUIRED),
-        "notice_version": (text, REQUIRED),
+        "notice_version": (free_text, REQUIRED),
         "method": (one_of("web_form", "phone_call", "paper", "email", "in_person"), REQUIRED),
         "channels": (list_of(CHANNEL, non_empty=False), OPTIONAL),
         "explicit": (boolean, OPTIONAL),
@@ -189,8 +241,8 @@ COMMANDS: dict[str, dict[str, tuple[Validator, bool]]] = {
         "channels": (list_of(CHANNEL, non_empty=False), OPTIONAL),
     },
     "object": {"subject": (uuid, REQUIRED), "purpose": (text, REQUIRED)},
-    "restrict": {"subject": (uuid, REQUIRED), "reason": (text, OPTIONAL)},
-    "lift_restriction": {"subject": (uuid, REQUIRED), "reason": (text, OPTIONAL)},
+    "restrict": {"subject": (uuid, REQUIRED), "reason": (free_text, OPTIONAL)},
+    "lift_restriction": {"subject": (uuid, REQUIRED), "reason": (free_text, OPTIONAL)},
     "agree_disclosure": {
         "subject": (uuid, REQUIRED),
         "recipient": (RECIPIENT, REQUIRED),
@@ -208,12 +260,12 @@ COMMANDS: dict[str, dict[str, tuple[Validator, bool]]] = {
         "subject": (uuid, REQUIRED),
         "categories": (list_of(text), REQUIRED),
         "country": (country, REQUIRED),
-        "recipient": (text, REQUIRED),
+        "recipient": (free_text, REQUIRED),
     },
     "process": {
         "subject": (uuid, REQUIRED),
         "purpose": (text, REQUIRED),
-        "activity": (text, REQUIRED),
+        "activity": (free_text, REQUIRED),
         "channel": (CHANNEL, OPTIONAL),
         "categories": (list_of(text, non_empty=False), OPTIONAL),
     },
@@ -228,10 +280,10 @@ COMMANDS: dict[str, dict[str, tuple[Validator, bool]]] = {
     "record_dialogue": {"subject": (uuid, REQUIRED)},
     "enter_competition": {
         "subject": (uuid, REQUIRED),
-        "competition": (text, REQUIRED),
+        "competition": (free_text, REQUIRED),
         "competition_ends_on": (day, REQUIRED),
     },
-    "place_legal_hold": {"subject": (uuid, REQUIRED), "reason": (text, REQUIRED)},
+    "place_legal_hold": {"subject": (uuid, REQUIRED), "reason": (free_text, REQUIRED)},
     "release_legal_hold": {"subject": (uuid, REQUIRED), "hold": (uuid, REQUIRED)},
     "open_request": {
         "subject": (uuid, REQUIRED),
@@ -245,19 +297,19 @@ COMMANDS: dict[str, dict[str, tuple[Validator, bool]]] = {
     "extend_request": {
         "subject": (uuid, REQUIRED),
         "request": (uuid, REQUIRED),
-        "reason": (text, REQUIRED),
+        "reason": (free_text, REQUIRED),
     },
     "complete_request": {
         "subject": (uuid, REQUIRED),
         "request": (uuid, REQUIRED),
         "outcome": (one_of("fulfilled", "partially_fulfilled", "refused"), REQUIRED),
-        "note": (text, OPTIONAL),
+        "note": (free_text, OPTIONAL),
     },
     "erase": {"subject": (uuid, REQUIRED), "request": (uuid, OPTIONAL)},
     "notify_subject": {
         "subject": (uuid, REQUIRED),
         "notice": (one_of("privacy_policy", "new_purpose"), REQUIRED),
-        "policy_version": (text, REQUIRED),
+        "policy_version": (free_text, REQUIRED),
         "purpose": (text, OPTIONAL),
     },
 }
@@ -313,9 +365,9 @@ def parse_command(data: Any) -> Command:
             "field 'type' must be one of: " + ", ".join(sorted(COMMANDS)),
         )
     spec = COMMANDS[kind]
-    unknown = sorted(set(data) - set(spec) - set(COMMON) - {"type"})
+    unknown = set(data) - set(spec) - set(COMMON) - {"type"}
     if unknown:
-        raise LedgerError("invalid_command", f"unknown fields for '{kind}': {', '.join(unknown)}")
+        raise _unknown_fields(kind, unknown, ["type", *spec, *COMMON])
     fields: dict[str, Any] = {}
     for name, (validator, required) in spec.items():
         if name in data and data[name] is not None:
@@ -334,6 +386,25 @@ def parse_command(data: Any) -> Command:
         actor=common.get("actor"),
         idempotency_key=common.get("idempotency_key"),
         raw=data,
+    )
+
+
+def _unknown_fields(kind: str, unknown: set[Any], takes: list[str]) -> LedgerError:
+    """Unknown fields are counted, not named (a name may be anything, a value too); a
+    field they look like a misspelling of is named instead."""
+    guesses = sorted(
+        {
+            close
+            for name in unknown
+            if isinstance(name, str)
+            for close in difflib.get_close_matches(name, takes, n=1, cutoff=0.75)
+        }
+    )
+    hint = f" (did you mean {', '.join(repr(g) for g in guesses)}?)" if guesses else ""
+    return LedgerError(
+        "invalid_command",
+        f"{len(unknown)} field(s) that '{kind}' does not take{hint}; it takes: "
+        + ", ".join(takes),
     )
 
 
@@ -374,6 +445,14 @@ def _schema_of(validator: Validator) -> dict[str, Any]:
         day: {"type": "string", "format": "date"},
         boolean: {"type": "boolean"},
         country: {"type": "string", "pattern": "^[A-Z]{2}$"},
-        any_value: {"description": "any JSON value (sealed before it is stored)"},
+        personal_value: {
+            "description": "the personal value, any JSON but null or empty, at most 64 KiB "
+            "(sealed before it is stored)"
+        },
+        free_text: {
+            "type": "string",
+            "minLength": 1,
+            "description": "kept in the clear: no e-mail address, CPR or phone number",
+        },
     }
     return formats.get(validator, {"type": "string", "minLength": 1})

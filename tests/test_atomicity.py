@@ -213,3 +213,48 @@ def test_erase_in_a_batch_that_is_rolled_back_destroys_no_key(ledger: Ledger) ->
     assert live <= ledger.keystore.live_kids()
     view = ledger.subject(subject, reveal=True, purpose="test")
     assert [d["value"] for d in view["data"]] == ["+45 31 32 33 34"]
+
+
+def test_group_commit_writes_no_key_for_a_rejected_command(ledger: Ledger) -> None:
+    """A group (the HTTP server's commit of several callers' commands, `atomic=False`)
+    writes the accepted commands; a rejected one leaves no key behind, even one it made
+    before the rule that refused it, and the same scope's key is made afresh after."""
+    refused = str(uuid.uuid4())
+    accepted = str(uuid.uuid4())
+    before = snapshot(ledger)
+    results = ledger.app.execute_many(
+        [
+            # the e-mail is sealed before the phone is found not to be allowed
+            register(
+                refused,
+                kind="prospect",
+                purpose="digital_services",
+                legal_basis="legitimate_interest",
+                identifiers={"email": "afvist@example.dk", "phone": "+4511112222"},
+            ),
+            register(accepted, identifiers={"email": "godkendt@example.dk"}),
+            collect(accepted, "name", "Godkendt Kunde"),
+        ],
+        atomic=False,
+    )
+    assert results[0]["error"]["code"] == "purpose_not_allowed"
+    assert [r["ok"] for r in results] == [False, True, True]
+    assert ledger.keystore.records(refused) == []
+    assert ledger.find("email", "afvist@example.dk") == []
+    assert [r.scope for r in ledger.keystore.records(accepted)] == ["customer_data"]
+    assert ledger.max_position() == before[0] + 3
+    # nothing at all when every command of a group is refused
+    before = snapshot(ledger)
+    results = ledger.app.execute_many(
+        [
+            register(
+                kind="prospect",
+                purpose="digital_services",
+                legal_basis="legitimate_interest",
+                identifiers={"email": "igen@example.dk", "phone": "+4522223333"},
+            )
+        ],
+        atomic=False,
+    )
+    assert results[0]["error"]["code"] == "purpose_not_allowed"
+    assert snapshot(ledger) == before

@@ -144,8 +144,18 @@ def test_type_must_be_a_known_command(kind: Any) -> None:
 
 @pytest.mark.parametrize("kind", sorted(VALID))
 def test_unknown_field_is_rejected(kind: str) -> None:
-    message = rejected(command(kind, nickname=SECRET))
-    assert "nickname" in message
+    """Counted, not named: a field's name may be a personal value as well as its value."""
+    message = rejected(command(kind, nickname=SECRET, **{SECRET: 1}))
+    assert "2 field(s)" in message and f"'{kind}' does not take" in message
+    assert "nickname" not in message and SECRET not in message
+    assert "subject" in message or kind == "register_subject"  # what it takes is listed
+
+
+def test_a_misspelt_field_is_pointed_to() -> None:
+    data = command("collect")
+    data["valeu"] = data.pop("value")
+    message = rejected(data)
+    assert "did you mean 'value'?" in message and "valeu" not in message
 
 
 @pytest.mark.parametrize(
@@ -328,8 +338,81 @@ def test_bad_date_is_rejected(bad: Any) -> None:
 
 
 def test_values_of_any_json_type_are_accepted_for_value() -> None:
-    for value in ("x", 0, False, [], {}, {"number": "F-1"}, [1, "ø"]):
+    for value in ("x", 0, False, 2.5, 2**64 - 1, {"number": "F-1", "x": None}, [1, "ø", []]):
         assert parse_command(command("collect", value=value)).fields["value"] == value
+
+
+def deep(levels: int) -> Any:
+    value: Any = SECRET
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("", "must not be empty"),
+        ("   ", "must not be empty"),
+        ([], "must not be empty"),
+        ({}, "must not be empty"),
+        (deep(32), None),
+        (deep(33), "nested more than 32 levels"),
+        (deep(300), "nested more than 32 levels"),
+        (float("nan"), "not finite"),
+        ([float("inf")], "not finite"),
+        (2**64, "too large"),
+        ({1: SECRET}, "text keys only"),
+        ({SECRET}, "must be JSON"),
+        (SECRET.encode(), "must be JSON"),
+        ("x" * (64 * 1024), "at most 64 KiB"),
+    ],
+)
+def test_values_the_ledger_cannot_seal_are_invalid(value: Any, says: str | None) -> None:
+    """Refused before anything is sealed, with a code, never with the value; a value
+    nested 300 deep once escaped as a bare TypeError from the JSON encoder."""
+    if says is None:
+        assert parse_command(command("collect", value=value)).fields["value"] == value
+        return
+    message = rejected(command("collect", value=value))
+    assert says in message and SECRET not in message
+
+
+@pytest.mark.parametrize(
+    ("field", "kind", "text", "found"),
+    [
+        ("reason", "restrict", f"asked by {SECRET}@example.dk", "an e-mail address"),
+        ("activity", "process", "called 010170-1234 about it", "a CPR number"),
+        ("note", "complete_request", "CPR 0101701234 checked", "a CPR number"),
+        ("recipient", "transfer", "ring +45 12 34 56 78", "a phone number"),
+        ("reason", "place_legal_hold", "tlf. 12 34 56 78", "a phone number"),
+        ("competition", "enter_competition", "0045 1234 5678", "a phone number"),
+        ("policy_version", "notify_subject", "x@y.dk", "an e-mail address"),
+    ],
+)
+def test_free_text_kept_in_the_clear_refuses_identifiers(
+    field: str, kind: str, text: str, found: str
+) -> None:
+    message = rejected(command(kind, **{field: text}))
+    assert f"field '{field}' must not hold personal data" in message and found in message
+    assert text not in message and SECRET not in message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "accuracy contested",
+        "invoice F-2024-00001234 disputed",
+        "letter of 20240115",
+        "case 12345678",
+        "summer-2026",
+        "2018-05-25",
+        "newsletter_sent",
+        "order 123456-7890",  # ten digits, but no possible birth date (month 34)
+    ],
+)
+def test_free_text_without_identifiers_is_kept(text: str) -> None:
+    assert parse_command(command("restrict", reason=text)).fields["reason"] == text
 
 
 def test_invalid_command_through_the_facade_writes_nothing(ledger: Ledger) -> None:

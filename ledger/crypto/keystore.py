@@ -271,6 +271,16 @@ class KeySession:
         self._open[(subject, scope)] = found
         return found
 
+    def checkpoint(self) -> int:
+        """How many new keys there are now, for `rollback_to` (a command of a group)."""
+        return len(self.new_keys)
+
+    def rollback_to(self, mark: int) -> None:
+        """Forget the keys made since `checkpoint`: a rejected command writes no key."""
+        for key, _ in self.new_keys[mark:]:
+            self._open.pop((key.subject, key.scope), None)
+        del self.new_keys[mark:]
+
     def commit(self) -> None:
         """Write the new keys in one transaction (before the events that use them)."""
         self._store._write_session(self)

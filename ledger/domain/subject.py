@@ -603,7 +603,12 @@ class DataSubject(Aggregate):
     def _known_categories(self, policy: PolicyCatalogue, categories: list[str]) -> None:
         for category in categories:
             if category not in policy.categories:
-                raise LedgerError("unknown_category", f"category '{category}' is not in the policy")
+                # the name is not repeated: an unknown one may be anything, a value too
+                raise LedgerError(
+                    "unknown_category",
+                    "a category given is not in the policy; its categories are: "
+                    + ", ".join(sorted(policy.categories)),
+                )
 
     # -- commands ---------------------------------------------------------------------
 
@@ -664,7 +669,7 @@ class DataSubject(Aggregate):
             if competition not in self.competitions:
                 raise LedgerError(
                     "invalid_command",
-                    f"the subject has not entered competition '{competition}' (enter_competition)",
+                    "the subject has not entered this competition (enter_competition)",
                 )
         elif competition is not None:
             raise LedgerError(
@@ -1283,7 +1288,11 @@ def _purpose_allows(purpose: Purpose, categories: list[str]) -> None:
 def _known_purpose(policy: PolicyCatalogue, purpose: str) -> Purpose:
     found = policy.purposes.get(purpose)
     if found is None:
-        raise LedgerError("unknown_purpose", f"purpose '{purpose}' is not in the policy")
+        raise LedgerError(  # the name is not repeated: an unknown one may be anything
+            "unknown_purpose",
+            "the purpose given is not in the policy; its purposes are: "
+            + ", ".join(sorted(policy.purposes)),
+        )
     return found
 
 
