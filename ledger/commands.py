@@ -403,8 +403,7 @@ def _unknown_fields(kind: str, unknown: set[Any], takes: list[str]) -> LedgerErr
     hint = f" (did you mean {', '.join(repr(g) for g in guesses)}?)" if guesses else ""
     return LedgerError(
         "invalid_command",
-        f"{len(unknown)} field(s) that '{kind}' does not take{hint}; it takes: "
-        + ", ".join(takes),
+        f"{len(unknown)} field(s) that '{kind}' does not take{hint}; it takes: " + ", ".join(takes),
     )
 
 
