@@ -38,7 +38,7 @@ from ledger.crypto.lookup import LOOKUP_KINDS, lookup_digest, normalise_identifi
 from ledger.crypto.sealing import seal
 from ledger.domain.policy import PolicyCatalogue
 from ledger.domain.subject import DataSubject, check_cpr
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, unknown_subject
 from ledger.eventstore import EventStoreQueries
 from ledger.logs import get_logger
 from ledger.policies import load_policy
@@ -471,7 +471,7 @@ class LedgerApplication(Application[UUID]):
     def load_subject(self, subject_id: str) -> DataSubject:
         found = self.load_subjects([subject_id]).get(subject_id)
         if found is None:
-            raise LedgerError("unknown_subject", f"no subject {subject_id}")
+            raise unknown_subject(subject_id)
         return found
 
     def load_subjects(
@@ -536,7 +536,7 @@ class LedgerApplication(Application[UUID]):
         self._forget([subject_id])
         found = self.load_subjects([subject_id], shared=True).get(subject_id)
         if found is None:
-            raise LedgerError("unknown_subject", f"no subject {subject_id}")
+            raise unknown_subject(subject_id)
         return found
 
     def _forget(self, subject_ids: Iterable[str]) -> None:

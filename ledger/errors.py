@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, Final
+from uuid import UUID
 
 ERROR_CODES: Final[frozenset[str]] = frozenset(
     {
@@ -56,3 +57,13 @@ class LedgerError(Exception):
 
     def __repr__(self) -> str:
         return f"LedgerError({self.code!r}, {self.message!r})"
+
+
+def unknown_subject(subject_id: object) -> LedgerError:
+    """`unknown_subject`, naming the id if it is a UUID (ids are pseudonyms); anything else
+    given for an id is not repeated: it may be anything, a personal value too."""
+    try:
+        canonical = UUID(str(subject_id))
+    except ValueError:
+        return LedgerError("unknown_subject", "no subject with that id (subject ids are UUIDs)")
+    return LedgerError("unknown_subject", f"no subject {canonical}")

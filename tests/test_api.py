@@ -446,6 +446,11 @@ def test_error_statuses(served: Served, subject: str) -> None:
         assert _error(post("/v1/commands", json=record)) == (404, "unknown_subject")
         assert _error(c.get(f"/v1/subjects/{unknown}")) == (404, "unknown_subject")
         assert _error(c.get("/v1/subjects/not-a-uuid")) == (404, "unknown_subject")
+        for path in (f"/v1/subjects/{EMAIL}", f"/v1/subjects/{EMAIL}/history"):
+            by_value = c.get(path)  # a personal value where an id belongs is not repeated
+            assert _error(by_value) == (404, "unknown_subject") and EMAIL not in by_value.text
+        proof = c.get("/v1/audit/proof", params={"subject": EMAIL})
+        assert EMAIL not in proof.text and proof.status_code in (400, 404)
         assert _error(c.get(f"/v1/subjects/{unknown}/history")) == (404, "unknown_subject")
         release = {"type": "release_legal_hold", "subject": subject, "hold": unknown}
         assert _error(post("/v1/commands", json=release)) == (404, "unknown_hold")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from ledger.commands import COMMANDS, parse_command
 from ledger.errors import LedgerError
 from ledger.facade import Ledger
+from tests.projection_support import cli, fresh_env
 
 S = "11111111-1111-4111-8111-111111111111"
 U = "22222222-2222-4222-8222-222222222222"
@@ -454,3 +456,24 @@ def test_occurred_at_needs_a_time_not_only_a_date() -> None:
     else:
         raise AssertionError("a bare date was accepted as occurred_at")
     assert parse_command({**command, "occurred_at": "2025-03-17T09:00:00+01:00"}).occurred_at
+
+
+def test_exec_answers_a_line_that_is_not_utf8_and_runs_the_rest() -> None:
+    """`ledger exec` reads bytes: a line that is not UTF-8 is `invalid_command` (it once
+    stopped the whole file with a traceback), and the lines after it still run."""
+    with fresh_env("sqlite") as env:
+        register = command("register_subject", subject=S)
+        dialogue = {"type": "record_dialogue", "subject": S}
+        not_utf8 = b'{"type": "record_dialogue", "subject": "' + S.encode() + b'", "x": "\xff"}'
+        lines = [json.dumps(register).encode(), not_utf8, json.dumps(dialogue).encode()]
+        stories = Path(env["LEDGER_HOME"]).parent / "commands.jsonl"
+        stories.write_bytes(b"\n".join(lines) + b"\n")
+        done = cli(env, "exec", str(stories))
+        results = [json.loads(line) for line in done.stdout.splitlines()]
+        assert [r["ok"] for r in results] == [True, False, True], done.stderr
+        assert results[1]["error"]["code"] == "invalid_command"
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+
+        missing = cli(env, "exec", str(stories.with_name("nowhere.jsonl")))
+        assert missing.returncode == 1 and "Traceback" not in missing.stderr
+        assert "cannot read the commands file" in missing.stderr

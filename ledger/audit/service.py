@@ -29,7 +29,7 @@ from ledger.audit.merkle import ProofError
 from ledger.audit.note import Verifier
 from ledger.audit.store import AuditError, AuditStore
 from ledger.audit.verify import Progress, VerifyReport, verify_store
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, unknown_subject
 from ledger.logs import get_logger
 
 if TYPE_CHECKING:
@@ -167,12 +167,12 @@ def prove_subject(ledger: Ledger, subject_id: str, size: int | None = None) -> d
     try:
         subject = UUID(subject_id)
     except ValueError:
-        raise LedgerError("unknown_subject", f"no subject {subject_id}") from None
+        raise unknown_subject(subject_id) from None
     try:
         return audit_log(ledger).prove_subject(subject, size)
     except AuditError as exc:
         if str(exc).startswith("no events"):
-            raise LedgerError("unknown_subject", f"no subject {subject_id}") from None
+            raise unknown_subject(subject_id) from None
         raise _error(exc) from None
 
 
@@ -256,7 +256,7 @@ def export(
         try:
             UUID(subject)
         except ValueError:
-            raise LedgerError("unknown_subject", f"no subject {subject}") from None
+            raise unknown_subject(subject) from None
     return export_bundle(
         audit,
         out,

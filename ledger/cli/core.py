@@ -58,8 +58,15 @@ def exec_(
     file: str = typer.Argument("-", help="JSON Lines of commands; '-' reads standard input."),
     actor: str | None = typer.Option(None, "--actor", help="Who sends these commands."),
 ) -> None:
-    """Execute commands (JSON Lines), one result line each; exit 1 if any was rejected."""
-    stream = sys.stdin if file == "-" else Path(file).open(encoding="utf-8")  # noqa: SIM115
+    """Execute commands (JSON Lines), one result line each; exit 1 if any was rejected.
+
+    Lines are read as bytes: a line that is not UTF-8 JSON is `invalid_command` and the
+    rest still run.
+    """
+    try:
+        stream = sys.stdin.buffer if file == "-" else Path(file).open("rb")  # noqa: SIM115
+    except OSError as exc:  # the path is not repeated: it is the caller's to know
+        fail(LedgerError("invalid_command", f"cannot read the commands file: {exc.strerror}"))
     rejected = 0
     with open_ledger() as ledger:
         try:
@@ -69,13 +76,15 @@ def exec_(
                 try:
                     command = orjson.loads(line)
                 except orjson.JSONDecodeError:
-                    result = LedgerError("invalid_command", "the line is not JSON").to_result()
+                    result = LedgerError(
+                        "invalid_command", "the line is not JSON (UTF-8)"
+                    ).to_result()
                 else:
                     result = ledger.execute(command, actor=actor)
                 rejected += 0 if result["ok"] else 1
                 print_json(result)
         finally:
-            if stream is not sys.stdin:
+            if stream is not sys.stdin.buffer:
                 stream.close()
             after_write(ledger)
     if rejected:

@@ -14,7 +14,7 @@ import orjson
 
 from ledger.crypto.sealing import SealedValue, SealError, unseal
 from ledger.domain.subject import RECIPIENT_NAME
-from ledger.errors import LedgerError
+from ledger.errors import unknown_subject
 from ledger.projections.recorder import Cursor, decode_row
 from ledger.projections.schema import (
     AGREEMENTS,
@@ -85,7 +85,7 @@ def subject_document(
     """The `subject show --json` object; raises `unknown_subject` for an unknown id."""
     found = _subject_rows(cur, subject_id)
     if not found[0]:
-        raise LedgerError("unknown_subject", f"no subject {subject_id}")
+        raise unknown_subject(subject_id)
     subject = decode_row(SUBJECTS, found[0][0])
     rows = {
         t.name: [decode_row(t, row) for row in got]
