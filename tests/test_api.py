@@ -292,6 +292,21 @@ def test_requests_and_export(served: Served, subject: str) -> None:
         assert views[-1]["actor"] == "officer-token"
 
 
+def test_audit_answers_cover_what_was_just_written(served: Served) -> None:
+    """No waiting for the background work: a checkpoint or a proof asked for right after a
+    write covers it (they once answered `no checkpoint yet` for up to a second)."""
+    with served.client("service") as service:
+        written = service.post("/v1/commands", json=_register_command())
+        assert written.status_code == 200, written.text
+    with served.client("auditor") as auditor:
+        position = auditor.get("/healthz").json()["position"]
+        assert auditor.get("/v1/audit/checkpoint").json()["tree_size"] >= position
+        proved = auditor.get("/v1/audit/proof", params={"subject": written.json()["subject"]})
+        assert proved.status_code == 200, proved.text
+        assert proved.json()["contiguous"] is True
+        assert all(event["included"] for event in proved.json()["events"])
+
+
 def test_audit_and_reports(served: Served, subject: str) -> None:
     import base64
 

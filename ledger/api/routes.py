@@ -324,12 +324,18 @@ async def get_checkpoint(
 ) -> Response:
     """The C2SP signed note with its size and root, and the key to check it with.
 
-    New events are sealed within a second by the server's background work.
+    Events recorded before the request are sealed first (if the background work has not
+    done so yet), so the checkpoint covers them.
     """
-    from ledger.audit.service import latest_checkpoint
+    from ledger.audit.service import latest_checkpoint, seal_up_to_date
 
     ledger = _ledger(request)
-    return _ok(await _read(lambda: latest_checkpoint(ledger)))
+
+    def answer() -> dict[str, Any]:
+        seal_up_to_date(ledger)
+        return latest_checkpoint(ledger)
+
+    return _ok(await _read(answer))
 
 
 @router.get("/v1/audit/proof", tags=["audit"], summary="An inclusion or consistency proof")
@@ -341,13 +347,17 @@ async def get_proof(
     size: int | None = Query(None, ge=0, description="The tree size (default: the latest)."),
     _: Principal = Depends(requires("audit")),  # noqa: B008
 ) -> Response:
-    """Exactly one of `subject`, `leaf` or `first`, against the checkpoint of `size`."""
-    from ledger.audit.service import proof
+    """Exactly one of `subject`, `leaf` or `first`, against the checkpoint of `size` (by
+    default the latest, which covers every event recorded before the request)."""
+    from ledger.audit.service import proof, seal_up_to_date
 
     ledger = _ledger(request)
-    return _ok(
-        await _read(lambda: proof(ledger, subject=subject, leaf=leaf, first=first, size=size))
-    )
+
+    def answer() -> dict[str, Any]:
+        seal_up_to_date(ledger)
+        return proof(ledger, subject=subject, leaf=leaf, first=first, size=size)
+
+    return _ok(await _read(answer))
 
 
 # -- tokens (admin) -----------------------------------------------------------------------

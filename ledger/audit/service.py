@@ -94,14 +94,26 @@ def seal_after_write(ledger: Ledger) -> None:
     The write it follows has happened; failing it now would only hide the result from
     the caller. `ledger audit verify` is where a damaged log makes a command fail.
     """
+    refusal = seal_up_to_date(ledger)
+    if refusal is not None:
+        print(f"warning: the audit log was not sealed: {refusal}", file=sys.stderr)
+
+
+def seal_up_to_date(ledger: Ledger) -> str | None:
+    """Seal what is new, if anything; a refusal is logged and returned, not raised.
+
+    The HTTP server calls it before an audit answer, so the answer covers every event
+    recorded before the request, as the CLI's does (its background work seals within a
+    second, which a caller who has just written would see as missing).
+    """
     try:
         result = seal(ledger)
     except (AuditError, SigningKeyError) as exc:
         log.error("audit_seal_failed", error=str(exc))
-        print(f"warning: the audit log was not sealed: {exc}", file=sys.stderr)
-        return
+        return str(exc)
     if result.added:
         log.info("audit_sealed", added=result.added, tree_size=result.tree_size)
+    return None
 
 
 class AutoSealer:
