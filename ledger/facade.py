@@ -14,6 +14,7 @@ from eventsourcing.utils import get_topic
 
 from ledger.app import LedgerApplication, application_env
 from ledger.clock import Clock, SystemClock
+from ledger.commands import free_text
 from ledger.config import Settings
 from ledger.crypto.keystore import KeyStore
 from ledger.crypto.lookup import LOOKUP_KINDS, lookup_digest, normalise_identifier
@@ -66,7 +67,8 @@ class Ledger:
     ) -> Ledger:
         """Open (and on first use create) the ledger the environment describes."""
         settings = settings or Settings.from_env()
-        settings.home.mkdir(parents=True, exist_ok=True)
+        # the owner's alone, like ~/.ssh: whatever is written inside is not for others
+        settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         configure_logging(settings.log_path)
         policy = policy or load_policy(settings.policy_path)
         with creation_lock(settings.database, settings.keystore):
@@ -139,6 +141,7 @@ class Ledger:
         subject = self.app.load_subject(subject_id)
         if not purpose or not purpose.strip():
             raise LedgerError("invalid_command", "revealing personal data needs a purpose")
+        free_text("purpose", purpose)  # recorded in the clear in `DataViewed`, for good
         categories = sorted({item["category"] for item in subject.latest_items()})
         subject.record_view(
             purpose=purpose, categories=categories, occurred_at=self.clock.now(), actor=actor

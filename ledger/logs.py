@@ -7,6 +7,7 @@ personal data by construction (`LedgerError`).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
@@ -34,7 +35,8 @@ def configure_logging(path: Path | None = None, *, stream: TextIO | None = None)
         handle = stream.buffer  # type: ignore[attr-defined]
     elif path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = path.open("ab")
+        # created readable by its owner only, as the key store and the signing key are
+        handle = os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
     else:
         handle = sys.stderr.buffer
     structlog.configure(

@@ -477,3 +477,16 @@ def test_exec_answers_a_line_that_is_not_utf8_and_runs_the_rest() -> None:
         missing = cli(env, "exec", str(stories.with_name("nowhere.jsonl")))
         assert missing.returncode == 1 and "Traceback" not in missing.stderr
         assert "cannot read the commands file" in missing.stderr
+
+
+def test_a_reveal_purpose_holding_an_identifier_is_refused(ledger: Ledger) -> None:
+    """The purpose of a reveal is kept in the clear in its `DataViewed` event."""
+    subject = ledger.execute(command("register_subject"))["subject"]
+    before = ledger.max_position()
+    with pytest.raises(LedgerError) as refused:
+        ledger.subject(subject, reveal=True, purpose="asked by karen@example.dk", actor="o")
+    assert refused.value.code == "invalid_command"
+    assert "karen@example.dk" not in refused.value.message
+    assert ledger.max_position() == before
+    assert ledger.subject(subject, reveal=True, purpose="complaint handling", actor="o")
+    assert ledger.max_position() == before + 1

@@ -534,3 +534,21 @@ def test_freed_read_model_pages_hold_no_personal_value(tmp_path: Path, clock: Fi
         freed = db.execute("PRAGMA freelist_count").fetchone()[0]
     assert freed > 0  # the old tables' pages are in the file, free
     assert leaks_in(list(files_under(settings.home))) == []
+
+
+def test_a_new_ledger_home_and_its_log_are_the_owners_alone(tmp_path: Path) -> None:
+    """Besides sealing: the folder a ledger creates is 0700 and its log 0600, so the
+    event store and the log (pseudonymous ids, sealed values) are not for other users."""
+    home = tmp_path / "home"
+    settings = Settings.from_env({"LEDGER_HOME": str(home), "LEDGER_MASTER_KEY": MASTER_KEY})
+    with Ledger.open(settings) as ledger:
+        ledger.execute(
+            {
+                "type": "register_subject",
+                "kind": "customer",
+                "purpose": "customer_administration",
+                "legal_basis": "contract",
+            }
+        )
+    assert home.stat().st_mode & 0o777 == 0o700
+    assert settings.log_path is not None and settings.log_path.stat().st_mode & 0o777 == 0o600
