@@ -134,6 +134,62 @@ def test_database_failure_fails_only_its_group(env: dict[str, str]) -> None:
         assert registered == {first, later}
 
 
+def test_a_command_the_code_cannot_handle_fails_alone(env: dict[str, str]) -> None:
+    """A fault that is not the database's (a bug, met by one command) fails its group; the
+    commands of that group are then run one by one, so only that command fails (500) and
+    its neighbours are written (once one caller's odd value made every other caller of its
+    group get a 500)."""
+    settings = Settings.from_env(env)
+    tokens = make_tokens(settings)
+    headers = {"Authorization": f"Bearer {tokens['service']}"}
+    with ThreadServer(settings, ServerOptions(sweep_every=None, tick=0)) as server:
+        app = server.app.state.ledger.app
+        real_save, real_register = app.save, app._do_register_subject
+        calls = {"n": 0}
+        queued, saving = threading.Event(), threading.Event()
+        executor = server.app.state.executor
+        first, poisoned = str(uuid.uuid4()), str(uuid.uuid4())
+        neighbours = [str(uuid.uuid4()) for _ in range(6)]
+
+        def save(*args: Any, **kwargs: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                saving.set()
+                queued.wait(10)  # hold the first group until the others have queued
+            return real_save(*args, **kwargs)
+
+        def register(uow: Any, sealer: Any, command: Any, occurred_at: Any) -> Any:
+            if command.subject == poisoned:
+                raise TypeError("injected: a value the code cannot handle")
+            return real_register(uow, sealer, command, occurred_at)
+
+        app.save, app._do_register_subject = save, register
+        group = [*neighbours[:3], poisoned, *neighbours[3:]]
+
+        async def run() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as c:
+                head = asyncio.create_task(c.post("/v1/commands", json=_register(first)))
+                assert await asyncio.to_thread(saving.wait, 10)
+                tail = [
+                    asyncio.create_task(c.post("/v1/commands", json=_register(s))) for s in group
+                ]
+                deadline = time.monotonic() + 10
+                while len(executor._queue) < len(group) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                queued.set()
+                assert (await head).status_code == 200
+                return list(await asyncio.gather(*tail))
+
+        answers = dict(zip(group, asyncio.run(run()), strict=True))
+        assert answers[poisoned].status_code == 500, answers[poisoned].text
+        assert answers[poisoned].json()["error"]["code"] == "conflict"
+        for subject in neighbours:
+            assert answers[subject].status_code == 200, answers[subject].text
+    with Ledger.open(settings) as ledger:
+        registered = {str(n.originator_id) for n in ledger.notifications()}
+        assert registered == {first, *neighbours}
+
+
 def test_background_hook_runs_every_tick(env: dict[str, str], monkeypatch: Any) -> None:
     calls: list[float] = []
     monkeypatch.setattr("ledger.cli.common.after_write", lambda ledger: calls.append(1.0))

@@ -7,7 +7,6 @@ to uvicorn, so every worker process builds its own application from the environm
 from __future__ import annotations
 
 import inspect
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -22,7 +21,7 @@ from starlette.routing import BaseRoute
 
 from ledger.api.auth import UNAUTHORIZED_HEADERS
 from ledger.api.background import BackgroundWorker
-from ledger.api.errors import ApiError, error_response
+from ledger.api.errors import DATABASE_ERRORS, ApiError, error_response
 from ledger.api.executor import ExecutorStopped, GroupCommitExecutor
 from ledger.api.openapi import command_schemas
 from ledger.api.opening import open_ledger
@@ -123,19 +122,6 @@ class LedgerAPI(FastAPI):
                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
                 actor=state.get("actor"),
             )
-
-
-def _database_errors() -> tuple[type[Exception], ...]:
-    from eventsourcing.persistence import PersistenceError
-
-    errors: list[type[Exception]] = [PersistenceError, sqlite3.Error]
-    try:
-        import psycopg
-
-        errors.append(psycopg.Error)
-    except ImportError:  # pragma: no cover - psycopg is a dependency
-        pass
-    return tuple(errors)
 
 
 def create_app(
@@ -254,7 +240,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(ExecutorStopped, stopped)
-    for kind in _database_errors():
+    for kind in DATABASE_ERRORS:
         app.add_exception_handler(kind, database_error)
     app.add_exception_handler(Exception, internal_error)
 

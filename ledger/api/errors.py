@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any, Final
 
 import orjson
+import psycopg
+from eventsourcing.persistence import PersistenceError
 from starlette.responses import Response
 
 from ledger.errors import LedgerError
@@ -64,3 +67,11 @@ def result_response(result: dict[str, Any]) -> JSONResponse:
     if result.get("ok"):
         return JSONResponse(result)
     return JSONResponse(result, status_code=status_for(result["error"]["code"]))
+
+
+#: What a failing database raises: the request's work was not written (503, retry).
+DATABASE_ERRORS: Final[tuple[type[Exception], ...]] = (
+    PersistenceError,
+    sqlite3.Error,
+    psycopg.Error,
+)

@@ -24,6 +24,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from ledger.api.errors import DATABASE_ERRORS
 from ledger.facade import Ledger
 from ledger.logs import get_logger
 
@@ -176,18 +177,33 @@ class GroupCommitExecutor:
                 )
             else:
                 results = [self.ledger.execute(item.command) for item in live]
-        except Exception as exc:  # a database failure: nothing of this group was written
+        except Exception as exc:  # nothing of this group was written
             log.error(
                 "group_failed",
                 commands=len(live),
                 error=type(exc).__name__,
                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
             )
-            _deliver([(item, exc) for item in live])
+            if len(live) > 1 and not isinstance(exc, DATABASE_ERRORS):
+                # Not the database: most likely one command the code could not handle.
+                # Each runs alone, so that one fails alone and its neighbours are written.
+                _deliver([(item, self._alone(item)) for item in live])
+            else:
+                _deliver([(item, exc) for item in live])
             return
         self.groups += 1
         self.commands += len(live)
         _deliver(list(zip(live, results, strict=True)))
+
+    def _alone(self, item: _Command) -> dict[str, Any] | Exception:
+        try:
+            result = self.ledger.execute(item.command)
+        except Exception as exc:
+            log.error("command_failed", error=type(exc).__name__)
+            return exc
+        self.groups += 1
+        self.commands += 1
+        return result
 
     def _run_job(self, job: _Job) -> None:
         if not job.future.set_running_or_notify_cancel():
