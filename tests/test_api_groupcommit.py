@@ -76,6 +76,29 @@ def _register(subject: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+async def _behind_a_held_group(
+    server: ThreadServer,
+    headers: dict[str, str],
+    first: str,
+    group: list[str],
+    saving: threading.Event,
+    queued: threading.Event,
+) -> tuple[httpx.Response, list[httpx.Response]]:
+    """Register `first`; while its save is held (the test's `save` sets `saving`, then
+    waits for `queued`), send one registration for each of `group`, so that they queue
+    up and run as one group once `queued` is set."""
+    executor = server.app.state.executor
+    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as c:
+        head = asyncio.create_task(c.post("/v1/commands", json=_register(first)))
+        assert await asyncio.to_thread(saving.wait, 10)
+        tail = [asyncio.create_task(c.post("/v1/commands", json=_register(s))) for s in group]
+        deadline = time.monotonic() + 10
+        while len(executor._queue) < len(group) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        queued.set()
+        return await head, list(await asyncio.gather(*tail))
+
+
 def test_database_failure_fails_only_its_group(env: dict[str, str]) -> None:
     """A slow group lets ten commands queue; the database then fails their group: all ten
     callers get 503 and none of them is written. The groups before and after are fine."""
@@ -87,7 +110,6 @@ def test_database_failure_fails_only_its_group(env: dict[str, str]) -> None:
         real_save = app.save
         calls = {"n": 0}
         queued, saving = threading.Event(), threading.Event()
-        executor = server.app.state.executor
 
         def save(*args: Any, **kwargs: Any) -> Any:
             calls["n"] += 1
@@ -106,20 +128,9 @@ def test_database_failure_fails_only_its_group(env: dict[str, str]) -> None:
             str(uuid.uuid4()),
         )
 
-        async def run() -> tuple[httpx.Response, list[httpx.Response]]:
-            async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as c:
-                head = asyncio.create_task(c.post("/v1/commands", json=_register(first)))
-                assert await asyncio.to_thread(saving.wait, 10)
-                tail = [
-                    asyncio.create_task(c.post("/v1/commands", json=_register(s))) for s in doomed
-                ]
-                deadline = time.monotonic() + 10
-                while len(executor._queue) < len(doomed) and time.monotonic() < deadline:
-                    await asyncio.sleep(0.01)
-                queued.set()
-                return await head, list(await asyncio.gather(*tail))
-
-        head, tail = asyncio.run(run())
+        head, tail = asyncio.run(
+            _behind_a_held_group(server, headers, first, doomed, saving, queued)
+        )
         assert head.status_code == 200, head.text
         for answer in tail:
             assert answer.status_code == 503, answer.text
@@ -147,7 +158,6 @@ def test_a_command_the_code_cannot_handle_fails_alone(env: dict[str, str]) -> No
         real_save, real_register = app.save, app._do_register_subject
         calls = {"n": 0}
         queued, saving = threading.Event(), threading.Event()
-        executor = server.app.state.executor
         first, poisoned = str(uuid.uuid4()), str(uuid.uuid4())
         neighbours = [str(uuid.uuid4()) for _ in range(6)]
 
@@ -166,21 +176,11 @@ def test_a_command_the_code_cannot_handle_fails_alone(env: dict[str, str]) -> No
         app.save, app._do_register_subject = save, register
         group = [*neighbours[:3], poisoned, *neighbours[3:]]
 
-        async def run() -> list[httpx.Response]:
-            async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as c:
-                head = asyncio.create_task(c.post("/v1/commands", json=_register(first)))
-                assert await asyncio.to_thread(saving.wait, 10)
-                tail = [
-                    asyncio.create_task(c.post("/v1/commands", json=_register(s))) for s in group
-                ]
-                deadline = time.monotonic() + 10
-                while len(executor._queue) < len(group) and time.monotonic() < deadline:
-                    await asyncio.sleep(0.01)
-                queued.set()
-                assert (await head).status_code == 200
-                return list(await asyncio.gather(*tail))
-
-        answers = dict(zip(group, asyncio.run(run()), strict=True))
+        head, tail = asyncio.run(
+            _behind_a_held_group(server, headers, first, group, saving, queued)
+        )
+        assert head.status_code == 200, head.text
+        answers = dict(zip(group, tail, strict=True))
         assert answers[poisoned].status_code == 500, answers[poisoned].text
         assert answers[poisoned].json()["error"]["code"] == "conflict"
         for subject in neighbours:
