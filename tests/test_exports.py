@@ -64,7 +64,7 @@ NOT_PORTABLE = {
 SCOPES = {
     "customer_data": "2026-03-31",  # 2 months after the relationship ended on 31 January
     "marketing": "2026-09-20",  # 1 year after the marketing registration
-    "bookkeeping:2025": "2030-12-31",
+    "bookkeeping:2025": "2031-01-01",
 }
 
 

@@ -115,6 +115,9 @@ def test_retention_classes() -> None:
     assert policy.retention["bookkeeping"].years == 5
     assert policy.retention["bookkeeping"].legal_obligation
     assert not policy.retention["customer_data"].legal_obligation
+    # policy §7: what is collected for bookkeeping is kept as bookkeeping
+    assert policy.purposes["bookkeeping"].retention == "bookkeeping"
+    assert all(p.retention is None for name, p in policy.purposes.items() if name != "bookkeeping")
 
 
 @pytest.mark.parametrize(("purpose", "bases"), sorted(PURPOSES.items()))
@@ -234,6 +237,16 @@ MALFORMED = [
         "missing categories of a purpose",
         _drop("purposes.competition.categories"),
         "purposes.competition",
+    ),
+    (
+        "unknown retention class of a purpose",
+        _set("purposes.bookkeeping.retention", "forever"),
+        "purposes.bookkeeping.retention",
+    ),
+    (
+        "a purpose kept in the competition class (it needs its category's id)",
+        _set("purposes.analytics.retention", "competition"),
+        "purposes.analytics.retention",
     ),
     ("bad country", _set("transfers.eu_countries", ["DK", "Norway"]), "transfers.eu_countries"),
     (

@@ -322,7 +322,8 @@ def competition_case(w: World) -> Case:
 
 
 def bookkeeping_case(w: World) -> Case:
-    """bookkeeping:<year>: 5 years after the end of the financial year, even for a customer."""
+    """bookkeeping:<year>: 5 years after the end of the financial year, even for a customer:
+    kept through 31 December 2029 and due on New Year's Day 2030."""
     subject = customer(w, "2024-01-10T09:00:00+01:00")
     w.do("2024-06-15T12:00:00+02:00", invoice(subject, "F-1001"))
     # 00:30 on New Year's Day in Copenhagen: the next financial year
@@ -330,7 +331,7 @@ def bookkeeping_case(w: World) -> Case:
     return Case(
         subject,
         "bookkeeping:2024",
-        date(2029, 12, 31),
+        date(2030, 1, 1),
         {"invoice": {"number": "F-1001", "amount_dkk": "499.00"}},
         still_kept={
             "bookkeeping:2025": {"payment_record": {"number": "F-1002", "amount_dkk": "499.00"}},
@@ -444,7 +445,7 @@ def test_a_hold_placed_before_the_deadline_keeps_everything_until_released(world
     report = world.sweep(at("2026-07-01T10:00:01+02:00"))
     assert shredded_scopes(report, subject) == {
         "customer_data": "2025-03-10",
-        "bookkeeping:2018": "2023-12-31",
+        "bookkeeping:2018": "2024-01-01",
     }
     world.assert_shredded(subject, "customer_data", ["email", "name"])
     world.assert_shredded(subject, "bookkeeping:2018", ["invoice"])
@@ -538,7 +539,7 @@ def test_bookkeeping_outlives_an_erasure_until_its_own_deadline(world: World) ->
     )
     assert sorted(erased["shredded"]) == ["bookkeeping:2018", "call_recording", "customer_data"]
     assert erased["retained"] == [
-        {"scope": "bookkeeping:2024", "reason": "legal_obligation", "until": "2029-12-31"}
+        {"scope": "bookkeeping:2024", "reason": "legal_obligation", "until": "2030-01-01"}
     ]
     view = world.ledger.subject(subject)
     assert view["status"] == "erased"
@@ -556,10 +557,11 @@ def test_bookkeeping_outlives_an_erasure_until_its_own_deadline(world: World) ->
         "customer_data": "erasure",
     }
 
-    assert shredded_scopes(world.sweep(end_of(date(2029, 12, 30))), subject) == {}
+    # kept through the last day of the fifth year after 2024 (bogføringsloven)
+    assert shredded_scopes(world.sweep(end_of(date(2029, 12, 31))), subject) == {}
     world.assert_kept(subject, "bookkeeping:2024", billed("F-1001"))
-    report = world.sweep(start_of(date(2029, 12, 31)))
-    assert shredded_scopes(report, subject) == {"bookkeeping:2024": "2029-12-31"}
+    report = world.sweep(start_of(date(2030, 1, 1)))
+    assert shredded_scopes(report, subject) == {"bookkeeping:2024": "2030-01-01"}
     world.assert_shredded(subject, "bookkeeping:2024", ["invoice"])
     assert world.ledger.subject(subject)["status"] == "erased"
 
@@ -610,7 +612,7 @@ def test_erasure_of_a_held_subject_keeps_all_and_can_be_repeated_after_release(
     again = world.do("2025-03-01T11:00:00+01:00", {"type": "erase", "subject": subject})
     assert again["shredded"] == ["customer_data"]
     assert again["retained"] == [
-        {"scope": "bookkeeping:2024", "reason": "legal_obligation", "until": "2029-12-31"}
+        {"scope": "bookkeeping:2024", "reason": "legal_obligation", "until": "2030-01-01"}
     ]
     world.assert_shredded(subject, "customer_data", ["name", "address", "phone"])
 

@@ -895,6 +895,37 @@ def test_r14_provider_must_be_a_known_subject(ledger: Ledger) -> None:
     assert state(ledger) == before
 
 
+# -- R15: what is collected for bookkeeping is kept as bookkeeping ------------------------
+
+
+def test_r15_data_collected_for_bookkeeping_is_kept_as_bookkeeping(ledger: Ledger) -> None:
+    """Policy §7 keeps "betalingsoplysninger og lignende oplysninger som er nødvendige for at
+    dokumentere vores bogføring" 5 years: payment details collected for bookkeeping go to
+    the bookkeeping scope of their year and survive an erasure; the same category collected
+    for customer administration is customer data and is shredded with it."""
+    subject = customer(ledger)
+    for_bookkeeping = {"purpose": "bookkeeping", "legal_basis": "legal_obligation"}
+    ok(ledger, collect(subject, "payment_info", {"iban": "DK5000400440116243"}))
+    ok(ledger, collect(subject, "customer_number", "K-3001", **for_bookkeeping))
+    ok(ledger, collect(subject, "payment_info", {"iban": "DK5000400440116999"}, **for_bookkeeping))
+    history = [e for e in ledger.history(subject) if e["type"] == "DataCollected"]
+    scopes = {(e["details"]["category"], e["details"]["scope"]) for e in history}
+    assert ("payment_info", "customer_data") in scopes
+    assert ("payment_info", "bookkeeping:2026") in scopes
+    assert ("customer_number", "bookkeeping:2026") in scopes
+    ok(ledger, simple("end_relationship", subject, relationship="customer"))
+    erased = ok(ledger, simple("erase", subject))
+    assert erased["shredded"] == ["customer_data"]
+    assert erased["retained"] == [
+        {"scope": "bookkeeping:2026", "reason": "legal_obligation", "until": "2032-01-01"}
+    ]
+    shown = ledger.subject(subject, reveal=True, purpose="bookkeeping audit", actor="o")
+    data = {item["category"]: item["value"] for item in shown["data"]}
+    assert data["payment_info"] == {"iban": "DK5000400440116999"}
+    assert data["customer_number"] == "K-3001"
+    assert data["name"] is None
+
+
 # -- R17: nothing after erasure but bookkeeping ------------------------------------------
 
 
@@ -915,7 +946,7 @@ def test_r17_erased_subject_takes_nothing_but_bookkeeping(ledger: Ledger) -> Non
     result = ok(ledger, simple("erase", subject))
     assert result["shredded"] == ["customer_data"]
     assert result["retained"] == [
-        {"scope": "bookkeeping:2026", "reason": "legal_obligation", "until": "2031-12-31"}
+        {"scope": "bookkeeping:2026", "reason": "legal_obligation", "until": "2032-01-01"}
     ]
     view = ledger.subject(subject)
     assert view["status"] == "erased"

@@ -214,7 +214,7 @@ def test_erase_killed_after_its_events_are_saved(
     assert len(erased) == 1
     assert erased[0]["details"]["shredded"] == ["customer_data"]
     assert erased[0]["details"]["retained"] == [
-        {"scope": "bookkeeping:2025", "reason": "legal_obligation", "until": "2030-12-31"}
+        {"scope": "bookkeeping:2025", "reason": "legal_obligation", "until": "2031-01-01"}
     ]
     assert_half_done(ledger, [customer], {"customer_data"})
     assert before <= ledger.keystore.live_kids()

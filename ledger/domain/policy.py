@@ -61,6 +61,7 @@ class Purpose:
     introduced_in: date
     consent_channels: frozenset[str] = frozenset()
     direct_marketing: bool = False
+    retention: str | None = None  # kept in this class, whatever the category's (bookkeeping)
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,12 @@ def _build(data: Mapping[str, Any]) -> PolicyCatalogue:
         for channel in channels:
             if channel not in CHANNELS:
                 raise PolicyError(f"{where}.consent_channels: unknown channel {channel!r}")
+        kept_as = spec.get("retention")
+        if kept_as is not None:
+            if kept_as not in retention:
+                raise PolicyError(f"{where}.retention: unknown retention class {kept_as!r}")
+            if retention[kept_as].anchor == "competition_end":
+                raise PolicyError(f"{where}.retention: a competition's class needs its category")
         purposes[name] = Purpose(
             name=name,
             label=str(spec.get("label", name)),
@@ -209,6 +216,7 @@ def _build(data: Mapping[str, Any]) -> PolicyCatalogue:
             introduced_in=_date(spec.get("introduced_in", effective), f"{where}.introduced_in"),
             consent_channels=channels,
             direct_marketing=bool(spec.get("direct_marketing", False)),
+            retention=kept_as,
         )
 
     transfers = _need(data, "transfers", "transfers", dict)

@@ -43,7 +43,9 @@ def scope_deadline(subject: DataSubject, policy: PolicyCatalogue, scope: str) ->
         return None
     anchor: date | None
     if klass.anchor == "financial_year_end":
-        anchor = date(int(qualifier), 12, 31)
+        # "5 years from the end of the financial year": the year ends as 1 January begins,
+        # so the record is kept through 31 December five years on, and due the day after
+        anchor = date(int(qualifier) + 1, 1, 1)
     elif klass.anchor == "competition_end":
         ends_on = subject.competitions.get(qualifier)
         anchor = date.fromisoformat(ends_on) if ends_on else None

@@ -54,14 +54,20 @@ def parse_iso(text: str) -> datetime:
 
 
 def scope_for(
-    policy: PolicyCatalogue, category: str, occurred_at: datetime, competition: str | None
+    policy: PolicyCatalogue,
+    category: str,
+    purpose: str,
+    occurred_at: datetime,
+    competition: str | None,
 ) -> str:
-    """The retention scope a value of this category belongs to (DESIGN 4.2)."""
-    klass = policy.categories[category].retention
-    if klass == "competition":
-        return f"competition:{competition}"
-    if klass == "bookkeeping":
-        return f"bookkeeping:{local_date(occurred_at).year}"
+    """The retention scope of a value (DESIGN 4.2): its category's class, or the class of
+    the purpose it is collected for where the purpose says so (bookkeeping, policy §7)."""
+    klass = policy.purposes[purpose].retention or policy.categories[category].retention
+    anchor = policy.retention[klass].anchor
+    if anchor == "competition_end":
+        return f"{klass}:{competition}"
+    if anchor == "financial_year_end":
+        return f"{klass}:{local_date(occurred_at).year}"
     return klass
 
 
@@ -675,7 +681,7 @@ class DataSubject(Aggregate):
             raise LedgerError(
                 "invalid_command", "'competition' applies to competition entries only"
             )
-        scope = scope_for(policy, category, occurred_at, competition)
+        scope = scope_for(policy, category, purpose, occurred_at, competition)
         stored = normalise_cpr(str(value)) if category == "cpr" else value
         sealed = sealer.seal(self.subject_id, scope, category, stored)
         self.trigger_event(
