@@ -18,6 +18,7 @@ from ledger.clock import FixedClock
 from ledger.config import Settings
 from ledger.facade import Ledger
 from ledger.policies import DEFAULT_POLICY
+from ledger.reports import produce
 
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 CA = "customer_administration"
@@ -619,6 +620,32 @@ def test_r8_withdrawal_stops_future_processing_and_keeps_the_past(ledger: Ledger
     consents = {c["purpose"]: c for c in ledger.subject(subject)["consents"]}
     assert consents["marketing"]["active"] is False
     assert consents["marketing"]["withdrawn_at"] is not None
+
+
+def test_r8_withdrawing_every_channel_one_by_one_withdraws_the_consent(ledger: Ledger) -> None:
+    """A consent given for channels, withdrawn channel by channel until none is left, is
+    withdrawn: nothing may rest on it any more (it once stayed active with no channel)."""
+    subject = register(ledger)
+    ok(ledger, consent(subject, "marketing", channels=["email", "sms"]))
+    ok(ledger, simple("withdraw_consent", subject, purpose="marketing", channels=["email"]))
+    profile = collect(
+        subject, "marketing_profile", {"segment": "x"}, purpose="marketing", legal_basis="consent"
+    )
+    ok(ledger, profile)
+    ok(ledger, simple("withdraw_consent", subject, purpose="marketing", channels=["sms"]))
+    fails(ledger, profile, "consent_required")
+    fails(ledger, process(subject, "marketing", channel="sms"), "consent_required")
+    consents = {c["purpose"]: c for c in ledger.subject(subject)["consents"]}
+    assert consents["marketing"]["active"] is False
+    assert consents["marketing"]["withdrawn_at"] is not None
+    report = produce(ledger.read_models, "consent", now=ledger.clock.now())
+    marketing = {p["purpose"]: p for p in report["purposes"]}["marketing"]
+    assert marketing["full_withdrawals"] == 1 and marketing["active"] == 0
+    # a consent for the purpose alone (no channels) is not ended by naming a channel
+    ok(ledger, consent(subject, "competition"))
+    ok(ledger, simple("withdraw_consent", subject, purpose="competition", channels=["email"]))
+    consents = {c["purpose"]: c for c in ledger.subject(subject)["consents"]}
+    assert consents["competition"]["active"] is True
 
 
 # -- R9: restriction ---------------------------------------------------------------------

@@ -38,6 +38,7 @@ from ledger.audit.note import NoteError, Verifier, open_checkpoint
 from ledger.audit.store import AuditError, derive
 from ledger.domain.calendar import add_months, add_years, local_date, request_due_date
 from ledger.domain.policy import PolicyCatalogue
+from ledger.domain.subject import withdraws_all
 from ledger.errors import LedgerError
 
 __all__ = ["SWEEP_ALLOWANCE", "HistoryChecker", "check_checkpoints"]
@@ -258,10 +259,10 @@ class HistoryChecker:
         current = s.consents.get(e["purpose"])
         if current is None:
             return
-        if e.get("channels"):
-            current["channels"] = current["channels"] - set(e["channels"])
-        else:
+        if withdraws_all(sorted(current["channels"]), e.get("channels") or []):
             current.update(active=False, channels=set())
+        else:
+            current["channels"] = current["channels"] - set(e["channels"])
 
     def _on_Objected(self, s: _Subject, ref: _Ref, e: dict[str, Any]) -> None:
         s.objections[e["purpose"]] = ref
@@ -549,7 +550,7 @@ class HistoryChecker:
             return None
         anchor: date | None
         if klass.anchor == "financial_year_end":
-            anchor = date(int(qualifier), 12, 31)
+            anchor = date(int(qualifier) + 1, 1, 1)  # the year ends as 1 January begins
         elif klass.anchor == "competition_end":
             ends = s.competitions.get(qualifier)
             anchor = date.fromisoformat(ends) if ends else None

@@ -71,6 +71,13 @@ def scope_for(
     return klass
 
 
+def withdraws_all(given: list[str], withdrawn: list[str]) -> bool:
+    """Whether a withdrawal ends the consent: one naming no channel, or one that leaves
+    none of the channels the consent was given for (consent by channel, then withdrawn
+    channel by channel, is withdrawn consent: R5, R8)."""
+    return not withdrawn or (bool(given) and set(given) <= set(withdrawn))
+
+
 def retention_class_of(scope: str) -> str:
     return scope.split(":", 1)[0]
 
@@ -184,11 +191,10 @@ class DataSubject(Aggregate):
 
         def apply(self, subject: DataSubject) -> None:
             current = subject.consents[self.purpose]
-            if self.channels:
-                remaining = [c for c in current["channels"] if c not in self.channels]
-                current["channels"] = remaining
-            else:
+            if withdraws_all(current["channels"], self.channels):
                 current.update(active=False, channels=[], withdrawn_at=self.occurred_at)
+            else:
+                current["channels"] = [c for c in current["channels"] if c not in self.channels]
 
     class Objected(Event):
         purpose: str

@@ -19,7 +19,7 @@ from eventsourcing.utils import get_topic
 
 from ledger.domain.policy import PolicyCatalogue
 from ledger.domain.retention import scope_deadline
-from ledger.domain.subject import DataSubject, parse_iso, retention_class_of
+from ledger.domain.subject import DataSubject, parse_iso, retention_class_of, withdraws_all
 from ledger.projections.schema import (
     AGREEMENTS,
     COMPETITIONS,
@@ -362,10 +362,11 @@ def on_consent_withdrawn(b: BatchState, st: SubjectState, r: EventRecord) -> Non
     if current is None:
         return
     before = list(current["channels"])
-    if s["channels"]:
-        current["channels"] = [c for c in before if c not in s["channels"]]
-    else:
+    full = withdraws_all(before, s["channels"])
+    if full:
         current.update(active=False, channels=[], withdrawn_at=s["occurred_at"])
+    else:
+        current["channels"] = [c for c in before if c not in s["channels"]]
     st.touch(CONSENTS, s["purpose"])
     b.log(
         CONSENT_EVENTS,
@@ -375,7 +376,7 @@ def on_consent_withdrawn(b: BatchState, st: SubjectState, r: EventRecord) -> Non
             "purpose": s["purpose"],
             "action": "withdrawn",
             "channels": [c for c in before if c not in current["channels"]],
-            "full_withdrawal": not s["channels"],
+            "full_withdrawal": full,
             "explicit": None,
             "method": None,
             "notice_version": None,
