@@ -107,6 +107,32 @@ def test_open_request_due_date_through_the_facade(ledger: Ledger, clock: FixedCl
     assert history[-1]["details"]["due"] == "2025-04-22"
 
 
+def test_a_receipt_after_the_opening_or_an_extension_before_it_is_refused(
+    ledger: Ledger, clock: FixedClock
+) -> None:
+    """A receipt dated after the request was opened (or in the future) would push its
+    deadline at will; an extension dated before the receipt makes no sense either."""
+    subject = register(ledger)
+    clock.set(at("2025-06-01T12:00:00+02:00"))
+    opening = {"type": "open_request", "subject": subject, "right": "access"}
+    future = {**opening, "received_at": "2026-01-01T09:00:00+01:00"}
+    assert rejected(ledger, future) == "invalid_command"
+    later = {**opening, "received_at": "2025-05-20T10:00:00+02:00"}
+    later["occurred_at"] = "2025-05-19T10:00:00+02:00"
+    assert rejected(ledger, later) == "invalid_command"
+    request = open_request(ledger, subject, "2025-05-20T10:00:00+02:00")["request"]
+    extension = {
+        "type": "extend_request",
+        "subject": subject,
+        "request": request,
+        "reason": "complex request",
+        "occurred_at": "2025-05-19T10:00:00+02:00",
+    }
+    assert rejected(ledger, extension) == "invalid_command"
+    extension["occurred_at"] = "2025-05-21T10:00:00+02:00"
+    assert ok(ledger, extension)["due"] == "2025-08-20"
+
+
 def test_due_date_counts_from_receipt_in_copenhagen(ledger: Ledger, late_clock: FixedClock) -> None:
     subject = register(ledger)
     # Recorded months later: the receipt counts, not the recording.

@@ -1125,6 +1125,10 @@ class DataSubject(Aggregate):
     ) -> str:
         if right not in RIGHTS:
             raise LedgerError("invalid_command", f"unknown right '{right}'")
+        if received_at > occurred_at:  # a receipt after the opening would push the deadline
+            raise LedgerError(
+                "invalid_command", "field 'received_at' is later than the request was opened"
+            )
         due = request_due_date(local_date(received_at))
         self.trigger_event(
             self.RequestOpened,
@@ -1150,6 +1154,10 @@ class DataSubject(Aggregate):
         found = self._open_request(request)
         if found["extended_at"] is not None:
             raise LedgerError("extension_too_late", f"request {request} was already extended")
+        if occurred_at < parse_iso(found["received_at"]):
+            raise LedgerError(
+                "invalid_command", f"request {request} cannot be extended before it was received"
+            )
         received = local_date(parse_iso(found["received_at"]))
         # The first month is a period of Regulation 1182/71 too: it ends on the due date.
         if local_date(occurred_at) > request_due_date(received):
