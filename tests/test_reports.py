@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -231,6 +232,20 @@ def test_subject_show_of_the_story(story: tuple[Ledger, dict[str, str]]) -> None
     assert [(c["purpose"], c["active"], c["channels"]) for c in twenty["consents"]] == [
         ("marketing", False, [])
     ]
+
+
+def test_a_report_for_another_moment_says_its_records_are_todays(
+    story: tuple[Ledger, dict[str, str]],
+) -> None:
+    """`--now` moves the clock that dates and deadlines are counted with, not the records:
+    a report for another moment says so (it once said "As of" that moment over today's
+    figures) and points to the replay that gives the records as they stood."""
+    models = story[0].read_models
+    elsewhen = produce(models, "consent", now=parse_instant("2020-01-07T00:00:00+01:00"), fmt="md")
+    assert "The records as they stand now" in elsewhen and "As of" not in elsewhen
+    assert "counted as on 7 January 2020" in elsewhen and "audit replay --as-of" in elsewhen
+    current = produce(models, "consent", now=datetime.now(UTC), fmt="md")
+    assert "As of" in current and "The records as they stand now" not in current
 
 
 @pytest.mark.parametrize("fmt", ["md", "html"])

@@ -16,7 +16,12 @@ def report(
         ...,
         help="ropa, retention, consent, disclosures, requests (compliance where installed).",
     ),
-    now: str | None = typer.Option(None, "--now", help="Report as of this time (RFC 3339)."),
+    now: str | None = typer.Option(
+        None,
+        "--now",
+        help="Count dates and deadlines at this time (RFC 3339); the records are today's "
+        "(the records as they stood then: ledger audit replay --as-of).",
+    ),
     fmt: str = typer.Option("json", "--format", help="json, md (Markdown) or html."),
 ) -> None:
     """A compliance report from the read models: JSON for programs, Markdown or HTML for people."""

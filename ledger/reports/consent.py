@@ -120,7 +120,7 @@ def consent(ctx: ReportContext) -> Report:
             "Consents per purpose and channel",
             paragraphs=[
                 "For each purpose: how many times consent was given, how many times it was "
-                "withdrawn, and how many people's consent is in force today. A consent may "
+                "withdrawn, and how many people's consent is in force. A consent may "
                 "name channels (e-mail, SMS, telephone ...); electronic and telephone "
                 "marketing needs consent for the channel itself (markedsføringsloven §10). "
                 "On the purpose line 'withdrawn' counts withdrawals of the whole consent; on a "
@@ -153,7 +153,7 @@ def consent(ctx: ReportContext) -> Report:
             f"Consents recorded by {policy.controller.name}: "
             f"{plural(sum(given.values()), 'consent given', 'consents given')}, "
             f"{plural(sum(withdrawals.values()), 'withdrawal')}, "
-            f"{plural(total_active, 'consent')} in force today across all purposes."
+            f"{plural(total_active, 'consent')} in force across all purposes."
         ),
         data={"purposes": purposes},
         sections=sections,

@@ -7,7 +7,7 @@ of, say in a sentence what the report is, and end with where the figures come fr
 from __future__ import annotations
 
 import html
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ledger.reports.model import Report, ReportContext, Section, Table
@@ -47,11 +47,21 @@ def as_json(report: Report, context: ReportContext) -> dict[str, Any]:
     return {"report": report.name, "title": report.title, **_header(context), **report.data}
 
 
+COUNTED_ELSEWHEN = timedelta(minutes=5)  # a `--now` this far from the real time is said
+
+
 def _lines(report: Report, context: ReportContext) -> tuple[str, list[str]]:
     """The subtitle lines every human format shows under the title."""
     controller = context.policy.controller
     who = f"{controller.name} (CVR {controller.cvr}), {controller.address}"
     when = f"As of {long_instant(context.now)}"
+    if context.as_of is None and abs(datetime.now(UTC) - context.now) > COUNTED_ELSEWHEN:
+        # `--now` moves the clock dates and deadlines are counted with, not the records
+        when = (
+            f"The records as they stand now (every event up to number {context.position:,}); "
+            f"dates and deadlines counted as on {long_instant(context.now)}. For the records "
+            "as they stood at another moment: ledger audit replay --as-of"
+        )
     if context.as_of is not None:
         how = "recorded" if context.basis == "recorded" else "that had happened"
         when = (
