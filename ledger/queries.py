@@ -12,7 +12,7 @@ from typing import Any
 from ledger.crypto.sealing import SealedValue, SealError, unseal
 from ledger.domain.calendar import local_date
 from ledger.domain.policy import PolicyCatalogue
-from ledger.domain.retention import scope_deadline
+from ledger.domain.retention import scope_due_date
 from ledger.domain.subject import RECIPIENT_NAME, DataSubject, parse_iso
 
 # Fields of events that are never shown in a history: they hold sealed values.
@@ -57,7 +57,7 @@ def subject_view(
     held = bool(subject.active_holds())
     retention = []
     for scope, state in subject.scopes.items():
-        deadline = scope_deadline(subject, policy, scope)
+        deadline = scope_due_date(subject, policy, scope)
         live = [k for k in state["kids"] if k not in state["shredded"]]
         shredded_at = None if live else max(state["shredded"].values(), default=None)
         retention.append(

@@ -19,6 +19,7 @@ import pytest
 
 from ledger.clock import COPENHAGEN, FixedClock, parse_instant
 from ledger.facade import Ledger
+from ledger.reports import produce
 
 CA = "customer_administration"
 PURPOSE = "retention test"
@@ -638,6 +639,35 @@ def test_the_sweeper_finishes_an_erasure_once_its_hold_is_released(world: World)
         if e["type"] == "ScopeShredded"
     ]
     assert reasons == ["erasure"]
+
+
+def test_the_retention_report_sees_an_erasure_a_hold_delayed(world: World) -> None:
+    """The report's overdue scopes are the ones the next sweep shreds: an erased person's
+    data that only a hold kept is due from the day of the erasure (the report once showed
+    the ordinary deadline, weeks later, and did not list it while the hold lasted)."""
+    subject = customer(world, "2024-01-10T09:00:00+01:00")
+    world.do("2025-04-15T12:00:00+02:00", end(subject))
+    hold = world.do("2025-05-01T10:00:00+02:00", place_hold(subject))["hold"]
+    world.do("2025-05-10T10:00:00+02:00", {"type": "erase", "subject": subject})
+
+    def report(now: str) -> dict[str, Any]:
+        found: dict[str, Any] = produce(world.ledger.read_models, "retention", now=at(now))
+        return found
+
+    kept = report("2025-05-12T12:00:00+02:00")
+    assert [(i["scope"], i["deadline"]) for i in kept["held"]] == [("customer_data", "2025-05-10")]
+    assert world.retention(subject)["customer_data"]["deadline"] == "2025-05-10"
+    world.do(
+        "2025-05-20T10:00:00+02:00",
+        {"type": "release_legal_hold", "subject": subject, "hold": hold},
+    )
+    due = report("2025-05-25T12:00:00+02:00")
+    assert [(i["scope"], i["deadline"]) for i in due["overdue"]] == [
+        ("customer_data", "2025-05-10")
+    ]
+    assert not due["due_soon"]
+    swept = world.sweep(at("2025-05-25T12:00:00+02:00"), dry_run=True)
+    assert shredded_scopes(swept, subject) == {"customer_data": "2025-05-10"}
 
 
 # -- the sweeper itself --------------------------------------------------------------------------

@@ -72,6 +72,18 @@ def scope_deadline(subject: DataSubject, policy: PolicyCatalogue, scope: str) ->
     return _after(klass, anchor) if anchor else None
 
 
+def scope_due_date(subject: DataSubject, policy: PolicyCatalogue, scope: str) -> date | None:
+    """The day a scope is due for shredding: its deadline, or for an erased subject the
+    day of the erasure where no legal obligation keeps the scope (what only a legal hold
+    kept is due as soon as the hold is released). The sweeper's rule, as a date."""
+    deadline = scope_deadline(subject, policy, scope)
+    erased_on = _date_of(subject.erased_at)
+    klass = policy.retention.get(scope.split(":")[0])
+    if erased_on is None or (klass is not None and klass.legal_obligation):
+        return deadline
+    return erased_on if deadline is None else min(deadline, erased_on)
+
+
 def due_scopes(subject: DataSubject, policy: PolicyCatalogue, today: date) -> list[DueScope]:
     """Scopes past their deadline that no legal hold keeps.
 

@@ -18,7 +18,7 @@ from typing import Any, cast
 from eventsourcing.utils import get_topic
 
 from ledger.domain.policy import PolicyCatalogue
-from ledger.domain.retention import scope_deadline
+from ledger.domain.retention import scope_due_date
 from ledger.domain.subject import DataSubject, parse_iso, retention_class_of, withdraws_all
 from ledger.projections.schema import (
     AGREEMENTS,
@@ -101,7 +101,7 @@ class SubjectState:
 class _Anchors:
     """The part of a subject that retention deadlines read, rebuilt from rows.
 
-    Shaped like `DataSubject` for `ledger.domain.retention.scope_deadline`, so read
+    Shaped like `DataSubject` for `ledger.domain.retention.scope_due_date`, so read
     models and the sweeper compute the same deadline with the same code.
     """
 
@@ -111,6 +111,7 @@ class _Anchors:
         self.relationship_ended_at = row["relationship_ended_at"]
         self.last_dialogue_at = row["last_dialogue_at"]
         self.marketing_registered_at = row["marketing_registered_at"]
+        self.erased_at = row["erased_at"]
         self.relationships = state.tables["rm_relationships"]
         self.competitions = {k: r["ends_on"] for k, r in state.tables["rm_competitions"].items()}
 
@@ -221,7 +222,7 @@ class BatchState:
                 row["status"] = "active"
             anchors = cast(DataSubject, _Anchors(state))
             for key, scope in state.tables["rm_scopes"].items():
-                deadline = scope_deadline(anchors, self.policy, key)
+                deadline = scope_due_date(anchors, self.policy, key)
                 live = any(k not in scope["shredded"] for k in scope["kids"])
                 shredded_at = None if live else max(scope["shredded"].values(), default=None)
                 derived = {
