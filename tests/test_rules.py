@@ -648,6 +648,23 @@ def test_r8_withdrawing_every_channel_one_by_one_withdraws_the_consent(ledger: L
     assert consents["competition"]["active"] is True
 
 
+def test_r6_the_consent_report_sets_aside_consents_of_people_who_objected(
+    ledger: Ledger,
+) -> None:
+    """An objection to direct marketing ends marketing on every channel (R6), so the
+    consent report no longer counts that person's consent as in force."""
+    objecting, other = register(ledger), register(ledger)
+    for subject in (objecting, other):
+        ok(ledger, consent(subject, "marketing", channels=["email", "sms"]))
+    ok(ledger, simple("object", objecting, purpose="marketing"))
+    fails(ledger, process(objecting, "marketing", channel="email"), "objected")
+    report = produce(ledger.read_models, "consent", now=ledger.clock.now())
+    marketing = {p["purpose"]: p for p in report["purposes"]}["marketing"]
+    assert marketing["active"] == 1 and marketing["set_aside_by_objection"] == 1
+    channels = {c["channel"]: c["active"] for c in marketing["channels"]}
+    assert channels["email"] == 1 and channels["sms"] == 1
+
+
 # -- R9: restriction ---------------------------------------------------------------------
 
 

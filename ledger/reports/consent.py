@@ -2,7 +2,7 @@
 
 Counts come from the consent history (every `give_consent` and `withdraw_consent`) and the
 current consents; consents of erased people are not counted as in force (nothing may be
-processed for them, R17).
+processed for them, R17), nor those an objection to the purpose sets aside (R6, R7).
 """
 
 from __future__ import annotations
@@ -46,10 +46,15 @@ def consent(ctx: ReportContext) -> Report:
     active: dict[str, int] = defaultdict(int)
     explicit: dict[str, int] = defaultdict(int)
     channel_active: dict[tuple[str, str], int] = defaultdict(int)
+    objected: dict[str, int] = defaultdict(int)
     for row in ctx.query(
-        "SELECT c.purpose, c.channels, c.explicit FROM rm_consents c "
+        "SELECT c.purpose, c.channels, c.explicit, EXISTS (SELECT 1 FROM rm_objections o "
+        "WHERE o.sid = c.sid AND o.purpose = c.purpose) AS objected FROM rm_consents c "
         "JOIN rm_subjects s ON s.sid = c.sid WHERE c.active AND s.erased_at IS NULL"
     ):
+        if row["objected"]:  # the person objected since: nothing may rest on it
+            objected[row["purpose"]] += 1
+            continue
         active[row["purpose"]] += 1
         explicit[row["purpose"]] += 1 if row["explicit"] else 0
         for channel in orjson.loads(row["channels"]):
@@ -77,6 +82,7 @@ def consent(ctx: ReportContext) -> Report:
                 "withdrawals": withdrawals.get(name, 0),
                 "full_withdrawals": full.get(name, 0),
                 "active": active.get(name, 0),
+                "set_aside_by_objection": objected.get(name, 0),
                 "explicit_active": explicit.get(name, 0),
                 "channels": [
                     {
@@ -143,6 +149,9 @@ def consent(ctx: ReportContext) -> Report:
                 f"Explicit consents (Art. 9(2)(a), for sensitive data) in force: "
                 f"{sum(p['explicit_active'] for p in purposes):,}.",
                 "People who were erased are not counted as having a consent in force.",
+                "Nor are people who objected to the purpose after consenting (Art. 21; for "
+                "direct marketing the objection is unconditional): consents set aside so: "
+                f"{sum(objected.values()):,}.",
             ],
         ),
     ]
