@@ -781,6 +781,29 @@ def test_unknown_agreement_on_revocation(ledger: Ledger) -> None:
     )
 
 
+def test_r10_the_disclosures_report_checks_agreements_by_the_moment(ledger: Ledger) -> None:
+    """The report re-checks each disclosure against its agreement as the ledger does, by
+    instants: a revocation reported late, dated the morning of a disclosure made that
+    afternoon, leaves the disclosure uncovered (the report once compared days only). The
+    list is in time order across UTC offsets."""
+    subject = customer(ledger)
+    made = "2026-02-10T12:00:00+01:00"
+    agreement = ok(ledger, agreement_for(subject, occurred_at=made))["agreement"]
+    # 09:45 in Copenhagen written in UTC: after 09:30, though its text sorts before it
+    times = ["2026-02-11T08:45:00+00:00", "2026-02-11T09:30:00+01:00", "2026-02-11T15:00:00+01:00"]
+    for moment in times:
+        ok(ledger, disclose(subject, agreement, ["consumption"], occurred_at=moment))
+    revoke = {"type": "revoke_disclosure_agreement", "subject": subject, "agreement": agreement}
+    ok(ledger, {**revoke, "occurred_at": "2026-02-11T10:00:00+01:00"})  # reported late
+    report = produce(ledger.read_models, "disclosures", now=ledger.clock.now())
+    assert [(d["disclosed_at"], d["covered"]) for d in report["disclosures"]] == [
+        (times[1], True),
+        (times[0], True),
+        (times[2], False),
+    ]
+    assert report["uncovered"] == 1
+
+
 # -- R11: nothing outside the EU -------------------------------------------------------
 
 

@@ -11,21 +11,23 @@ from typing import Any
 
 import orjson
 
+from ledger.clock import parse_instant
 from ledger.reports import register_report
 from ledger.reports.model import Report, ReportContext, Section, Table
 from ledger.reports.text import RECIPIENT_KINDS, day_of, plural
 
 
 def _covered(disclosure: dict[str, Any], agreement: dict[str, Any] | None) -> bool:
+    """As the ledger checks it (R10): agreed before the moment of the disclosure and not
+    revoked before it (instants, not days), valid on its day in Copenhagen, covering it."""
     if agreement is None:
         return False
-    at = disclosure["disclosed_at"]
-    day = day_of(at)
-    if day_of(agreement["agreed_at"]) > day:
+    at = parse_instant(disclosure["disclosed_at"])
+    if parse_instant(agreement["agreed_at"]) > at:
         return False
-    if agreement["revoked_at"] and day_of(agreement["revoked_at"]) < day:
+    if agreement["revoked_at"] and parse_instant(agreement["revoked_at"]) <= at:
         return False
-    if agreement["valid_until"] and agreement["valid_until"] < day:
+    if agreement["valid_until"] and agreement["valid_until"] < day_of(disclosure["disclosed_at"]):
         return False
     return set(disclosure["categories"]) <= set(agreement["categories"])
 
@@ -59,7 +61,7 @@ def disclosures(ctx: ReportContext) -> Report:
     for row in ctx.query(
         "SELECT d.position, s.subject, d.agreement, d.categories, d.recipient_kind, d.country, "
         "d.disclosed_at, d.actor FROM rm_disclosures d JOIN rm_subjects s ON s.sid = d.sid "
-        "ORDER BY d.disclosed_at, d.position"
+        "ORDER BY d.position"
     ):
         row["categories"] = orjson.loads(row["categories"])
         agreement = agreements.get(row["agreement"])
@@ -95,10 +97,12 @@ def disclosures(ctx: ReportContext) -> Report:
         }
         for row in ctx.query(
             "SELECT s.subject, t.transferred_at, t.categories, t.country, t.recipient "
-            "FROM rm_transfers t JOIN rm_subjects s ON s.sid = t.sid "
-            "ORDER BY t.transferred_at, t.position"
+            "FROM rm_transfers t JOIN rm_subjects s ON s.sid = t.sid ORDER BY t.position"
         )
     ]
+    # in time order: as instants (the text of times with different offsets sorts wrongly)
+    found.sort(key=lambda d: parse_instant(d["disclosed_at"]))
+    transfers.sort(key=lambda t: parse_instant(t["transferred_at"]))
     uncovered = sum(1 for d in found if not d["covered"])
     outside = sum(1 for t in transfers if not t["inside_eu"])
     data = {
