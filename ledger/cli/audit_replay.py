@@ -30,7 +30,7 @@ def replay(
     Without --subject or --report it prints what the replay holds. Values are never
     revealed: the replay keeps no ciphertext.
     """
-    moment = parse_now(as_of)
+    moment = parse_now(as_of, "--as-of")
     assert moment is not None
     if by not in BASES:
         fail(LedgerError("invalid_command", "--by must be recorded or occurred"), as_json=True)

@@ -21,13 +21,15 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def parse_now(now: str | None) -> datetime | None:
+def parse_now(now: str | None, option: str = "--now") -> datetime | None:
     if now is None:
         return None
     try:
         return parse_instant(now)
     except ValueError:
-        raise typer.BadParameter("--now must be an RFC 3339 time with offset, or a date") from None
+        raise typer.BadParameter(
+            f"{option} must be an RFC 3339 time with offset, or a date (its midnight in Copenhagen)"
+        ) from None
 
 
 @contextmanager

@@ -339,7 +339,8 @@ def ropa(ctx: ReportContext) -> Report:
         Section(
             "Transfers to countries outside the EU",
             paragraphs=[
-                "None. The policy allows transfers and disclosures only to EU member states; "
+                ("None. " if outside == 0 else "")
+                + "The policy allows transfers and disclosures only to EU member states; "
                 "the ledger rejects any other (rule R11), so EEA-only countries such as Norway "
                 "count as outside. "
                 + (
