@@ -169,6 +169,44 @@ def test_late_answers_and_overdue_scopes(ledger: Ledger, clock: FixedClock) -> N
     assert late_shred[0]["events"][0]["event"] == "ScopeShredded"
 
 
+def test_people_whose_data_others_gave_must_be_told_within_a_month(
+    ledger: Ledger, clock: FixedClock
+) -> None:
+    """R14 / Art. 14(3)(a): a contact person registered with data a customer gave is told
+    within a month; one told late, and one not told at all past the month, are findings."""
+    customer = ledger.execute(
+        {"type": "register_subject", "kind": "customer", "purpose": CA, "legal_basis": "contract"}
+    )["subject"]
+
+    def contact() -> str:
+        command = {
+            "type": "register_subject",
+            "kind": "contact_person",
+            "purpose": CA,
+            "legal_basis": "legitimate_interest",
+            "provided_by": customer,
+        }
+        return str(ledger.execute(command)["subject"])
+
+    def tell(subject: str) -> None:
+        notice = {"type": "notify_subject", "subject": subject, "notice": "privacy_policy"}
+        assert ledger.execute({**notice, "policy_version": "2018-05-25"})["ok"]
+
+    told, late, never = contact(), contact(), contact()
+    tell(told)
+    assert not findings(compliance(ledger), "informed")
+    assert not findings(compliance(ledger, now=clock.now() + timedelta(days=20)), "informed")
+    clock.set(clock.now() + timedelta(days=40))
+    tell(late)
+    report = compliance(ledger)
+    found = {f["subject"]: f for f in findings(report, "informed")}
+    assert set(found) == {late, never}
+    assert "later than the month" in found[late]["message"]
+    assert [e["event"] for e in found[late]["events"]] == ["Registered", "SubjectNotified"]
+    assert "has not been told" in found[never]["message"]
+    assert {c["check"]: c for c in report["checks"]}["informed"]["checked"] == 3
+
+
 def test_a_sweep_on_its_deadline_is_on_time(ledger: Ledger, clock: FixedClock) -> None:
     prospect = ledger.execute(
         {

@@ -12,8 +12,10 @@ needs of each subject with its own small model, and asks:
 5. every shredding was done by its deadline (allowing the sweep interval), and nothing is
    overdue now;
 6. every request was answered by its due date;
-7. which legal holds kept what, and why;
-8. the latest checkpoint is consistent with every earlier one (and all are signed).
+7. every person whose data another subject gave (a contact person) was told of it within
+   a month (Art. 14(3)(a), rule R14);
+8. which legal holds kept what, and why;
+9. the latest checkpoint is consistent with every earlier one (and all are signed).
 
 "At that moment" means the subject's history as recorded before the act (as the rules
 see it, DESIGN 4.5); a consent or agreement dated after the act it covers is noted.
@@ -82,6 +84,11 @@ CHECKS: dict[str, tuple[str, str]] = {
         "Every data subject request was answered by its due date (one month, or three when "
         "extended within the first month; Art. 12(3)), and none is overdue now.",
     ),
+    "informed": (
+        "People whose data others gave were informed",
+        "Every person registered with data another subject gave (a contact person, rule R14) "
+        "was sent a notice within one month (Art. 14(3)(a)), and none is waiting longer now.",
+    ),
     "holds": (
         "Legal holds",
         "What each legal hold kept from shredding or erasure, and why (Art. 17(3)).",
@@ -96,6 +103,12 @@ CHECKS: dict[str, tuple[str, str]] = {
 
 def _day(text: str | None) -> date | None:
     return local_date(datetime.fromisoformat(text)) if text else None
+
+
+def _inform_by(provided: _Ref) -> date | None:
+    """The last day to tell a person of data another subject gave: one month on."""
+    given = _day(provided.occurred_at)
+    return add_months(given, 1) if given is not None else None
 
 
 @dataclass
@@ -136,6 +149,9 @@ class _Subject:
     scopes: dict[str, set[str]] = field(default_factory=dict)  # scope -> live kids
     latest_purpose: dict[str, str] = field(default_factory=dict)  # category -> purpose
     requests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    provided: _Ref | None = None  # registered with data another subject gave (R14)
+    informed: _Ref | None = None  # the first notice sent to the subject
+    erased: bool = False
 
     def later(self, current: str | None, new: str | None) -> str | None:
         if current is None:
@@ -193,6 +209,24 @@ class HistoryChecker:
 
     def _on_Registered(self, s: _Subject, ref: _Ref, e: dict[str, Any]) -> None:
         s.registered_at = e.get("occurred_at")
+        if e.get("provided_by"):
+            s.provided = ref
+
+    def _on_SubjectNotified(self, s: _Subject, ref: _Ref, e: dict[str, Any]) -> None:
+        if s.provided is None or s.informed is not None:
+            return
+        s.informed = ref
+        self.checked["informed"] += 1
+        due = _inform_by(s.provided)
+        told = _day(e.get("occurred_at"))
+        if due is not None and told is not None and told > due:
+            self._find(
+                "informed",
+                f"the person was told on {told} of data another subject gave on "
+                f"{_day(s.provided.occurred_at)}: later than the month Art. 14(3)(a) allows "
+                f"(by {due})",
+                [s.provided, ref],
+            )
 
     def _collected(self, s: _Subject, ref: _Ref, e: dict[str, Any], purpose: str | None) -> None:
         scope = e["scope"]
@@ -419,6 +453,7 @@ class HistoryChecker:
             hold["events"].append(ref.as_dict())
 
     def _on_ErasureCarriedOut(self, s: _Subject, ref: _Ref, e: dict[str, Any]) -> None:
+        s.erased = True
         for kept in e.get("retained") or []:
             if kept.get("reason") == "legal_hold":
                 for hold in s.active_holds():
@@ -608,6 +643,16 @@ class HistoryChecker:
                             f"its due date {request['due']}",
                             [request["ref"]],
                         )
+            if s.provided is not None and s.informed is None and not s.erased:
+                self.checked["informed"] += 1
+                due = _inform_by(s.provided)
+                if due is not None and today > due:
+                    self._find(
+                        "informed",
+                        f"data another subject gave on {_day(s.provided.occurred_at)} and the "
+                        f"person has not been told (Art. 14(3)(a): by {due})",
+                        [s.provided],
+                    )
         self.checked["holds"] = len(self.holds)
 
 
