@@ -801,6 +801,7 @@ class LedgerApplication(Application[UUID]):
             categories=c.get("categories") or [],
             occurred_at=at,
             actor=c.actor,
+            legal_basis=c.get("legal_basis"),
         )
         return {}
 

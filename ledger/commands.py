@@ -268,6 +268,8 @@ COMMANDS: dict[str, dict[str, tuple[Validator, bool]]] = {
         "activity": (free_text, REQUIRED),
         "channel": (CHANNEL, OPTIONAL),
         "categories": (list_of(text, non_empty=False), OPTIONAL),
+        # beyond DESIGN 5.1: the basis the act rests on, where an objection matters (R7)
+        "legal_basis": (LEGAL_BASIS, OPTIONAL),
     },
     "start_relationship": {
         "subject": (uuid, REQUIRED),

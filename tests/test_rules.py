@@ -583,6 +583,26 @@ def test_r7_objection_bites_only_the_legitimate_interest_basis(ledger: Ledger) -
     )
 
 
+def test_r7_a_processing_act_may_name_the_basis_it_rests_on(ledger: Ledger) -> None:
+    """`process` takes an optional `legal_basis` (beyond DESIGN 5.1): after an objection to
+    customer administration, billing under the contract goes on; an act that names no
+    basis, or legitimate interest, is stopped; a basis the purpose lacks is refused; an
+    objection to direct marketing stops marketing whatever basis is named."""
+    subject = customer(ledger)
+    ok(ledger, simple("object", subject, purpose=CA))
+    billing = process(subject, CA, activity="invoice_prepared")
+    fails(ledger, billing, "objected")
+    fails(ledger, {**billing, "legal_basis": "legitimate_interest"}, "objected")
+    ok(ledger, {**billing, "legal_basis": "contract"})
+    fails(ledger, {**billing, "legal_basis": "consent"}, "legal_basis_not_allowed")
+    acts = [e for e in ledger.history(subject) if e["type"] == "DataProcessed"]
+    assert acts[-1]["details"]["legal_basis"] == "contract"
+    ok(ledger, consent(subject, "marketing", channels=["email"]))
+    ok(ledger, simple("object", subject, purpose="marketing"))
+    sending = process(subject, "marketing", channel="email", legal_basis="consent")
+    fails(ledger, sending, "objected")
+
+
 def test_r7_no_objection_to_purposes_without_legitimate_interest(ledger: Ledger) -> None:
     subject = register(ledger)
     fails(ledger, simple("object", subject, purpose="bookkeeping"), "legal_basis_not_allowed")

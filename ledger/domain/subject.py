@@ -286,6 +286,7 @@ class DataSubject(Aggregate):
         activity: str
         channel: str | None
         categories: list[str]
+        legal_basis: str | None = None  # when the caller named it (events before had none)
 
         def apply(self, subject: DataSubject) -> None:
             subject.processing_count += 1
@@ -961,25 +962,35 @@ class DataSubject(Aggregate):
         categories: list[str],
         occurred_at: datetime,
         actor: str | None,
+        legal_basis: str | None = None,
     ) -> None:
-        """R5–R9, R12, R17 for a processing act (marketing sends, analyses, ...)."""
-        the_purpose = _known_purpose(policy, purpose)
-        legal_obligation_only = the_purpose.legal_bases == ("legal_obligation",)
-        if not legal_obligation_only:
+        """R5–R9, R12, R17 for a processing act (marketing sends, analyses, ...).
+
+        Without a legal basis the act may rest on any of the purpose's, so an objection to
+        the purpose stops it (R7, the safe reading); naming one that is not legitimate
+        interest (a contract, a legal obligation) lets it go on after an objection, which
+        only stops what rests on legitimate interest (Art. 21(1)) or direct marketing.
+        """
+        if legal_basis is None:
+            the_purpose = _known_purpose(policy, purpose)
+        else:
+            the_purpose = _purpose_with_basis(policy, purpose, legal_basis)
+        bases = (legal_basis,) if legal_basis is not None else the_purpose.legal_bases
+        if bases != ("legal_obligation",):
             self._not_erased("processing")
         self._known_categories(policy, categories)
         _purpose_allows(the_purpose, categories)
         self._notified_of(policy, the_purpose)
         self._not_restricted("processing")
-        self._not_objected(the_purpose, None)
-        basis = "consent" if the_purpose.legal_bases == ("consent",) else None
-        self._consent_for(the_purpose, basis, channel)
+        self._not_objected(the_purpose, legal_basis)
+        self._consent_for(the_purpose, "consent" if bases == ("consent",) else None, channel)
         self.trigger_event(
             self.DataProcessed,
             purpose=purpose,
             activity=activity,
             channel=channel,
             categories=sorted(set(categories)),
+            legal_basis=legal_basis,
             occurred_at=iso(occurred_at),
             actor=actor,
         )
