@@ -90,9 +90,8 @@ def personal_value(name: str, value: Any) -> Any:
     """A value to seal: JSON, not empty, at most 64 KiB and 32 levels deep."""
     if value is None:
         raise _fail(name, "must not be null")
-    if isinstance(value, str | list | dict) and not (
-        value.strip() if isinstance(value, str) else value
-    ):
+    blank = isinstance(value, str) and not value.strip()
+    if blank or (isinstance(value, list | dict) and not value):
         raise _fail(name, "must not be empty")
     _check_json(name, value, 1)
     if len(orjson.dumps(value)) > MAX_VALUE_BYTES:
