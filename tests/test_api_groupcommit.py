@@ -145,15 +145,20 @@ def test_database_failure_fails_only_its_group(env: dict[str, str]) -> None:
         assert registered == {first, later}
 
 
-def test_a_command_the_code_cannot_handle_fails_alone(env: dict[str, str]) -> None:
+@pytest.mark.parametrize("group_commit", [True, False], ids=["group", "one_by_one"])
+def test_a_command_the_code_cannot_handle_fails_alone(
+    env: dict[str, str], group_commit: bool
+) -> None:
     """A fault that is not the database's (a bug, met by one command) fails its group; the
     commands of that group are then run one by one, so only that command fails (500) and
     its neighbours are written (once one caller's odd value made every other caller of its
-    group get a 500)."""
+    group get a 500). Without group commit every command runs alone, and the same holds."""
     settings = Settings.from_env(env)
     tokens = make_tokens(settings)
     headers = {"Authorization": f"Bearer {tokens['service']}"}
-    with ThreadServer(settings, ServerOptions(sweep_every=None, tick=0)) as server:
+    with ThreadServer(
+        settings, ServerOptions(sweep_every=None, tick=0, group_commit=group_commit)
+    ) as server:
         app = server.app.state.ledger.app
         real_save, real_register = app.save, app._do_register_subject
         calls = {"n": 0}

@@ -169,14 +169,12 @@ class GroupCommitExecutor:
         live = [item for item in group if not item.future.cancelled()]
         if not live:
             return
+        if not self.group_commit:  # one transaction per command
+            _deliver([(item, self._alone(item)) for item in live])
+            return
         started = time.perf_counter()
         try:
-            if self.group_commit:
-                results = self.ledger.app.execute_many(
-                    [item.command for item in live], atomic=False
-                )
-            else:
-                results = [self.ledger.execute(item.command) for item in live]
+            results = self.ledger.app.execute_many([item.command for item in live], atomic=False)
         except Exception as exc:  # nothing of this group was written
             log.error(
                 "group_failed",
@@ -196,6 +194,7 @@ class GroupCommitExecutor:
         _deliver(list(zip(live, results, strict=True)))
 
     def _alone(self, item: _Command) -> dict[str, Any] | Exception:
+        """One command in a transaction of its own; its failure is its result."""
         try:
             result = self.ledger.execute(item.command)
         except Exception as exc:
