@@ -19,7 +19,7 @@ from ledger.audit import service
 from ledger.audit.leaves import leaf_data
 from ledger.audit.merkle import append_leaves
 from ledger.audit.note import Checkpoint, Signer, format_checkpoint, sign_note
-from ledger.audit.store import is_stored
+from ledger.audit.store import AuditError, is_stored
 from ledger.audit.verify import VerifyReport
 from ledger.config import Settings
 from ledger.facade import Ledger
@@ -182,7 +182,15 @@ def test_rewritten_history_with_a_rebuilt_tree(
 ) -> None:
     """An attacker without the key alters an event and rebuilds the whole stored tree to
     match: leaves and nodes agree, but the signed roots do not."""
-    nid = 7
+    _rewrite_history(raw, 7)
+    report = _failed(ledger)
+    assert _checks(report) == {"checkpoint"}
+    failure = report.failures[0]
+    assert failure.tree_size == sealed["size"] and failure.leaf_index == 0
+
+
+def _rewrite_history(raw: Raw, nid: int) -> None:
+    """Alter one event and rebuild the whole stored tree to match (no key needed)."""
     _, _, _, state = raw.event(nid)
     doc = orjson.loads(bytes(state))
     doc["actor"] = "someone else"
@@ -208,10 +216,42 @@ def test_rewritten_history_with_a_rebuilt_tree(
             "INSERT INTO audit_tree (level, idx, hash, notification_id) VALUES (?, ?, ?, ?)",
             (level, index, digest, nid_value),
         )
+
+
+@pytest.mark.parametrize("rewrite", [False, True], ids=["checkpoints_removed", "history_too"])
+def test_removed_checkpoints_are_not_signed_again(
+    ledger: Ledger, raw: Raw, sealed: dict[str, Any], rewrite: bool
+) -> None:
+    """Someone who can write to the database but has no signing key rewrites history (or
+    not), deletes every checkpoint that binds it and waits for the next seal. The signer
+    keeps its newest checkpoint outside the database (the audit witness): it refuses to
+    sign, and verify says the witnessed checkpoint is gone (both once passed)."""
+    if rewrite:
+        _rewrite_history(raw, 7)
+    raw.q("DELETE FROM audit_checkpoints")
+    with pytest.raises(AuditError, match="no longer holds"):
+        service.seal(ledger)
     report = _failed(ledger)
-    assert _checks(report) == {"checkpoint"}
-    failure = report.failures[0]
-    assert failure.tree_size == sealed["size"] and failure.leaf_index == 0
+    assert "witness" in _checks(report)
+    witness = next(f for f in report.failures if f.check == "witness")
+    assert witness.tree_size == sealed["size"]
+
+
+def test_the_witness_moves_forward_only(ledger: Ledger, sealed: dict[str, Any]) -> None:
+    """Each seal that signs moves the witness on; an older checkpoint never replaces it."""
+    log = audit(ledger)
+    assert log.witness is not None
+    kept = log.witness.read(log.verifier, log.origin)
+    assert kept is not None and kept.size == sealed["size"]
+    ledger.execute({"type": "record_dialogue", "subject": sealed["ids"][0]})
+    newer = service.seal(ledger)
+    assert newer.checkpoint is not None
+    newest = log.witness.read(log.verifier, log.origin)
+    assert newest is not None and newest.size == sealed["size"] + 1
+    first = log.store.checkpoints()[0]
+    assert log.witness.advance(first.note, log.verifier, log.origin) is False
+    assert log.witness.read(log.verifier, log.origin) == newest
+    assert log.witness.path.stat().st_mode & 0o777 == 0o600
 
 
 def test_inserted_event_after_sealing(ledger: Ledger, raw: Raw, sealed: dict[str, Any]) -> None:

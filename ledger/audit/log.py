@@ -47,6 +47,7 @@ from ledger.audit.store import (
     is_stored,
     stored_coords,
 )
+from ledger.audit.witness import Witness
 
 __all__ = ["AuditLog", "SealResult", "b64", "prefetched"]
 
@@ -124,12 +125,14 @@ class AuditLog:
         signer: Signer | None = None,
         origin: str | None = None,
         now: Callable[[], datetime] | None = None,
+        witness: Witness | None = None,
     ) -> None:
         self.store = store
         self.verifier = verifier
         self.signer = signer
         self.origin = origin or verifier.name
         self._now = now or (lambda: datetime.now(UTC))
+        self.witness = witness
 
     # -- sealing ----------------------------------------------------------------------
 
@@ -137,6 +140,7 @@ class AuditLog:
         """Add every new notification to the tree; sign a checkpoint if it grew."""
         added = 0
         signed: StoredCheckpoint | None = None
+        newest: StoredCheckpoint | None = None
         while True:
             with self.store.writer() as s:
                 size, last = s.tree_state()
@@ -156,7 +160,11 @@ class AuditLog:
                 done = len(rows) < chunk
                 if done and checkpoint:
                     signed = self._sign(s, size)
+                    newest = s.latest_checkpoint()
             if done:
+                if checkpoint and newest is not None and self.witness is not None:
+                    # after the commit: a witness ahead of the database would refuse it
+                    self.witness.advance(newest.note, self.verifier, self.origin)
                 return SealResult(added, size, signed)
 
     def _sign(self, s: AuditStore, size: int) -> StoredCheckpoint | None:
@@ -174,6 +182,7 @@ class AuditLog:
                 "the log was signed with another key (audit_meta.public_key); refusing to mix keys"
             )
         root = prefetched(s, lambda h: root_hash(size, h))
+        self._extends_witness(s, latest, size, root)
         if latest is not None:
             if latest.tree_size > size:
                 raise AuditError(
@@ -203,6 +212,33 @@ class AuditLog:
             s.set_meta("public_key", self.verifier.vkey())
             s.set_meta("origin", self.origin)
         return stored
+
+    def _extends_witness(
+        self, s: AuditStore, latest: StoredCheckpoint | None, size: int, root: bytes
+    ) -> None:
+        """Refuse to sign unless the tree extends the checkpoint this signer witnessed and
+        the database still holds it (see `ledger.audit.witness`)."""
+        witnessed = self.witness.read(self.verifier, self.origin) if self.witness else None
+        if witnessed is None:
+            return
+        if latest is None or latest.tree_size < witnessed.size:
+            raise AuditError(
+                f"refusing to sign: this signer has signed a checkpoint of {witnessed.size} "
+                "leaves that the database no longer holds (checkpoints were removed)"
+            )
+        if witnessed.size > size:
+            raise AuditError(
+                f"refusing to sign: the tree has {size} leaves, this signer has signed "
+                f"{witnessed.size}"
+            )
+        proof = prefetched(s, lambda h: consistency_proof(witnessed.size, size, h))
+        try:
+            verify_consistency(witnessed.size, size, proof, witnessed.root, root)
+        except ProofError as exc:
+            raise AuditError(
+                f"refusing to sign: a tree of {size} leaves is not consistent with the "
+                f"checkpoint of {witnessed.size} leaves this signer has signed ({exc})"
+            ) from None
 
     def pending(self) -> int:
         """How many notifications are not yet sealed (an upper bound on PostgreSQL gaps)."""

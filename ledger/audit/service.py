@@ -28,7 +28,8 @@ from ledger.audit.log import AuditLog, SealResult, b64
 from ledger.audit.merkle import ProofError
 from ledger.audit.note import Verifier
 from ledger.audit.store import AuditError, AuditStore
-from ledger.audit.verify import Progress, VerifyReport, verify_store
+from ledger.audit.verify import Failure, Progress, VerifyReport, verify_store
+from ledger.audit.witness import WITNESS_FILE, Witness
 from ledger.errors import LedgerError, unknown_subject
 from ledger.logs import get_logger
 
@@ -70,7 +71,8 @@ def audit_log(ledger: Ledger) -> AuditLog:
             store.close()
             raise
         origin = store.meta("origin") or DEFAULT_ORIGIN
-        opened = AuditLog(store, signer.verifier, signer=signer, origin=origin)
+        witness = Witness(ledger.settings.home / WITNESS_FILE)
+        opened = AuditLog(store, signer.verifier, signer=signer, origin=origin, witness=witness)
         _logs[ledger] = opened
         weakref.finalize(ledger, store.close)
         return opened
@@ -251,7 +253,17 @@ def verify(
     """
     audit = audit_log(ledger)
     verifier = Verifier.parse(key) if key else audit.verifier
-    return verify_store(audit.store, verifier, origin=audit.origin, progress=progress)
+    try:
+        witnessed = audit.witness.read(audit.verifier, audit.origin) if audit.witness else None
+        unreadable = None
+    except AuditError as exc:  # e.g. kept under another key: a failure to report
+        witnessed, unreadable = None, str(exc)
+    report = verify_store(
+        audit.store, verifier, origin=audit.origin, progress=progress, witnessed=witnessed
+    )
+    if unreadable is not None:
+        report.fail(Failure("witness", unreadable))
+    return report
 
 
 def export(

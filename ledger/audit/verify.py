@@ -158,8 +158,13 @@ def verify_store(
     *,
     origin: str | None = None,
     progress: Progress | None = None,
+    witnessed: Checkpoint | None = None,
 ) -> VerifyReport:
-    """Check events, stored tree and checkpoints of one ledger (see the module docstring)."""
+    """Check events, stored tree and checkpoints of one ledger (see the module docstring).
+
+    `witnessed` is the newest checkpoint the signer keeps outside the database
+    (`ledger.audit.witness`): the database must still hold it.
+    """
     started = time.perf_counter()
     report = VerifyReport(public_key=verifier.vkey())
     origin = origin or verifier.name
@@ -167,6 +172,18 @@ def verify_store(
         size, _ = s.tree_state()
         report.leaves = size
         signed = _open_checkpoints(s, verifier, origin, report)
+        if witnessed is not None and not any(
+            c.size == witnessed.size and c.root == witnessed.root for c in signed
+        ):
+            report.fail(
+                Failure(
+                    "witness",
+                    f"the database no longer holds the checkpoint of {witnessed.size} leaves "
+                    "that its signer keeps in the audit witness: checkpoints were removed or "
+                    "the log was rewritten",
+                    tree_size=witnessed.size,
+                )
+            )
         _walk(s, size, signed, report, progress)
         _consistency(s, size, signed, report)
     report.seconds = time.perf_counter() - started
