@@ -254,6 +254,30 @@ def test_the_witness_moves_forward_only(ledger: Ledger, sealed: dict[str, Any]) 
     assert log.witness.path.stat().st_mode & 0o777 == 0o600
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # PostgreSQL: a uuid column
+def test_an_id_rewritten_in_another_form(ledger: Ledger, raw: Raw, sealed: dict[str, Any]) -> None:
+    """SQLite keeps ids as lowercase hex: upper case hides a subject's events from the
+    ledger, so it must not give the same leaf (it once did, and verify passed)."""
+    nid = 6
+    raw.q("UPDATE EVENTS SET originator_id = upper(originator_id) WHERE NID = ?", (nid,))
+    report = _failed(ledger)
+    first = report.first_bad_leaf
+    assert first is not None and first.notification_id == nid and "event" in _checks(report)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # PostgreSQL: a bytea column
+def test_a_state_stored_as_text_is_reported(
+    ledger: Ledger, raw: Raw, sealed: dict[str, Any]
+) -> None:
+    """An edit that turns the state into text (SQLite's replace()) is a bad event in the
+    report, not a crash of verify."""
+    nid = 4
+    raw.q("UPDATE EVENTS SET state = CAST(state AS TEXT) WHERE NID = ?", (nid,))
+    report = _failed(ledger)
+    first = report.first_bad_leaf
+    assert first is not None and first.notification_id == nid
+
+
 def test_inserted_event_after_sealing(ledger: Ledger, raw: Raw, sealed: dict[str, Any]) -> None:
     """An event slipped in below the sealed position (SQLite reuses a deleted rowid)."""
     nid = 3

@@ -64,7 +64,13 @@ def _uuid_text(originator_id: UUID | str) -> str:
     """
     text = _UUID_TEXT.get(originator_id)
     if text is None:
-        text = str(originator_id if isinstance(originator_id, UUID) else UUID(originator_id))
+        parsed = originator_id if isinstance(originator_id, UUID) else UUID(originator_id)
+        text = str(parsed)
+        if isinstance(originator_id, str) and originator_id not in (parsed.hex, text):
+            # Only the forms the stores write are read: an id rewritten in another form
+            # (upper case, braces) would hide the events from the ledger yet give the
+            # same leaf, so it is a bad event, not the same one.
+            raise ValueError("the stored originator id is not in a form the ledger writes")
         if len(_UUID_TEXT) >= 100_000:
             _UUID_TEXT.clear()
         _UUID_TEXT[originator_id] = text

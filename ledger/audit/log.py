@@ -100,6 +100,26 @@ def prefetched(store: AuditStore, compute: Callable[[SubtreeHashes], T]) -> T:
     return compute(_Fetched(store.get_many(wanted.coords)))
 
 
+def _leaf_hashes(rows: list[tuple[int, UUID | str, int, str, bytes]]) -> list[bytes]:
+    """The leaf hashes of events to seal; AuditError names an event that cannot be read."""
+    sha256 = hashlib.sha256
+    try:
+        return [sha256(b"\x00" + leaf_data(*row)).digest() for row in rows]
+    except (ValueError, TypeError) as exc:  # orjson's decode error is a ValueError
+        bad = next(row for row in rows if not _readable(row))
+        raise AuditError(
+            f"refusing to seal: notification {bad[0]} cannot be read ({exc})"
+        ) from None
+
+
+def _readable(row: Any) -> bool:
+    try:
+        leaf_data(*row)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class SealResult:
     added: int
@@ -146,8 +166,7 @@ class AuditLog:
                 size, last = s.tree_state()
                 rows = s.event_tuples_after(last, chunk)
                 if rows:
-                    sha256 = hashlib.sha256
-                    hashes = [sha256(b"\x00" + leaf_data(*row)).digest() for row in rows]
+                    hashes = _leaf_hashes(rows)
                     s.insert_nodes(
                         [
                             (level, index, digest, rows[index - size][0] if level == 0 else None)

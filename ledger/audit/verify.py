@@ -305,7 +305,8 @@ def _walk(
                     version=row.originator_version,
                 )
             )
-            data = b"\xff" + row.state  # an unreadable event still takes its place
+            state = row.state if isinstance(row.state, bytes | bytearray | memoryview) else b""
+            data = b"\xff" + bytes(state)  # an unreadable event still takes its place
         digest = _sha256(b"\x00" + data).digest()
         oid = row.originator_id
         expected_version = versions.get(oid, 0) + 1
