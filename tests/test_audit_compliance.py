@@ -14,7 +14,7 @@ import pytest
 from eventsourcing.persistence import StoredEvent
 
 from ledger.audit import service
-from ledger.audit.note import Checkpoint, format_checkpoint, sign_note
+from ledger.audit.note import Checkpoint, Signer, format_checkpoint, sign_note
 from ledger.clock import FixedClock
 from ledger.config import Settings
 from ledger.facade import Ledger
@@ -110,6 +110,7 @@ def test_violations_are_found_with_their_events(ledger: Ledger) -> None:
         scope="customer_data",
         cpr_ground=None,
     )
+    service.seal(ledger)  # signed as they stand: the log is intact, the acts are not
     report = compliance(ledger)
     assert not report["ok"]
 
@@ -240,6 +241,42 @@ def test_legal_holds_show_what_they_kept(ledger: Ledger, clock: FixedClock) -> N
     assert not findings(report, "retention")  # the hold explains why nothing was shredded
     html = compliance(ledger, fmt="html")
     assert "<html" in html.lower() and "dispute" in html and "CEKURA A/S" in html
+
+
+def test_an_unsigned_history_or_a_log_re_signed_by_another_key_fails_the_report(
+    ledger: Ledger, settings: Settings, ledger_env: dict[str, str], monkeypatch: Any
+) -> None:
+    """Events and no checkpoint is a failure of the append-only check (it said ok with one
+    violation); so is a log whose checkpoints were re-signed by another key and that key
+    written into the database (the report once took the database's word for the key)."""
+    story(ledger, subjects=1)
+    unsigned = {c["check"]: c for c in compliance(ledger)["checks"]}["checkpoints"]
+    assert unsigned["ok"] is False and unsigned["violations"] == 1
+    service.seal(ledger)
+    assert {c["check"]: c for c in compliance(ledger)["checks"]}["checkpoints"]["ok"] is True
+    log = audit(ledger)
+    forger = Signer.generate(log.origin)
+    with log.store.reader() as s:
+        stored = s.checkpoints()
+    raw = Raw(settings)
+    try:
+        for cp in stored:
+            note = sign_note(
+                format_checkpoint(Checkpoint(log.origin, cp.tree_size, cp.root)), forger
+            )
+            raw.q("UPDATE audit_checkpoints SET note = ? WHERE tree_size = ?", (note, cp.tree_size))
+        raw.q(
+            "UPDATE audit_meta SET value = ? WHERE name = ?",
+            (forger.verifier.vkey(), "public_key"),
+        )
+    finally:
+        raw.close()
+    for name, value in ledger_env.items():  # the signing key is configured, as in the CLI
+        monkeypatch.setenv(name, value)
+    report = compliance(ledger)
+    checkpoints = {c["check"]: c for c in report["checks"]}["checkpoints"]
+    assert checkpoints["ok"] is False and not report["ok"]
+    assert any("another public key" in p for p in report["checkpoints"]["problems"])
 
 
 def test_an_inconsistent_checkpoint_fails_the_report(ledger: Ledger, settings: Settings) -> None:

@@ -692,14 +692,25 @@ def check_checkpoints(query: Any, verifier: Verifier | None, events: int) -> dic
     except Exception:  # no audit tables yet in this database
         rows = []
     key_source = "the configured signing key"
+    other_key: str | None = None
     if rows:
         stored = query("SELECT value FROM audit_meta WHERE name = ?", ("public_key",))
         recorded = str(stored[0]["value"]) if stored else None
-        if recorded is not None and (verifier is None or verifier.vkey() != recorded):
-            # No configured key here (or another one): check against the key the log
-            # records; `ledger audit verify` checks against the configured key itself.
+        if recorded is not None and verifier is None:
+            # No configured key here: the key the log records is all there is, and it
+            # proves nothing against whoever can write to the database.
             verifier = Verifier.parse(recorded)
-            key_source = "the public key recorded with the log (no configured key matched it)"
+            key_source = (
+                "the public key recorded in the database itself (no signing key is "
+                "configured here): check with `ledger audit verify --key` for proof"
+            )
+        elif recorded is not None and verifier is not None and verifier.vkey() != recorded:
+            # never the database's word over the configured key: a re-signed log records
+            # its forger's key
+            other_key = (
+                "the database records another public key than the configured signing key's: "
+                "its checkpoints were signed by someone else"
+            )
     out: dict[str, Any] = {
         "count": len(rows),
         "latest": None,
@@ -710,8 +721,11 @@ def check_checkpoints(query: Any, verifier: Verifier | None, events: int) -> dic
         "events_after_latest": events,
         "problems": [],
     }
+    if other_key is not None:
+        out["problems"].append(other_key)
     if not rows:
-        out["problems"].append("no checkpoint has been signed yet")
+        if events:
+            out["problems"].append(f"{events:,} events and no checkpoint signed")
         return out
     latest = rows[-1]
     size, root = int(latest["tree_size"]), bytes(latest["root"])
@@ -816,11 +830,9 @@ def check_history(
     summary = []
     for check, (title, question) in CHECKS.items():
         if check == "checkpoints":
-            ok = checkpoints["consistent_with_all_earlier"] is not False and not [
-                p for p in checkpoints["problems"] if "no checkpoint" not in p
-            ]
-            checked = checkpoints["count"]
             count = len(checkpoints["problems"])
+            ok = checkpoints["consistent_with_all_earlier"] is not False and count == 0
+            checked = checkpoints["count"]
         else:
             count = sum(1 for f in violations if f["check"] == check)
             ok = count == 0
