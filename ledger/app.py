@@ -36,6 +36,7 @@ from ledger.config import Settings
 from ledger.crypto.keystore import KeyConflict, KeySession, KeyStore
 from ledger.crypto.lookup import LOOKUP_KINDS, lookup_digest, normalise_identifier
 from ledger.crypto.sealing import seal
+from ledger.domain.calendar import local_date
 from ledger.domain.policy import PolicyCatalogue
 from ledger.domain.subject import DataSubject, check_cpr
 from ledger.errors import LedgerError, unknown_subject
@@ -98,25 +99,48 @@ class CommandReceipt(Aggregate):
     class Received(Aggregate.Created):
         payload_hash: str
         result: dict[str, Any]
+        period: str | None = None  # whose receipt key made the hash (None: the lookup key)
 
-    def __init__(self, payload_hash: str, result: dict[str, Any]) -> None:
+    def __init__(
+        self, payload_hash: str, result: dict[str, Any], period: str | None = None
+    ) -> None:
         self.payload_hash = payload_hash
         self.result = result
+        self.period = period
 
     @staticmethod
     def id_for(key: str) -> UUID:
         return uuid.uuid5(RECEIPT_NAMESPACE, key)
 
     @classmethod
-    def issue(cls, key: str, payload_hash: str, result: dict[str, Any]) -> CommandReceipt:
+    def issue(
+        cls, key: str, payload_hash: str, result: dict[str, Any], period: str
+    ) -> CommandReceipt:
         return cls._create(
-            cls.Received, id=cls.id_for(key), payload_hash=payload_hash, result=result
+            cls.Received,
+            id=cls.id_for(key),
+            payload_hash=payload_hash,
+            result=result,
+            period=period,
         )
+
+
+RECEIPTS_HONOURED = timedelta(days=7)
+"""How long an idempotency key is honoured at least; its receipt key goes within 14 days."""
+
+
+def receipt_period(moment: datetime) -> str:
+    """The ISO week (Copenhagen) whose receipt key hashes a command received at `moment`."""
+    year, week, _ = local_date(moment).isocalendar()
+    return f"{year}-W{week:02d}"
 
 
 def payload_hash(raw: dict[str, Any], key: bytes) -> str:
     """Keyed (HMAC under a key-store key): the command holds personal values, and a plain
-    hash in a receipt would let the event store alone confirm a guessed CPR number."""
+    hash in a receipt would let the event store alone confirm a guessed CPR number. The
+    key is the receipt key of the week (`KeyStore.receipt_key`), destroyed when the week's
+    receipts are no longer honoured, so no receipt confirms anything for long, not even
+    to whoever holds the key store (receipts made before these keys used the lookup key)."""
     body = {k: v for k, v in raw.items() if k != "idempotency_key"}
     message = b"ledger/v1/receipt\x00" + canonical_json(body)
     return hmac.new(key, message, hashlib.sha256).hexdigest()
@@ -432,17 +456,16 @@ class LedgerApplication(Application[UUID]):
         return results
 
     def _run_one(self, uow: UnitOfWork, sealer: ScopeSealer, command: Command) -> dict[str, Any]:
+        now = self.clock.now()
         if command.idempotency_key is not None:
-            digest = payload_hash(command.raw, self.keystore.lookup_key())
             first = self._receipt(uow, command.idempotency_key)
             if first is not None:
-                if first.payload_hash != digest:
-                    raise LedgerError(
-                        "duplicate",
-                        "this idempotency key was used before with a different command",
-                    )
+                self._same_command(first, command)
                 return dict(first.result)
-        now = self.clock.now()
+            period = receipt_period(now)
+            receipt_key = self.keystore.receipt_key(period)
+            assert receipt_key is not None
+            digest = payload_hash(command.raw, receipt_key)
         occurred_at = command.occurred_at or now
         if occurred_at > now + CLOCK_SKEW:
             raise LedgerError("invalid_command", "field 'occurred_at' is in the future")
@@ -450,9 +473,27 @@ class LedgerApplication(Application[UUID]):
         extra: dict[str, Any] = handler(uow, sealer, command, occurred_at)
         result = {"ok": True, **extra}
         if command.idempotency_key is not None:
-            receipt = CommandReceipt.issue(command.idempotency_key, digest, result)
+            receipt = CommandReceipt.issue(command.idempotency_key, digest, result, period)
             uow.receipts.append(receipt)
         return result
+
+    def _same_command(self, first: CommandReceipt, command: Command) -> None:
+        """A repeat must be the command the key was first used with (else `duplicate`)."""
+        if first.period is None:
+            key: bytes | None = self.keystore.lookup_key()
+        else:
+            key = self.keystore.receipt_key(first.period, create=False)
+        if key is None:
+            raise LedgerError(
+                "duplicate",
+                "this idempotency key was first used more than "
+                f"{RECEIPTS_HONOURED.days} days ago and its command can no longer be compared; "
+                "send the command with a new key",
+            )
+        if first.payload_hash != payload_hash(command.raw, key):
+            raise LedgerError(
+                "duplicate", "this idempotency key was used before with a different command"
+            )
 
     def _receipt(self, uow: UnitOfWork, key: str) -> CommandReceipt | None:
         receipt_id = CommandReceipt.id_for(key)

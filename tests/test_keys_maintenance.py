@@ -60,15 +60,20 @@ def test_rewrap_with_a_key_file_keeps_every_value_readable(cli_env: dict[str, st
         "purpose": "customer_administration",
         "legal_basis": "contract",
         "identifiers": {"email": "karen@example.dk"},
+        "idempotency_key": "signup-karen",  # its week's receipt key is rewrapped too
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "ledger", "exec", "-"],
-        input=json.dumps(command) + "\n",
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+
+    def send() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ledger", "exec", "-"],
+            input=json.dumps(command) + "\n",
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+
+    done = send()
     assert done.returncode == 0, done.stderr
     key_file = Path(env["LEDGER_HOME"]) / "master.key"
     before = key_file.read_text()
@@ -82,6 +87,8 @@ def test_rewrap_with_a_key_file_keeps_every_value_readable(cli_env: dict[str, st
     assert shown.returncode == 0, shown.stderr
     values = {d["category"]: d["value"] for d in json.loads(shown.stdout)["data"]}
     assert values == {"email": "karen@example.dk"}
+    repeat = send()  # the receipt's hash is checked with the rewrapped receipt key
+    assert repeat.returncode == 0 and json.loads(repeat.stdout)["ok"] is True, repeat.stdout
 
     # The old master key no longer opens the key store.
     wrong = {**env, "LEDGER_MASTER_KEY": before.strip()}

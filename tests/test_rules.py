@@ -1248,6 +1248,43 @@ def test_idempotency_same_key_other_payload_is_duplicate(ledger: Ledger) -> None
     assert revealed(ledger, subject)["name"]["value"] == "Åse Ærø"
 
 
+def test_idempotency_receipts_confirm_nothing_once_their_week_is_over(
+    ledger: Ledger, clock: FixedClock
+) -> None:
+    """A receipt's hash covers its command's personal values, so its key is the week's
+    receipt key, which the sweeper destroys once the receipt is no longer honoured (at
+    least 7 days, at most 14): after that no one, not even whoever holds the key store,
+    can test a guessed CPR number against it (the never-shredded lookup key once could,
+    also after the subject's erasure)."""
+    from ledger.app import CommandReceipt, payload_hash, receipt_period
+
+    subject = str(uuid.uuid4())
+    registering = {
+        "type": "register_subject",
+        "subject": subject,
+        "kind": "customer",
+        "purpose": CA,
+        "legal_basis": "contract",
+        "identifiers": {"cpr": "0707614285"},
+        "cpr_ground": "identification",
+        "idempotency_key": "signup-1",
+    }
+    ok(ledger, registering)
+    week = receipt_period(clock.now())
+    receipt = ledger.app.repository.get(CommandReceipt.id_for("signup-1"))
+    assert receipt.period == week
+    assert receipt.payload_hash != payload_hash(registering, ledger.keystore.lookup_key())
+    assert ledger.execute(registering)["ok"] is True  # a repeat within the week
+    ok(ledger, simple("erase", subject))
+    clock.set(clock.now() + timedelta(days=6))
+    assert ledger.sweep()["receipt_keys_destroyed"] == 0
+    assert ledger.execute(registering)["ok"] is True  # still honoured
+    clock.set(clock.now() + timedelta(days=9))
+    assert ledger.sweep()["receipt_keys_destroyed"] == 1
+    assert ledger.keystore.receipt_key(week, create=False) is None
+    assert fails(ledger, registering, "duplicate")
+
+
 def test_idempotency_key_of_a_rejected_command_is_not_used_up(ledger: Ledger) -> None:
     subject = register(ledger)
     command = collect(subject, "health", "astma", idempotency_key="k-2")

@@ -229,6 +229,9 @@ def _is_unique_violation(exc: Exception) -> bool:
     return isinstance(exc, psycopg.errors.UniqueViolation)
 
 
+RECEIPT_KEY = "receipt-key:"  # ledger_secrets: one HMAC key per ISO week of receipts
+
+
 class KeySession:
     """The keys one unit of work needs.
 
@@ -602,6 +605,49 @@ class KeyStore:
         with self._lock:
             self._db.compact()
 
+    # -- receipt keys -----------------------------------------------------------------
+
+    def receipt_key(self, period: str, *, create: bool = True) -> bytes | None:
+        """The HMAC key of the idempotency receipts made in `period` (an ISO week).
+
+        A receipt hashes its whole command, personal values included, so whoever holds its
+        key could confirm a guessed value. A period's key is destroyed once its receipts
+        are no longer honoured (`drop_receipt_keys`, run by the sweeper), erased subjects'
+        included. None if it is gone (or, with `create=False`, was never made).
+        """
+        name = RECEIPT_KEY + period
+        aad = self._aad("*", "receipt", period)
+        with self._lock:
+            rows = self._db.execute("SELECT value FROM ledger_secrets WHERE name = ?", (name,))
+            if not rows and create:
+                self._db.execute(
+                    "INSERT INTO ledger_secrets (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    (name, self._wrap(os.urandom(32), aad)),
+                )
+                rows = self._db.execute("SELECT value FROM ledger_secrets WHERE name = ?", (name,))
+            self._done()
+        return self._unwrap(bytes(rows[0][0]), aad) if rows else None
+
+    def drop_receipt_keys(self, before: str) -> int:
+        """Destroy the receipt keys of every period before `before`; how many went."""
+        bounds = (RECEIPT_KEY, RECEIPT_KEY + before)
+        with self._lock:
+            try:
+                gone = self._db.execute(
+                    "SELECT name FROM ledger_secrets WHERE name >= ? AND name < ?", bounds
+                )
+                if gone:
+                    self._db.execute(
+                        "DELETE FROM ledger_secrets WHERE name >= ? AND name < ?", bounds
+                    )
+                self._db.commit()
+            except BaseException:
+                self._db.rollback()
+                raise
+            if gone:
+                self._db.compact()
+        return len(gone)
+
     def rewrap(self, new_master_key: bytes) -> int:
         """Re-encrypt every live key (and the lookup key) under a new master key."""
         if len(new_master_key) != 32:
@@ -622,16 +668,21 @@ class KeyStore:
                         (nonce + new.encrypt(nonce, key, aad), kid),
                     )
                     count += 1
-                lookup = self._db.execute(
-                    "SELECT value FROM ledger_secrets WHERE name = ?", ("lookup-key",)
+                secrets = self._db.execute(
+                    "SELECT name, value FROM ledger_secrets WHERE name = ? OR "
+                    "(name >= ? AND name < ?)",
+                    ("lookup-key", RECEIPT_KEY, RECEIPT_KEY + "\uffff"),
                 )
-                if lookup:
-                    aad = self._aad("*", "lookup", "lookup-key")
-                    key = self._unwrap(bytes(lookup[0][0]), aad)
+                for name, value in secrets:
+                    if name == "lookup-key":
+                        aad = self._aad("*", "lookup", "lookup-key")
+                    else:
+                        aad = self._aad("*", "receipt", name[len(RECEIPT_KEY) :])
+                    key = self._unwrap(bytes(value), aad)
                     nonce = os.urandom(12)
                     self._db.execute(
                         "UPDATE ledger_secrets SET value = ? WHERE name = ?",
-                        (nonce + new.encrypt(nonce, key, aad), "lookup-key"),
+                        (nonce + new.encrypt(nonce, key, aad), name),
                     )
                 check = hmac.new(new_master_key, _MASTER_CHECK, hashlib.sha256).digest()
                 self._db.execute(

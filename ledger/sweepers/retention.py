@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from eventsourcing.persistence import IntegrityError
 
+from ledger.app import RECEIPTS_HONOURED, receipt_period
 from ledger.domain.calendar import local_date
 from ledger.domain.retention import due_scopes
 from ledger.domain.subject import DataSubject
@@ -46,6 +47,7 @@ class SweepReport:
     subjects: int = 0
     shredded: list[dict[str, str]] = field(default_factory=list)
     reconciled_keys: int = 0
+    receipt_keys_destroyed: int = 0
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -56,6 +58,7 @@ class SweepReport:
             "subjects": self.subjects,
             "shredded": self.shredded,
             "reconciled_keys": self.reconciled_keys,
+            "receipt_keys_destroyed": self.receipt_keys_destroyed,
             "seconds": round(self.seconds, 3),
         }
 
@@ -73,6 +76,9 @@ def sweep(
     report = SweepReport(now=now.isoformat(), dry_run=dry_run)
     if not dry_run:
         report.reconciled_keys = reconcile_keys(ledger)
+        # idempotency receipts older than they are honoured can confirm nothing any more
+        oldest_kept = receipt_period(now - RECEIPTS_HONOURED)
+        report.receipt_keys_destroyed = ledger.keystore.drop_receipt_keys(before=oldest_kept)
     subject_ids = list(ledger.subject_ids())
     report.subjects = len(subject_ids)
     done = 0
