@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ledger.facade import Ledger
 
 SUBJECT = "7a3c1e55-3b0d-4c8e-9d6a-1f2e3d4c5b6a"
@@ -94,3 +96,65 @@ def test_rewrap_with_a_key_file_keeps_every_value_readable(cli_env: dict[str, st
     wrong = {**env, "LEDGER_MASTER_KEY": before.strip()}
     refused = _run(wrong, "subject", "show", SUBJECT)
     assert refused.returncode != 0
+
+
+def test_a_rewrap_that_cannot_keep_its_new_key_changes_nothing(cli_env: dict[str, str]) -> None:
+    """The new master key is written (and synced) before the key store commits; if that
+    fails the rewrap is rolled back and the old key still opens everything (the new key
+    was once written after the commit, and a failure there lost every key)."""
+    env = {k: v for k, v in cli_env.items() if k != "LEDGER_MASTER_KEY"}
+    command = {
+        "type": "register_subject",
+        "subject": SUBJECT,
+        "kind": "prospect",
+        "purpose": "customer_administration",
+        "legal_basis": "contract",
+        "identifiers": {"email": "karen@example.dk"},
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "ledger", "exec", "-"],
+        input=json.dumps(command) + "\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    home = Path(env["LEDGER_HOME"])
+    before = (home / "master.key").read_text()
+    (home / "master.new").mkdir()  # the new key cannot be written there
+    failed = _run(env, "keys", "rewrap")
+    assert failed.returncode != 0
+    assert (home / "master.key").read_text() == before
+    shown = _run(env, "subject", "show", SUBJECT, "--reveal", "--purpose", "check", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert {d["category"]: d["value"] for d in json.loads(shown.stdout)["data"]} == {
+        "email": "karen@example.dk"
+    }
+
+
+def test_a_process_with_the_old_master_key_makes_no_keys_after_a_rewrap(
+    ledger: Ledger,
+) -> None:
+    """Keys wrapped under a rotated master key would open under nothing anyone holds: a
+    process that opened the key store before a rewrap refuses to write new keys."""
+    from ledger.crypto.keystore import KeyStore, KeyStoreError
+
+    _register(ledger, "22222222-2222-4222-8222-222222222222", "first@example.dk")
+    rotated = KeyStore.open(ledger.settings.keystore, ledger.keystore._master_key)
+    try:
+        rotated.rewrap(os.urandom(32))
+    finally:
+        rotated.close()
+    records = len(ledger.keystore.records())
+    with pytest.raises(KeyStoreError, match="rotated"):
+        ledger.execute(
+            {
+                "type": "register_subject",
+                "kind": "prospect",
+                "purpose": "customer_administration",
+                "legal_basis": "contract",
+                "identifiers": {"email": "second@example.dk"},
+            }
+        )
+    assert len(ledger.keystore.records()) == records

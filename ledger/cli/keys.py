@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 
@@ -43,21 +44,35 @@ def rewrap() -> None:
     """
     new_text = new_master_key_text()
     with open_ledger() as ledger:
-        count = ledger.keystore.rewrap(decode_master_key(new_text))
         settings = ledger.settings
+        temporary = settings.master_key_file.with_suffix(".new")
+
+        def keep_the_new_key() -> None:
+            # Before the key store commits: after that nothing opens without the new key.
+            if settings.master_key:
+                typer.echo(new_text)  # shown before it is needed, never lost
+                return
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(new_text + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+
+        try:
+            count = ledger.keystore.rewrap(
+                decode_master_key(new_text), before_commit=keep_the_new_key
+            )
+        except BaseException:
+            with contextlib.suppress(OSError):  # e.g. it could not be made at all
+                temporary.unlink(missing_ok=True)
+            if settings.master_key:
+                err_console.print("rewrap failed: keep the old LEDGER_MASTER_KEY")
+            raise
     if settings.master_key:
-        typer.echo(new_text)
         err_console.print(f"{count} keys rewrapped; set LEDGER_MASTER_KEY to the key above")
         return
-    path = settings.master_key_file
-    temporary = path.with_suffix(".new")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(new_text + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    err_console.print(f"{count} keys rewrapped; new master key in {path}")
+    os.replace(temporary, settings.master_key_file)
+    err_console.print(f"{count} keys rewrapped; new master key in {settings.master_key_file}")
 
 
 @keys_app.command("reconcile")

@@ -14,7 +14,7 @@ import hmac
 import os
 import sqlite3
 import threading
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,6 +106,11 @@ class _Database:
         if not self._in_tx:
             self.conn.execute(self.begin_statement)
             self._in_tx = True
+
+    def begin_exclusive(self, table: str) -> None:
+        """A write transaction in which `table` changes under no other writer (its reads
+        included): SQLite's BEGIN IMMEDIATE already is; PostgreSQL locks the table."""
+        self._begin()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         if not sql.startswith("SELECT"):
@@ -209,6 +214,10 @@ class _Postgres(_Database):
             copy.set_types([kind for _, kind in columns])
             for row in rows:
                 copy.write_row(row)
+
+    def begin_exclusive(self, table: str) -> None:
+        self._begin()
+        self.conn.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")  # reads go on
 
     def compact(self) -> None:
         self.commit()
@@ -409,6 +418,7 @@ class KeyStore:
                         for k, wrapped in session.new_keys
                     ],
                 )
+                self._still_the_master()
                 self._db.commit()
             except Exception as exc:
                 self._db.rollback()
@@ -417,6 +427,20 @@ class KeyStore:
                 raise
 
     # -- master key -------------------------------------------------------------------
+
+    def _still_the_master(self) -> None:
+        """Inside a write that wraps new keys, after its first write (which waits for a
+        rewrap in progress): refuse if the master key was rotated since this process
+        opened the store, or the new keys would open under nothing anyone holds."""
+        rows = self._db.execute(
+            "SELECT value FROM ledger_secrets WHERE name = ?", ("master-check",)
+        )
+        check = hmac.new(self._master_key, _MASTER_CHECK, hashlib.sha256).digest()
+        if rows and not hmac.compare_digest(bytes(rows[0][0]), check):
+            raise KeyStoreError(
+                "the master key was rotated (ledger keys rewrap) since this process started: "
+                "restart it with the new master key"
+            )
 
     def _check_master(self) -> None:
         check = hmac.new(self._master_key, _MASTER_CHECK, hashlib.sha256).digest()
@@ -620,11 +644,19 @@ class KeyStore:
         with self._lock:
             rows = self._db.execute("SELECT value FROM ledger_secrets WHERE name = ?", (name,))
             if not rows and create:
-                self._db.execute(
-                    "INSERT INTO ledger_secrets (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                    (name, self._wrap(os.urandom(32), aad)),
-                )
-                rows = self._db.execute("SELECT value FROM ledger_secrets WHERE name = ?", (name,))
+                try:
+                    self._db.execute(
+                        "INSERT INTO ledger_secrets (name, value) VALUES (?, ?) "
+                        "ON CONFLICT DO NOTHING",
+                        (name, self._wrap(os.urandom(32), aad)),
+                    )
+                    self._still_the_master()
+                    rows = self._db.execute(
+                        "SELECT value FROM ledger_secrets WHERE name = ?", (name,)
+                    )
+                except BaseException:
+                    self._db.rollback()
+                    raise
             self._done()
         return self._unwrap(bytes(rows[0][0]), aad) if rows else None
 
@@ -648,14 +680,24 @@ class KeyStore:
                 self._db.compact()
         return len(gone)
 
-    def rewrap(self, new_master_key: bytes) -> int:
-        """Re-encrypt every live key (and the lookup key) under a new master key."""
+    def rewrap(
+        self, new_master_key: bytes, *, before_commit: Callable[[], None] | None = None
+    ) -> int:
+        """Re-encrypt every live key (and the lookup and receipt keys) under a new master key.
+
+        One transaction that no other writer of keys can enter (their reads go on), so a
+        key shredded or made meanwhile is neither brought back nor left under the old
+        master key. `before_commit` runs last inside it: the place to keep the new master
+        key safe, since once this commits nothing opens without it. Processes still
+        holding the old master key refuse to write keys from then on (`_write_session`).
+        """
         if len(new_master_key) != 32:
             raise KeyStoreError("the master key must be 32 bytes")
         new = AESGCM(new_master_key)
         count = 0
         with self._lock:
             try:
+                self._db.begin_exclusive("ledger_keys")
                 rows = self._db.execute(
                     "SELECT subject, scope, kid, wrapped FROM ledger_keys WHERE wrapped IS NOT NULL"
                 )
@@ -664,7 +706,7 @@ class KeyStore:
                     key = self._unwrap(bytes(wrapped), aad)
                     nonce = os.urandom(12)
                     self._db.execute(
-                        "UPDATE ledger_keys SET wrapped = ? WHERE kid = ?",
+                        "UPDATE ledger_keys SET wrapped = ? WHERE kid = ? AND wrapped IS NOT NULL",
                         (nonce + new.encrypt(nonce, key, aad), kid),
                     )
                     count += 1
@@ -688,6 +730,8 @@ class KeyStore:
                 self._db.execute(
                     "UPDATE ledger_secrets SET value = ? WHERE name = ?", (check, "master-check")
                 )
+                if before_commit is not None:
+                    before_commit()
                 self._db.commit()
             except BaseException:
                 self._db.rollback()
