@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -466,3 +467,20 @@ def test_wrong_length_hashes_rejected_for_their_length(bad: bytes) -> None:
     for i in range(len(cproof)):
         with pytest.raises(ProofError, match=rf"proof\[{i}\] must be 32 bytes"):
             verify_consistency(4, 6, [*cproof[:i], bad, *cproof[i + 1 :]], root4, root)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: verify_consistency(3, 3, [], None, None),  # type: ignore[arg-type]
+        lambda: verify_consistency(3, 3, [], "abc", "abc"),  # type: ignore[arg-type]
+        lambda: verify_consistency(1, 2, None, bytes(32), bytes(32)),  # type: ignore[arg-type]
+        lambda: verify_inclusion(0, 1, bytes(32), None, bytes(32)),  # type: ignore[arg-type]
+    ],
+    ids=["equal_sizes_no_roots", "equal_sizes_text_roots", "no_proof", "no_inclusion_proof"],
+)
+def test_malformed_input_is_a_proof_error(call: Any) -> None:
+    """Untrusted input that is not hashes is refused with ProofError, never accepted and
+    never a TypeError (equal sizes with None roots were once accepted)."""
+    with pytest.raises(ProofError):
+        call()

@@ -76,6 +76,8 @@ def _check_hash(name: str, value: bytes) -> None:
 
 
 def _check_proof(proof: Sequence[bytes]) -> None:
+    if not isinstance(proof, list | tuple):
+        raise ProofError(f"the proof must be a list of hashes, got {type(proof).__name__}")
     for i, element in enumerate(proof):
         _check_hash(f"proof[{i}]", element)
 
@@ -148,6 +150,9 @@ def verify_consistency(
     if size1 == size2:
         if proof:
             raise ProofError("sizes are equal but the proof is not empty")
+        for name, root in (("root1", root1), ("root2", root2)):
+            if not isinstance(root, bytes | bytearray):  # any length, as upstream; bytes
+                raise ProofError(f"{name} must be bytes, got {type(root).__name__}")
         if root1 != root2:
             raise ProofError("sizes are equal but the roots differ")
         return
