@@ -287,7 +287,7 @@ def test_restored_backup_verifies(
     expected = service.latest_checkpoint(ledger)
     env = dict(ledger_env)
     env["LEDGER_HOME"] = str(tmp_path / "restored")
-    env["LEDGER_SIGNING_KEY"] = settings.signing_key_file.read_text().strip()
+    public_key = service.public_key(ledger)
     if settings.database.backend == "sqlite":
         restored = tmp_path / "restored"
         restored.mkdir()
@@ -302,6 +302,14 @@ def test_restored_backup_verifies(
         _copy_postgres(settings.database.schema, target)
         env["LEDGER_DATABASE_URL"] = f"{PG_URL}?schema={target}"
     try:
+        with Ledger.open(Settings.from_env(env)) as copy:
+            # no signing key with the copy: an auditor gives the public key; none is made
+            with pytest.raises(LedgerError, match="--key"):
+                service.verify(copy)
+            report = service.verify(copy, key=public_key)
+            assert report.ok, report.as_dict()
+            assert not (tmp_path / "restored" / "signing.key").exists()
+        env["LEDGER_SIGNING_KEY"] = settings.signing_key_file.read_text().strip()
         with Ledger.open(Settings.from_env(env)) as copy:
             report = service.verify(copy)
             assert report.ok, report.as_dict()

@@ -63,8 +63,7 @@ def audit_log(ledger: Ledger) -> AuditLog:
         found = _logs.get(ledger)
         if found is not None:
             return found
-        table = getattr(ledger.app.recorder, "events_table_name", "stored_events")
-        store = AuditStore.open(ledger.settings.database, table)
+        store = _open_store(ledger)
         try:
             signer = load_signer(ledger.settings)
         except SigningKeyError:
@@ -76,6 +75,11 @@ def audit_log(ledger: Ledger) -> AuditLog:
         _logs[ledger] = opened
         weakref.finalize(ledger, store.close)
         return opened
+
+
+def _open_store(ledger: Ledger) -> AuditStore:
+    table = getattr(ledger.app.recorder, "events_table_name", "stored_events")
+    return AuditStore.open(ledger.settings.database, table)
 
 
 def _error(exc: Exception) -> LedgerError:
@@ -249,8 +253,23 @@ def verify(
     """Recompute and check the whole log (`ledger audit verify`).
 
     The key comes from the ledger's signing key, or `key` (a vkey an auditor trusts),
-    never from the database, which is what is being checked.
+    never from the database, which is what is being checked. Where there is no signing
+    key (a copy of the database), `key` is needed, and none is made.
     """
+    settings = ledger.settings
+    if not settings.signing_key and not settings.signing_key_file.exists():
+        if key is None:
+            raise LedgerError(
+                "invalid_command",
+                "no signing key here (LEDGER_HOME/signing.key or LEDGER_SIGNING_KEY): give "
+                "the ledger's public key with --key",
+            )
+        store = _open_store(ledger)
+        try:
+            origin = store.meta("origin") or DEFAULT_ORIGIN
+            return verify_store(store, Verifier.parse(key), origin=origin, progress=progress)
+        finally:
+            store.close()
     audit = audit_log(ledger)
     verifier = Verifier.parse(key) if key else audit.verifier
     try:
