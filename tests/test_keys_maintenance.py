@@ -53,8 +53,9 @@ def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_rewrap_with_a_key_file_keeps_every_value_readable(cli_env: dict[str, str]) -> None:
-    env = {k: v for k, v in cli_env.items() if k != "LEDGER_MASTER_KEY"}
+def _register_karen(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`ledger exec` of one registration with an e-mail, sent with an idempotency key (its
+    week's receipt key must survive a rewrap too)."""
     command = {
         "type": "register_subject",
         "subject": SUBJECT,
@@ -62,20 +63,21 @@ def test_rewrap_with_a_key_file_keeps_every_value_readable(cli_env: dict[str, st
         "purpose": "customer_administration",
         "legal_basis": "contract",
         "identifiers": {"email": "karen@example.dk"},
-        "idempotency_key": "signup-karen",  # its week's receipt key is rewrapped too
+        "idempotency_key": "signup-karen",
     }
+    return subprocess.run(
+        [sys.executable, "-m", "ledger", "exec", "-"],
+        input=json.dumps(command) + "\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
-    def send() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "ledger", "exec", "-"],
-            input=json.dumps(command) + "\n",
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-        )
 
-    done = send()
+def test_rewrap_with_a_key_file_keeps_every_value_readable(cli_env: dict[str, str]) -> None:
+    env = {k: v for k, v in cli_env.items() if k != "LEDGER_MASTER_KEY"}
+    done = _register_karen(env)
     assert done.returncode == 0, done.stderr
     key_file = Path(env["LEDGER_HOME"]) / "master.key"
     before = key_file.read_text()
@@ -89,7 +91,7 @@ def test_rewrap_with_a_key_file_keeps_every_value_readable(cli_env: dict[str, st
     assert shown.returncode == 0, shown.stderr
     values = {d["category"]: d["value"] for d in json.loads(shown.stdout)["data"]}
     assert values == {"email": "karen@example.dk"}
-    repeat = send()  # the receipt's hash is checked with the rewrapped receipt key
+    repeat = _register_karen(env)  # its receipt's hash is checked with the rewrapped key
     assert repeat.returncode == 0 and json.loads(repeat.stdout)["ok"] is True, repeat.stdout
 
     # The old master key no longer opens the key store.
@@ -103,22 +105,7 @@ def test_a_rewrap_that_cannot_keep_its_new_key_changes_nothing(cli_env: dict[str
     fails the rewrap is rolled back and the old key still opens everything (the new key
     was once written after the commit, and a failure there lost every key)."""
     env = {k: v for k, v in cli_env.items() if k != "LEDGER_MASTER_KEY"}
-    command = {
-        "type": "register_subject",
-        "subject": SUBJECT,
-        "kind": "prospect",
-        "purpose": "customer_administration",
-        "legal_basis": "contract",
-        "identifiers": {"email": "karen@example.dk"},
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "ledger", "exec", "-"],
-        input=json.dumps(command) + "\n",
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    done = _register_karen(env)
     assert done.returncode == 0, done.stderr
     home = Path(env["LEDGER_HOME"])
     before = (home / "master.key").read_text()

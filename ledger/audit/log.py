@@ -100,6 +100,18 @@ def prefetched(store: AuditStore, compute: Callable[[SubtreeHashes], T]) -> T:
     return compute(_Fetched(store.get_many(wanted.coords)))
 
 
+def _extends(s: AuditStore, signed: Checkpoint, size: int, root: bytes, whose: str) -> None:
+    """Refuse to sign unless the tree (size, root) extends the `signed` checkpoint."""
+    proof = prefetched(s, lambda h: consistency_proof(signed.size, size, h))
+    try:
+        verify_consistency(signed.size, size, proof, signed.root, root)
+    except ProofError as exc:
+        raise AuditError(
+            f"refusing to sign: a tree of {size} leaves is not consistent with the "
+            f"checkpoint of {signed.size} leaves{whose} ({exc})"
+        ) from None
+
+
 def _leaf_hashes(rows: list[tuple[int, UUID | str, int, str, bytes]]) -> list[bytes]:
     """The leaf hashes of events to seal; AuditError names an event that cannot be read."""
     sha256 = hashlib.sha256
@@ -215,14 +227,7 @@ class AuditLog:
                 raise AuditError(
                     "refusing to sign: the latest checkpoint row disagrees with its note"
                 )
-            proof = prefetched(s, lambda h: consistency_proof(previous.size, size, h))
-            try:
-                verify_consistency(previous.size, size, proof, previous.root, root)
-            except ProofError as exc:
-                raise AuditError(
-                    f"refusing to sign: a tree of {size} leaves is not consistent with the "
-                    f"checkpoint of {previous.size} leaves ({exc})"
-                ) from None
+            _extends(s, previous, size, root, "")
         assert self.signer is not None
         note = sign_note(format_checkpoint(Checkpoint(self.origin, size, root)), self.signer)
         stored = StoredCheckpoint(size, root, note, self._now().isoformat())
@@ -250,14 +255,7 @@ class AuditLog:
                 f"refusing to sign: the tree has {size} leaves, this signer has signed "
                 f"{witnessed.size}"
             )
-        proof = prefetched(s, lambda h: consistency_proof(witnessed.size, size, h))
-        try:
-            verify_consistency(witnessed.size, size, proof, witnessed.root, root)
-        except ProofError as exc:
-            raise AuditError(
-                f"refusing to sign: a tree of {size} leaves is not consistent with the "
-                f"checkpoint of {witnessed.size} leaves this signer has signed ({exc})"
-            ) from None
+        _extends(s, witnessed, size, root, " this signer has signed")
 
     def pending(self) -> int:
         """How many notifications are not yet sealed (an upper bound on PostgreSQL gaps)."""
