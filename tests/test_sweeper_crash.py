@@ -233,3 +233,21 @@ def test_erase_killed_after_its_events_are_saved(
         assert data["name"]["value"] is None and data["name"]["erased"] is True
         assert data["invoice"]["value"] == {"number": "F-9", "amount_dkk": "99.00"}
     assert_consistent(ledger)
+
+
+def test_a_running_process_finishes_an_erasure_a_crash_left_half_done(
+    ledger: Ledger, clock: FixedClock, cli_env: dict[str, str]
+) -> None:
+    """A process that was already running (an HTTP server) does not wait for its next
+    start or hourly sweep: its after-write work reconciles, so it stops finding the
+    erased subject by phone at once (it found it until the next sweep)."""
+    from ledger.cli.common import after_write
+
+    _, customer = seed(ledger, clock, prospects=1)
+    assert ledger.find("phone", "+4540404040") == [customer]
+    run_killed(cli_env, NOW, customer)
+    assert ledger.find("phone", "+4540404040") == [customer]  # the key is still there
+    after_write(ledger)
+    assert ledger.find("phone", "+4540404040") == []
+    assert_consistent(ledger)
+    assert ledger.reconcile_keys() == 0  # and the next run reads only what came since

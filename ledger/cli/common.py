@@ -44,7 +44,9 @@ def open_ledger(now: datetime | None = None) -> Iterator[Ledger]:
 
 
 def after_write(ledger: Ledger) -> None:
-    """Work that follows every write from the CLI, so the next query sees it."""
+    """Work that follows every write from the CLI (and the HTTP server's background work),
+    so the next query sees it and no erasure a crash left half done stays so."""
+    ledger.reconcile_keys()
     ledger.read_models.catch_up()
     from ledger.audit.service import seal_after_write
 

@@ -27,18 +27,26 @@ POSITION = "reconciled-position"
 
 
 def reconcile_keys(ledger: Ledger) -> int:
-    """Destroy every live key whose scope was recorded shredded; returns how many."""
+    """Destroy every live key whose scope was recorded shredded; returns how many.
+
+    It reads up to the log's head and remembers the head, shredding or not, so the next
+    run reads only what came since: cheap enough to run after every write (the CLI's
+    and the HTTP server's after-write work), so that no long-running process goes on
+    finding, by its identifiers, a subject whose erasure a crash left half done.
+    Notification ids commit in order (the recorder locks its table), so nothing appears
+    below a head already read.
+    """
     start = _position(ledger) + 1
-    last = start - 1
+    head = ledger.max_position()
+    if head < start:
+        return 0
     pending: list[tuple[str, str, list[str]]] = []
-    for notification in ledger.notifications(start=start, topics=[SHREDDED_TOPIC]):
+    for notification in ledger.notifications(start=start, topics=[SHREDDED_TOPIC], stop=head):
         event = ledger.app.mapper.to_domain_event(notification)
         state = vars(event)
         pending.append((str(event.originator_id), state["scope"], list(state["kids"])))
-        last = notification.id
     destroyed = ledger.keystore.shred_many(pending) if pending else []
-    if last >= start:
-        ledger.keystore.set_secret(POSITION, struct.pack(">Q", last))
+    ledger.keystore.set_secret(POSITION, struct.pack(">Q", head))
     if destroyed:
         log.warning("keys_reconciled", keys=len(destroyed))
     return len(destroyed)
