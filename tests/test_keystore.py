@@ -619,3 +619,29 @@ def _pageinspect(conn: psycopg.Connection[Any], schema: str) -> str:
     ).fetchone()
     assert row is not None
     return str(row[0])
+
+
+def test_a_reader_holding_an_old_snapshot_only_delays_the_wal_truncation(
+    sqlite_settings: Settings,
+) -> None:
+    """A shred's checkpoint cannot empty the WAL while another connection reads an old
+    snapshot; the store then tries again at its next commit (it once left the destroyed
+    key in keys.db-wal until the process closed)."""
+    path = sqlite_settings.keystore.sqlite_path
+    assert path is not None
+    store = KeyStore.open(sqlite_settings.keystore, MASTER)
+    try:
+        subject = new_subject()
+        doomed = store.ensure_key(subject, SCOPE)
+        doomed_bytes = _wrapped(path, doomed.kid)
+        reader = sqlite3.connect(path)
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM ledger_keys").fetchone()  # holds a snapshot
+        store.shred(subject, SCOPE, [doomed.kid])
+        assert _traces(_raw_files(path), doomed_bytes) == ["keys.db-wal"]  # it has to wait
+        reader.rollback()
+        reader.close()
+        store.ensure_key(new_subject(), SCOPE)  # any later commit finishes the job
+        assert _traces(_raw_files(path), doomed_bytes) == []
+    finally:
+        store.close()

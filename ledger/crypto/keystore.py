@@ -174,9 +174,23 @@ class _SQLite(_Database):
         self._begin()
         self.conn.executemany(sql, rows)
 
+    truncate_owed = False  # a checkpoint met a reader: the WAL may still hold old bytes
+
     def compact(self) -> None:
         self.commit()
-        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._truncate()
+
+    def commit(self) -> None:
+        super().commit()
+        if self.truncate_owed:  # until a reader that held an old snapshot has gone
+            self._truncate()
+
+    def _truncate(self) -> None:
+        """Copy the WAL into the database and empty it (where a destroyed key's bytes
+        would otherwise stay); a reader holding an old snapshot makes that wait, so the
+        next commit tries again."""
+        busy = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        self.truncate_owed = bool(busy)
 
 
 class _Postgres(_Database):
