@@ -28,6 +28,14 @@ from ledger.config import DatabaseURL
 
 CUSTOMER_DATA = "customer_data"
 _MASTER_CHECK = b"ledger/v1/master-check"
+LOOKUP_KEY = "lookup-key"  # ledger_secrets: the HMAC key of the lookup index
+
+
+def _master_check(master_key: bytes) -> bytes:
+    """What `ledger_secrets` keeps to tell the master key it was made with."""
+    return hmac.new(master_key, _MASTER_CHECK, hashlib.sha256).digest()
+
+
 # Columns written by `insert_many`, with their PostgreSQL types (binary COPY needs them).
 _KEY_COLUMNS = (
     ("subject", "text"),
@@ -449,7 +457,7 @@ class KeyStore:
         rows = self._db.execute(
             "SELECT value FROM ledger_secrets WHERE name = ?", ("master-check",)
         )
-        check = hmac.new(self._master_key, _MASTER_CHECK, hashlib.sha256).digest()
+        check = _master_check(self._master_key)
         if rows and not hmac.compare_digest(bytes(rows[0][0]), check):
             raise KeyStoreError(
                 "the master key was rotated (ledger keys rewrap) since this process started: "
@@ -457,7 +465,7 @@ class KeyStore:
             )
 
     def _check_master(self) -> None:
-        check = hmac.new(self._master_key, _MASTER_CHECK, hashlib.sha256).digest()
+        check = _master_check(self._master_key)
         rows = self._db.execute(
             "SELECT value FROM ledger_secrets WHERE name = ?", ("master-check",)
         )
@@ -653,8 +661,12 @@ class KeyStore:
         are no longer honoured (`drop_receipt_keys`, run by the sweeper), erased subjects'
         included. None if it is gone (or, with `create=False`, was never made).
         """
-        name = RECEIPT_KEY + period
-        aad = self._aad("*", "receipt", period)
+        return self._secret_key(RECEIPT_KEY + period, create=create)
+
+    def _secret_key(self, name: str, *, create: bool) -> bytes | None:
+        """A 32-byte key kept wrapped in `ledger_secrets` under `name`, made on first use
+        (unless `create` is False: None if there is none)."""
+        aad = self._secret_aad(name)
         with self._lock:
             rows = self._db.execute("SELECT value FROM ledger_secrets WHERE name = ?", (name,))
             if not rows and create:
@@ -673,6 +685,13 @@ class KeyStore:
                     raise
             self._done()
         return self._unwrap(bytes(rows[0][0]), aad) if rows else None
+
+    @classmethod
+    def _secret_aad(cls, name: str) -> bytes:
+        """What a wrapped secret is bound to: the lookup key, or a receipt key's week."""
+        if name.startswith(RECEIPT_KEY):
+            return cls._aad("*", "receipt", name[len(RECEIPT_KEY) :])
+        return cls._aad("*", "lookup", name)
 
     def drop_receipt_keys(self, before: str) -> int:
         """Destroy the receipt keys of every period before `before`; how many went."""
@@ -727,22 +746,19 @@ class KeyStore:
                 secrets = self._db.execute(
                     "SELECT name, value FROM ledger_secrets WHERE name = ? OR "
                     "(name >= ? AND name < ?)",
-                    ("lookup-key", RECEIPT_KEY, RECEIPT_KEY + "\uffff"),
+                    (LOOKUP_KEY, RECEIPT_KEY, RECEIPT_KEY + "\uffff"),
                 )
                 for name, value in secrets:
-                    if name == "lookup-key":
-                        aad = self._aad("*", "lookup", "lookup-key")
-                    else:
-                        aad = self._aad("*", "receipt", name[len(RECEIPT_KEY) :])
+                    aad = self._secret_aad(name)
                     key = self._unwrap(bytes(value), aad)
                     nonce = os.urandom(12)
                     self._db.execute(
                         "UPDATE ledger_secrets SET value = ? WHERE name = ?",
                         (nonce + new.encrypt(nonce, key, aad), name),
                     )
-                check = hmac.new(new_master_key, _MASTER_CHECK, hashlib.sha256).digest()
                 self._db.execute(
-                    "UPDATE ledger_secrets SET value = ? WHERE name = ?", (check, "master-check")
+                    "UPDATE ledger_secrets SET value = ? WHERE name = ?",
+                    (_master_check(new_master_key), "master-check"),
                 )
                 if before_commit is not None:
                     before_commit()
@@ -763,23 +779,9 @@ class KeyStore:
         Kept in memory once read: it is never shredded (only index rows are), so a cached
         copy cannot outlive an erasure.
         """
-        if self._lookup_key is not None:
-            return self._lookup_key
-        aad = self._aad("*", "lookup", "lookup-key")
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT value FROM ledger_secrets WHERE name = ?", ("lookup-key",)
-            )
-            if not rows:
-                self._db.execute(
-                    "INSERT INTO ledger_secrets (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                    ("lookup-key", self._wrap(os.urandom(32), aad)),
-                )
-                rows = self._db.execute(
-                    "SELECT value FROM ledger_secrets WHERE name = ?", ("lookup-key",)
-                )
-            self._done()
-        self._lookup_key = self._unwrap(bytes(rows[0][0]), aad)
+        if self._lookup_key is None:
+            self._lookup_key = self._secret_key(LOOKUP_KEY, create=True)
+        assert self._lookup_key is not None
         return self._lookup_key
 
     def find(self, kind: str, digest: bytes) -> list[str]:
