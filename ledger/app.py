@@ -185,6 +185,9 @@ class UnitOfWork:
     subjects: dict[str, DataSubject] = field(default_factory=dict)
     receipts: list[CommandReceipt] = field(default_factory=list)
     lookups: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    # read once per unit of work, not per command, and never kept beyond it: the sweeper
+    # destroys a week's key when its receipts are no longer honoured
+    receipt_keys: dict[str, bytes] = field(default_factory=dict)
 
     def checkpoint(self, subject_id: str | None) -> Checkpoint:
         """What one command may change, so a rejected command can be undone in a group.
@@ -460,10 +463,10 @@ class LedgerApplication(Application[UUID]):
         if command.idempotency_key is not None:
             first = self._receipt(uow, command.idempotency_key)
             if first is not None:
-                self._same_command(first, command)
+                self._same_command(uow, first, command)
                 return dict(first.result)
             period = receipt_period(now)
-            receipt_key = self.keystore.receipt_key(period)
+            receipt_key = self._receipt_key(uow, period, create=True)
             assert receipt_key is not None
             digest = payload_hash(command.raw, receipt_key)
         occurred_at = command.occurred_at or now
@@ -477,12 +480,20 @@ class LedgerApplication(Application[UUID]):
             uow.receipts.append(receipt)
         return result
 
-    def _same_command(self, first: CommandReceipt, command: Command) -> None:
+    def _receipt_key(self, uow: UnitOfWork, period: str, *, create: bool) -> bytes | None:
+        key = uow.receipt_keys.get(period)
+        if key is None:
+            key = self.keystore.receipt_key(period, create=create)
+            if key is not None:
+                uow.receipt_keys[period] = key
+        return key
+
+    def _same_command(self, uow: UnitOfWork, first: CommandReceipt, command: Command) -> None:
         """A repeat must be the command the key was first used with (else `duplicate`)."""
         if first.period is None:
             key: bytes | None = self.keystore.lookup_key()
         else:
-            key = self.keystore.receipt_key(first.period, create=False)
+            key = self._receipt_key(uow, first.period, create=False)
         if key is None:
             raise LedgerError(
                 "duplicate",
