@@ -72,35 +72,39 @@ def scope_deadline(subject: DataSubject, policy: PolicyCatalogue, scope: str) ->
     return _after(klass, anchor) if anchor else None
 
 
-def scope_due_date(subject: DataSubject, policy: PolicyCatalogue, scope: str) -> date | None:
-    """The day a scope is due for shredding: its deadline, or for an erased subject the
-    day of the erasure where no legal obligation keeps the scope (what only a legal hold
-    kept is due as soon as the hold is released). The sweeper's rule, as a date."""
-    deadline = scope_deadline(subject, policy, scope)
+def _erasure_date(subject: DataSubject, policy: PolicyCatalogue, scope: str) -> date | None:
+    """The day of the subject's erasure, for a scope that no legal obligation keeps (what
+    only a legal hold kept is due from then, as soon as the hold is released)."""
     erased_on = _date_of(subject.erased_at)
     klass = policy.retention.get(scope.split(":")[0])
     if erased_on is None or (klass is not None and klass.legal_obligation):
-        return deadline
-    return erased_on if deadline is None else min(deadline, erased_on)
+        return None
+    return erased_on
+
+
+def scope_due_date(subject: DataSubject, policy: PolicyCatalogue, scope: str) -> date | None:
+    """The day a scope is due for shredding: its deadline, or the day of the subject's
+    erasure if that came first (`due_scopes` as a date, for read models and views)."""
+    candidates = [
+        d
+        for d in (scope_deadline(subject, policy, scope), _erasure_date(subject, policy, scope))
+        if d is not None
+    ]
+    return min(candidates) if candidates else None
 
 
 def due_scopes(subject: DataSubject, policy: PolicyCatalogue, today: date) -> list[DueScope]:
-    """Scopes past their deadline that no legal hold keeps.
-
-    An erased subject's scopes that only a (since released) hold kept are due at once:
-    the erasure is finished as soon as nothing keeps the data any more. What a legal
-    obligation keeps still waits for its own deadline.
-    """
+    """Scopes due by `today` that no legal hold keeps: past their deadline, or left over
+    from an erasure (a released hold kept them; the erasure is finished as soon as nothing
+    keeps the data any more). What a legal obligation keeps waits for its own deadline."""
     if subject.active_holds():
         return []
-    erased_on = _date_of(subject.erased_at)
     due: list[DueScope] = []
     for scope in subject.scopes_in_use():
         deadline = scope_deadline(subject, policy, scope)
+        erased_on = _erasure_date(subject, policy, scope)
         if deadline is not None and today >= deadline:
             due.append(DueScope(scope, deadline))
-            continue
-        klass = policy.retention.get(scope.split(":")[0])
-        if erased_on is not None and not (klass is not None and klass.legal_obligation):
+        elif erased_on is not None and today >= erased_on:
             due.append(DueScope(scope, erased_on, "erasure"))
     return due
