@@ -48,9 +48,15 @@ def free_text(name: str, value: Any) -> str:
     return checked
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def uuid(name: str, value: Any) -> str:
+    """A UUID in its canonical form (lower case, dashed), whatever form it came in."""
     if not isinstance(value, str):
         raise _fail(name, "must be a UUID string")
+    if _CANONICAL_UUID.fullmatch(value):  # the usual case, without building a UUID
+        return value
     try:
         return str(UUID(value))
     except ValueError:
@@ -94,7 +100,9 @@ def personal_value(name: str, value: Any) -> Any:
     if blank or (isinstance(value, list | dict) and not value):
         raise _fail(name, "must not be empty")
     _check_json(name, value, 1)
-    if len(orjson.dumps(value)) > MAX_VALUE_BYTES:
+    # JSON spends at most 6 bytes on a character (\uXXXX): short text needs no encoding
+    short = isinstance(value, str) and len(value) <= MAX_VALUE_BYTES // 6
+    if not short and len(orjson.dumps(value)) > MAX_VALUE_BYTES:
         raise _fail(name, f"must be at most {MAX_VALUE_BYTES // 1024} KiB as JSON")
     return value
 
@@ -321,6 +329,17 @@ COMMON: dict[str, tuple[Validator, bool]] = {
     "idempotency_key": (text, OPTIONAL),
 }
 
+# Every field each command takes, its own and the common ones.
+_TAKES: dict[str, frozenset[str]] = {
+    kind: frozenset({"type", *spec, *COMMON}) for kind, spec in COMMANDS.items()
+}
+
+# The fields each command requires, in the order they are reported missing.
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    kind: tuple(name for name, (_, required) in spec.items() if required)
+    for kind, spec in COMMANDS.items()
+}
+
 # Which commands an HTTP role may send (DESIGN 5.4): officers handle rights and holds.
 OFFICER_COMMANDS = frozenset(
     {
@@ -351,8 +370,8 @@ class Command:
 
     @property
     def subject(self) -> str | None:
-        value = self.fields.get("subject")
-        return str(value) if value is not None else None
+        value: str | None = self.fields.get("subject")  # a canonical UUID (`uuid`)
+        return value
 
 
 def parse_command(data: Any) -> Command:
@@ -366,20 +385,22 @@ def parse_command(data: Any) -> Command:
             "field 'type' must be one of: " + ", ".join(sorted(COMMANDS)),
         )
     spec = COMMANDS[kind]
-    unknown = set(data) - set(spec) - set(COMMON) - {"type"}
-    if unknown:
+    if not data.keys() <= _TAKES[kind]:
+        unknown = set(data) - _TAKES[kind]
         raise _unknown_fields(kind, unknown, ["type", *spec, *COMMON])
-    fields: dict[str, Any] = {}
-    for name, (validator, required) in spec.items():
-        if name in data and data[name] is not None:
-            fields[name] = validator(name, data[name])
-        elif required:
+    for name in _REQUIRED[kind]:
+        if data.get(name) is None:
             raise _fail(name, f"is required for '{kind}'")
-    common = {
-        name: validator(name, data[name])
-        for name, (validator, _) in COMMON.items()
-        if name in data and data[name] is not None
-    }
+    # only the fields given are looked at (a command names few of the optional ones)
+    fields: dict[str, Any] = {}
+    common: dict[str, Any] = {}
+    for name, value in data.items():
+        if value is None or name == "type":
+            continue
+        if name in spec:
+            fields[name] = spec[name][0](name, value)
+        else:
+            common[name] = COMMON[name][0](name, value)
     return Command(
         type=kind,
         fields=fields,
