@@ -20,7 +20,7 @@ from uuid import UUID
 
 import orjson
 
-from ledger.clock import parse_instant
+from ledger.clock import RANGE, parse_day, parse_instant
 from ledger.domain.screening import personal_data_in
 from ledger.errors import LedgerError
 
@@ -70,21 +70,23 @@ def boolean(name: str, value: Any) -> bool:
 
 
 def instant(name: str, value: Any) -> datetime:
+    what = f"must be an RFC 3339 time with offset, {RANGE}"
     if not isinstance(value, str) or "T" not in value.upper():
-        raise _fail(name, "must be an RFC 3339 time with offset")
+        raise _fail(name, what)
     try:
         return parse_instant(value)
     except ValueError:
-        raise _fail(name, "must be an RFC 3339 time with offset") from None
+        raise _fail(name, what) from None
 
 
 def day(name: str, value: Any) -> date:
+    what = f"must be a date (YYYY-MM-DD) {RANGE}"
     if not isinstance(value, str):
-        raise _fail(name, "must be a date (YYYY-MM-DD)")
+        raise _fail(name, what)
     try:
-        return date.fromisoformat(value)
+        return parse_day(value)
     except ValueError:
-        raise _fail(name, "must be a date (YYYY-MM-DD)") from None
+        raise _fail(name, what) from None
 
 
 MAX_VALUE_BYTES = 64 * 1024  # a personal value, sealed: a document belongs elsewhere
@@ -118,6 +120,9 @@ def _check_json(name: str, value: Any, depth: int) -> None:
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise _fail(name, "holds a number that is not finite")
+        if not -(2**63) <= value < 2**64:
+            # JSON parsers turn a whole number beyond 64 bits into an inexact float
+            raise _fail(name, "holds a number too large to keep exactly (write it as text)")
     elif isinstance(value, list):
         for item in value:
             _check_json(name, item, depth + 1)

@@ -67,3 +67,12 @@ def unknown_subject(subject_id: object) -> LedgerError:
     except ValueError:
         return LedgerError("unknown_subject", "no subject with that id (subject ids are UUIDs)")
     return LedgerError("unknown_subject", f"no subject {canonical}")
+
+
+def canonical_subject_id(subject_id: object) -> str:
+    """A subject id in the one form the ledger stores (lower case, dashed), whatever form
+    of the UUID was given; anything that is no UUID is `unknown_subject`."""
+    try:
+        return str(UUID(str(subject_id)))
+    except ValueError:
+        raise unknown_subject(subject_id) from None

@@ -23,7 +23,7 @@ from ledger.crypto.sealing import SealedValue, unseal
 from ledger.domain.calendar import local_date
 from ledger.domain.policy import PolicyCatalogue
 from ledger.domain.subject import DataSubject
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, canonical_subject_id
 from ledger.logs import configure_logging, get_logger
 from ledger.policies import load_policy
 from ledger.projections import ReadModels
@@ -136,6 +136,7 @@ class Ledger:
         actor: str | None = None,
     ) -> dict[str, Any]:
         """The subject's current state; a reveal needs a purpose and is recorded first."""
+        subject_id = canonical_subject_id(subject_id)
         if not reveal:
             return self.read_models.subject(subject_id)
         subject = self.app.load_subject(subject_id)
@@ -167,6 +168,7 @@ class Ledger:
 
     def history(self, subject_id: str) -> list[dict[str, Any]]:
         """Metadata of every event of the subject, oldest first, without any value."""
+        subject_id = canonical_subject_id(subject_id)
         self.app.load_subject(subject_id)
         return [event_summary(e) for e in self.app.events.get(UUID(subject_id))]
 
@@ -176,6 +178,7 @@ class Ledger:
         """The Art. 15 access answer (or, `portable`, the Art. 20 export); recorded as a view."""
         from ledger.exports import access_report, portable_export
 
+        subject_id = canonical_subject_id(subject_id)
         purpose = "data portability (Art. 20)" if portable else "access request (Art. 15)"
         view = self.subject(subject_id, reveal=True, purpose=purpose, actor=actor)
         now = self.clock.now()
@@ -186,6 +189,7 @@ class Ledger:
 
     def views(self, subject_id: str) -> list[dict[str, Any]]:
         """Who read the subject's plaintext, when and why (CJEU C-579/21)."""
+        subject_id = canonical_subject_id(subject_id)
         return [
             {
                 "viewed_at": vars(event)["occurred_at"],

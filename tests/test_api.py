@@ -519,6 +519,54 @@ def test_error_statuses(served: Served, subject: str) -> None:
         assert _error(service.post("/v1/commands", json=batch)) == (403, "forbidden")
 
 
+def test_times_out_of_range_are_refused_and_ids_taken_in_any_form(
+    served: Served, subject: str
+) -> None:
+    """A time in year 1 or 9999 was once accepted (200), and from then on every read of
+    every subject was a 500: deadlines computed from it overflowed, and events cannot be
+    changed. Out-of-range times and dates are `invalid_command` now, nothing is written,
+    and the reads keep working. A subject id in upper case (or braces) is the same subject
+    for every read; it was 404 for `subject show` after recording a `DataViewed`."""
+    far_past = "0001-01-01T00:00:00+14:00"
+    far_future = "9999-12-31T23:59:59-14:00"
+    with served.client("officer") as c:
+        before = len(c.get(f"/v1/subjects/{subject}/history").json()["events"])
+        dialogue = {"type": "record_dialogue", "subject": subject}
+        for when in (far_past, far_future, "1899-12-31T23:59:59Z", "3000-01-01T00:00:00Z"):
+            answer = c.post("/v1/commands", json={**dialogue, "occurred_at": when})
+            assert _error(answer) == (400, "invalid_command"), when
+            assert "1900 and 2999" in answer.json()["error"]["message"]
+        competition = {
+            "type": "enter_competition",
+            "subject": subject,
+            "competition": "summer",
+            "competition_ends_on": "9999-12-31",
+        }
+        assert _error(c.post("/v1/commands", json=competition)) == (400, "invalid_command")
+        request = {"type": "open_request", "subject": subject, "right": "access"}
+        late = c.post("/v1/commands", json={**request, "received_at": far_past})
+        assert _error(late) == (400, "invalid_command")
+        for report in ("retention", "requests", "disclosures", "compliance"):
+            far = c.get(f"/v1/reports/{report}", params={"now": far_future})
+            assert _error(far) == (400, "invalid_command"), report
+        assert _error(c.get("/v1/requests", params={"now": far_past})) == (400, "invalid_command")
+        huge = c.get("/v1/audit/proof", params={"leaf": 10**23})
+        assert _error(huge) == (400, "invalid_command")
+        assert len(c.get(f"/v1/subjects/{subject}/history").json()["events"]) == before
+        assert c.get("/v1/reports/retention").status_code == 200
+
+        for other_form in (subject.upper(), "{" + subject + "}", subject.replace("-", "")):
+            shown = c.get(f"/v1/subjects/{other_form}")
+            assert shown.status_code == 200 and shown.json()["subject"] == subject
+            revealed = c.get(
+                f"/v1/subjects/{other_form}", params={"reveal": "true", "purpose": "support"}
+            )
+            assert revealed.status_code == 200, revealed.text
+            assert {d["category"]: d["value"] for d in revealed.json()["data"]}["email"] == EMAIL
+        events = c.get(f"/v1/subjects/{subject.upper()}/history").json()["events"]
+        assert len(events) == before + 3 and events[-1]["type"] == "DataViewed"
+
+
 def test_oversized_bodies(served: Served, subject: str) -> None:
     big = {
         "type": "collect",

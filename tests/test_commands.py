@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from ledger.commands import COMMANDS, parse_command
@@ -364,6 +365,8 @@ def deep(levels: int) -> Any:
         (float("nan"), "not finite"),
         ([float("inf")], "not finite"),
         (2**64, "too large"),
+        (orjson.loads("18446744073709551616"), "too large"),  # how JSON brings 2**64
+        ([orjson.loads("-1e19")], "too large"),
         ({1: SECRET}, "text keys only"),
         ({SECRET}, "must be JSON"),
         (SECRET.encode(), "must be JSON"),
@@ -442,6 +445,33 @@ def _strings(value: Any) -> list[str]:
     if isinstance(value, list):
         return [s for v in value for s in _strings(v)]
     return []
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        "0001-01-01T00:00:00+14:00",
+        "1899-12-31T23:59:59Z",
+        "1900-01-01T00:30:00+01:00",  # 1899 in UTC
+        "3000-01-01T00:00:00Z",
+        "9999-12-31T23:59:59-14:00",
+    ],
+)
+def test_times_outside_1900_to_2999_are_invalid(when: str) -> None:
+    """Deadlines are computed from these times for years afterwards: a time in year 1 or
+    9999 was accepted and then broke every read of the read models."""
+    assert "1900 and 2999" in rejected(command("record_dialogue", occurred_at=when))
+    assert "1900 and 2999" in rejected(command("open_request", received_at=when))
+
+
+def test_dates_outside_1900_to_2999_are_invalid() -> None:
+    for day in ("0001-01-01", "1899-12-31", "3000-01-01", "9999-12-31"):
+        entry = command("enter_competition", competition_ends_on=day)
+        assert "1900 and 2999" in rejected(entry), day
+    edge = parse_command(command("enter_competition", competition_ends_on="2999-12-31"))
+    assert str(edge.fields["competition_ends_on"]) == "2999-12-31"
+    first = parse_command(command("record_dialogue", occurred_at="1900-01-01T00:00:00Z"))
+    assert first.occurred_at == datetime(1900, 1, 1, tzinfo=UTC)
 
 
 def test_occurred_at_needs_a_time_not_only_a_date() -> None:

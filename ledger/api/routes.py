@@ -21,7 +21,7 @@ from ledger.api.errors import ApiError, JSONResponse, error_body, result_respons
 from ledger.api.executor import GroupCommitExecutor
 from ledger.api.openapi import commands_request_body
 from ledger.api.tokens import TokenStore
-from ledger.clock import parse_instant
+from ledger.clock import RANGE, parse_instant
 from ledger.commands import OFFICER_COMMANDS
 from ledger.errors import LedgerError
 from ledger.facade import Ledger
@@ -104,13 +104,18 @@ def _as_command(data: Any, principal: Principal) -> Any:
     return {**data, "actor": principal.name}
 
 
+MAX_INDEX = 2**63 - 1  # tree sizes and leaf indexes are 64-bit (RFC 9162)
+
+
 def _now(value: str | None) -> datetime | None:
     if value is None:
         return None
     try:
         return parse_instant(value)
     except ValueError:
-        raise ApiError(400, "invalid_command", "'now' must be an RFC 3339 time") from None
+        raise ApiError(
+            400, "invalid_command", f"'now' must be an RFC 3339 time or a date, {RANGE}"
+        ) from None
 
 
 def _ok(payload: dict[str, Any]) -> JSONResponse:
@@ -342,9 +347,15 @@ async def get_checkpoint(
 async def get_proof(
     request: Request,
     subject: str | None = Query(None, description="Inclusion proofs of a subject's events."),
-    leaf: int | None = Query(None, ge=0, description="Inclusion proof of one leaf index."),
-    first: int | None = Query(None, ge=0, description="Consistency proof from this size."),
-    size: int | None = Query(None, ge=0, description="The tree size (default: the latest)."),
+    leaf: int | None = Query(
+        None, ge=0, le=MAX_INDEX, description="Inclusion proof of one leaf index."
+    ),
+    first: int | None = Query(
+        None, ge=0, le=MAX_INDEX, description="Consistency proof from this size."
+    ),
+    size: int | None = Query(
+        None, ge=0, le=MAX_INDEX, description="The tree size (default: the latest)."
+    ),
     _: Principal = Depends(requires("audit")),  # noqa: B008
 ) -> Response:
     """Exactly one of `subject`, `leaf` or `first`, against the checkpoint of `size` (by

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ledger.clock import FixedClock, SystemClock, parse_instant
+from ledger.clock import RANGE, FixedClock, SystemClock, parse_instant
 from ledger.errors import LedgerError
 from ledger.facade import Ledger
 
@@ -28,7 +28,8 @@ def parse_now(now: str | None, option: str = "--now") -> datetime | None:
         return parse_instant(now)
     except ValueError:
         raise typer.BadParameter(
-            f"{option} must be an RFC 3339 time with offset, or a date (its midnight in Copenhagen)"
+            f"{option} must be an RFC 3339 time with offset, or a date (its midnight in "
+            f"Copenhagen), {RANGE}"
         ) from None
 
 
