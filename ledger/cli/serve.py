@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from dataclasses import replace
 from types import FrameType
 
 import typer
@@ -26,21 +27,33 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     workers: int = typer.Option(1, "--workers", min=1, help="Server processes (PostgreSQL)."),
-    sweep_every: float = typer.Option(
-        3600.0, "--sweep-every", min=1.0, help="Seconds between retention sweeps."
+    sweep_every: float | None = typer.Option(
+        None,
+        "--sweep-every",
+        min=1.0,
+        help="Seconds between retention sweeps [default: LEDGER_API_SWEEP_EVERY or 3600].",
     ),
     no_sweep: bool = typer.Option(False, "--no-sweep", help="No retention sweeper here."),
     no_group_commit: bool = typer.Option(
         False, "--no-group-commit", help="One transaction per command (for comparison)."
     ),
-    group_max: int = typer.Option(256, "--group-max", min=1, help="Commands per group, at most."),
-    group_wait_ms: float = typer.Option(
-        2.0, "--group-wait-ms", min=0.0, help="How long a group waits for more commands."
+    group_max: int | None = typer.Option(
+        None,
+        "--group-max",
+        min=1,
+        help="Commands per group, at most [default: LEDGER_API_GROUP_MAX or 256].",
+    ),
+    group_wait_ms: float | None = typer.Option(
+        None,
+        "--group-wait-ms",
+        min=0.0,
+        help="How long a group waits for more commands [default: LEDGER_API_GROUP_WAIT_MS or 2.0].",
     ),
 ) -> None:
     """Serve the ledger over HTTP (FastAPI on uvicorn) until interrupted."""
     import uvicorn
 
+    options = _options_from_env()
     with open_ledger() as ledger:
         settings = ledger.settings
     if workers > 1 and settings.database.backend != "postgres":
@@ -66,16 +79,21 @@ def serve(
         )
     err_console.print(f"API document: http://{host}:{port}/docs")
     # The server processes only answer requests; one background process per `serve` keeps
-    # read models current and sweeps, so its rounds never stall a response.
-    options = ServerOptions(
-        group_commit=not no_group_commit,
-        group_max=group_max,
-        group_wait_ms=group_wait_ms,
-        sweep_every=None,
-        tick=0,
-    )
-    os.environ.update(options.to_env())
-    background = BackgroundProcess(tick=1.0, sweep_every=None if no_sweep else sweep_every)
+    # read models current and sweeps, so its rounds never stall a response. The options
+    # come from the environment (`LEDGER_API_*`, docs/http.md); the command line changes
+    # only what it was given, and the workers read the result back from the environment.
+    if no_group_commit:
+        options = replace(options, group_commit=False)
+    if group_max is not None:
+        options = replace(options, group_max=group_max)
+    if group_wait_ms is not None:
+        options = replace(options, group_wait_ms=group_wait_ms)
+    if sweep_every is not None:
+        options = replace(options, sweep_every=sweep_every)
+    background_sweep = None if no_sweep else options.sweep_every
+    background_tick = options.tick if options.tick > 0 else 1.0
+    os.environ.update(replace(options, sweep_every=None, tick=0).to_env())
+    background = BackgroundProcess(tick=background_tick, sweep_every=background_sweep)
     background.start()
     stopped: list[int] = []
 
@@ -104,6 +122,23 @@ def serve(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         background.stop()
+
+
+def _options_from_env() -> ServerOptions:
+    """`ServerOptions.from_env()`; a malformed `LEDGER_API_*` value ends the command."""
+    try:
+        return ServerOptions.from_env()
+    except ValueError:
+        pass
+    bad = []
+    for name in ServerOptions().to_env():
+        if name in os.environ:
+            try:
+                ServerOptions.from_env({name: os.environ[name]})
+            except ValueError:
+                bad.append(f"{name}={os.environ[name]!r}")
+    err_console.print(f"[red]error[/red] not a number: {', '.join(bad)} (docs/operations.md)")
+    raise typer.Exit(2)
 
 
 class _Stopped(Exception):
