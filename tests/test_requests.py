@@ -133,6 +133,40 @@ def test_a_receipt_after_the_opening_or_an_extension_before_it_is_refused(
     assert ok(ledger, extension)["due"] == "2025-08-20"
 
 
+def test_nothing_answers_a_request_before_it_was_received(
+    ledger: Ledger, late_clock: FixedClock
+) -> None:
+    """A verification, completion or erasure dated before the receipt was once accepted,
+    and the request counted as answered in time."""
+    subject = register(ledger)
+    received = "2025-05-01T10:00:00+02:00"
+    before = "2025-04-20T10:00:00+02:00"
+    access = open_request(ledger, subject, received)["request"]
+    erasure = open_request(ledger, subject, received, right="erasure")["request"]
+    base = {"subject": subject, "occurred_at": before}
+    verify = {**base, "type": "verify_identity", "request": access}
+    complete = {**base, "type": "complete_request", "request": access, "outcome": "fulfilled"}
+    erase = {**base, "type": "erase", "request": erasure}
+    for command in (verify, complete, erase):
+        assert rejected(ledger, command) == "invalid_command", command["type"]
+    after = "2025-05-02T10:00:00+02:00"
+    ok(ledger, {**verify, "occurred_at": after})
+    ok(ledger, {**complete, "occurred_at": after})
+    assert request_of(ledger, subject, access)["status"] == "completed"
+
+
+def test_an_erasure_answers_only_an_erasure_request(ledger: Ledger, late_clock: FixedClock) -> None:
+    """`erase` citing an access request shredded the subject's data as if asked to."""
+    subject = register(ledger)
+    access = open_request(ledger, subject, "2025-05-01T10:00:00+02:00")["request"]
+    erase = {"type": "erase", "subject": subject, "request": access}
+    assert rejected(ledger, erase) == "invalid_command"
+    assert ledger.subject(subject)["status"] == "active"
+    erasure = open_request(ledger, subject, "2025-05-01T10:00:00+02:00", right="erasure")
+    ok(ledger, {**erase, "request": erasure["request"]})
+    assert ledger.subject(subject)["status"] == "erased"
+
+
 def test_due_date_counts_from_receipt_in_copenhagen(ledger: Ledger, late_clock: FixedClock) -> None:
     subject = register(ledger)
     # Recorded months later: the receipt counts, not the recording.

@@ -1152,8 +1152,16 @@ class DataSubject(Aggregate):
         )
         return due.isoformat()
 
+    def _not_before_receipt(self, found: dict[str, Any], occurred_at: datetime, what: str) -> None:
+        """Nothing happens to a request before it was received (R16's record would lie)."""
+        if occurred_at < parse_iso(found["received_at"]):
+            raise LedgerError(
+                "invalid_command",
+                f"request {found['request']} cannot be {what} before it was received",
+            )
+
     def verify_identity(self, *, request: str, occurred_at: datetime, actor: str | None) -> None:
-        self._open_request(request)
+        self._not_before_receipt(self._open_request(request), occurred_at, "verified")
         self.trigger_event(
             self.IdentityVerified, request=request, occurred_at=iso(occurred_at), actor=actor
         )
@@ -1165,10 +1173,7 @@ class DataSubject(Aggregate):
         found = self._open_request(request)
         if found["extended_at"] is not None:
             raise LedgerError("extension_too_late", f"request {request} was already extended")
-        if occurred_at < parse_iso(found["received_at"]):
-            raise LedgerError(
-                "invalid_command", f"request {request} cannot be extended before it was received"
-            )
+        self._not_before_receipt(found, occurred_at, "extended")
         received = local_date(parse_iso(found["received_at"]))
         # The first month is a period of Regulation 1182/71 too: it ends on the due date.
         if local_date(occurred_at) > request_due_date(received):
@@ -1198,7 +1203,7 @@ class DataSubject(Aggregate):
     ) -> None:
         if outcome not in OUTCOMES:
             raise LedgerError("invalid_command", f"unknown outcome '{outcome}'")
-        self._open_request(request)
+        self._not_before_receipt(self._open_request(request), occurred_at, "completed")
         self.trigger_event(
             self.RequestCompleted,
             request=request,
@@ -1224,7 +1229,13 @@ class DataSubject(Aggregate):
     ) -> EraseOutcome:
         """Art. 17: shred every scope no legal obligation or hold keeps; say what was kept."""
         if request is not None:
-            self._open_request(request)
+            found = self._open_request(request)
+            if found["right"] != "erasure":
+                raise LedgerError(
+                    "invalid_command",
+                    f"request {request} is a request for {found['right']}, not for erasure",
+                )
+            self._not_before_receipt(found, occurred_at, "answered by an erasure")
         from ledger.domain.retention import scope_deadline
 
         held = self.active_holds()
