@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from ledger.audit import service
+from ledger.audit.keys import SigningKeyError
 from ledger.audit.leaves import leaf_data, reduce_sealed
 from ledger.audit.log import AuditLog
 from ledger.audit.merkle import (
@@ -97,9 +98,11 @@ def test_every_checkpoint_is_kept_and_consistent(ledger: Ledger) -> None:
     ids = story(ledger, subjects=1)
     service.seal(ledger)
     for n in range(3):
-        ledger.execute({"type": "record_dialogue", "subject": ids[0]})
-        service.seal(ledger)
-        assert n >= 0
+        before = ledger.max_position()
+        assert ledger.execute({"type": "record_dialogue", "subject": ids[0]})["ok"]
+        sealed = service.seal(ledger)
+        assert sealed.added == ledger.max_position() - before == 1, n
+        assert sealed.checkpoint is not None and sealed.tree_size == ledger.max_position()
     log = audit(ledger)
     with log.store.reader() as s:
         checkpoints = s.checkpoints()
@@ -304,7 +307,7 @@ def test_restored_backup_verifies(
     try:
         with Ledger.open(Settings.from_env(env)) as copy:
             # no signing key with the copy: an auditor gives the public key; none is made
-            with pytest.raises(LedgerError, match="--key"):
+            with pytest.raises(SigningKeyError, match="--public-key"):
                 service.verify(copy)
             report = service.verify(copy, key=public_key)
             assert report.ok, report.as_dict()
@@ -327,3 +330,41 @@ def test_leaf_hash_matches_stored_level_zero(ledger: Ledger) -> None:
     with store.reader() as s:
         stored = [h for _, h, _ in s.iter_level(0)]
     assert stored == [hashlib.sha256(b"\x00" + d).digest() for d in _leaves(ledger)]
+
+
+def test_verify_of_a_log_never_sealed_says_so(ledger: Ledger, settings: Settings) -> None:
+    """The Python API does not seal: before the first seal `verify` refuses with a clear
+    answer (and makes no key); after `seal` the same log verifies."""
+    story(ledger, subjects=1)
+    events = ledger.max_position()
+    with pytest.raises(AuditError, match="never sealed") as refused:
+        service.verify(ledger)
+    assert f"{events} events" in str(refused.value) and "ledger audit seal" in str(refused.value)
+    assert not settings.signing_key_file.exists()
+    service.seal(ledger)
+    report = service.verify(ledger)
+    assert report.ok, report.as_dict()
+    assert report.leaves == events and report.checkpoints == 1
+
+
+def test_an_empty_log_never_sealed_verifies(ledger: Ledger, settings: Settings) -> None:
+    """Nothing to check is no failure; the signing key is made, as `audit checkpoint` and
+    `audit public-key` make it on a fresh home."""
+    report = service.verify(ledger)
+    assert report.ok and report.events == 0 and report.checkpoints == 0
+    assert report.public_key == service.public_key(ledger)
+    assert settings.signing_key_file.exists()
+
+
+def test_a_log_emptied_after_sealing_is_not_taken_for_never_sealed(ledger: Ledger) -> None:
+    """Deleting the audit tables' rows leaves the witness: `verify` reports a failure
+    instead of suggesting a fresh seal."""
+    story(ledger, subjects=1)
+    service.seal(ledger)
+    store = audit(ledger).store
+    with store.writer() as s:
+        for table in ("audit_tree", "audit_checkpoints", "audit_meta"):
+            s.execute(f"DELETE FROM {table}")
+    report = service.verify(ledger)
+    assert not report.ok
+    assert [f.check for f in report.failures] == ["witness"], report.as_dict()

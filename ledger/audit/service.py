@@ -250,27 +250,42 @@ def proof(
 def verify(
     ledger: Ledger, *, progress: Progress | None = None, key: str | None = None
 ) -> VerifyReport:
-    """Recompute and check the whole log (`ledger audit verify`).
+    """Recompute and check the whole log (`ledger audit verify`); it never seals.
 
     The key comes from the ledger's signing key, or `key` (a vkey an auditor trusts),
     never from the database, which is what is being checked. Where there is no signing
     key (a copy of the database), `key` is needed, and none is made.
+
+    Refusals: `SigningKeyError` when there is no signing key and no `key`;
+    `AuditError` when the log was never sealed (events, but no trace of a seal: no
+    leaf, no checkpoint, no recorded key, no witness), pointing to `ledger audit seal`.
+    An empty log never sealed verifies (there is nothing to check); like `ledger audit
+    checkpoint` on a fresh ledger, that makes the signing key if there is none.
     """
     settings = ledger.settings
-    if not settings.signing_key and not settings.signing_key_file.exists():
-        if key is None:
-            raise LedgerError(
-                "invalid_command",
-                "no signing key here (LEDGER_HOME/signing.key or LEDGER_SIGNING_KEY): give "
-                "the ledger's public key with --key",
-            )
+    has_signing_key = bool(settings.signing_key) or settings.signing_key_file.exists()
+    if not has_signing_key:
         store = _open_store(ledger)
         try:
-            origin = store.meta("origin") or DEFAULT_ORIGIN
-            return verify_store(store, Verifier.parse(key), origin=origin, progress=progress)
+            events = _never_sealed(ledger, store)
+            if events is None and key is None:
+                raise SigningKeyError(
+                    "no signing key here (LEDGER_HOME/signing.key or LEDGER_SIGNING_KEY) to "
+                    "check the checkpoints with: give the ledger's public key with "
+                    "--public-key (`ledger audit public-key` prints it where the key is)",
+                )
+            if events is not None and events > 0:
+                raise _not_sealed(events)
+            if key is not None:
+                origin = store.meta("origin") or DEFAULT_ORIGIN
+                return verify_store(store, Verifier.parse(key), origin=origin, progress=progress)
         finally:
             store.close()
+        # an empty log, never sealed: nothing to check, and no key to mistake for another
     audit = audit_log(ledger)
+    events = _never_sealed(ledger, audit.store)
+    if events is not None and events > 0:
+        raise _not_sealed(events)
     verifier = Verifier.parse(key) if key else audit.verifier
     try:
         witnessed = audit.witness.read(audit.verifier, audit.origin) if audit.witness else None
@@ -283,6 +298,35 @@ def verify(
     if unreadable is not None:
         report.fail(Failure("witness", unreadable))
     return report
+
+
+def _never_sealed(ledger: Ledger, store: AuditStore) -> int | None:
+    """How many events the database holds if nothing was ever sealed here; else None.
+
+    "Never sealed": no leaf, no checkpoint, no public key recorded in the database, and
+    no audit witness in LEDGER_HOME. Any one of them left means a seal happened, and
+    `verify` must check what is there (a log emptied by someone is a failure to find,
+    not a log to seal again).
+    """
+    if (ledger.settings.home / WITNESS_FILE).exists():
+        return None
+    with store.reader() as s:
+        size, _ = s.tree_state()
+        if size or s.latest_checkpoint() is not None or s.meta("public_key") is not None:
+            return None
+        rows = s.execute(f"SELECT COUNT(*) FROM {s.events_table}")
+    return int(rows[0][0] or 0)
+
+
+def _not_sealed(events: int) -> AuditError:
+    held = "1 event" if events == 1 else f"{events} events"
+    return AuditError(
+        f"the audit log was never sealed: the database holds {held} and no checkpoint, "
+        "so there is nothing to check them against. Run `ledger audit seal` (it seals "
+        "them and signs the first checkpoint), then verify again; the CLI and the HTTP "
+        "server seal after every write, the Python API (Ledger.execute) does not. If this "
+        "log was sealed before, its audit tables were emptied: investigate before sealing"
+    )
 
 
 def export(
