@@ -205,6 +205,81 @@ def prospect_case(w: World) -> Case:
     return Case(subject, "customer_data", date(2025, 4, 20), {"email": "p@example.dk"})
 
 
+def prospect_gave_data_case(w: World) -> Case:
+    """Data a prospect gives us is contact too: 2 months after it came (it was once due
+    the day after it was collected, 2 months after the registration)."""
+    subject = register(w, "2025-01-10T09:00:00+01:00", kind="prospect", email="p@example.dk")
+    w.do("2025-02-20T15:00:00+01:00", {"type": "record_dialogue", "subject": subject})
+    w.do(
+        "2025-04-01T10:00:00+02:00",
+        collect(subject, "name", "Karen Blixen", legal_basis="legitimate_interest"),
+    )
+    # data about them from elsewhere is no contact from them
+    w.do(
+        "2025-04-15T10:00:00+02:00",
+        collect(
+            subject,
+            "digital_behaviour",
+            {"visits": 3},
+            purpose="digital_services",
+            legal_basis="legitimate_interest",
+            source="observed",
+        ),
+    )
+    return Case(
+        subject,
+        "customer_data",
+        date(2025, 6, 1),
+        {"name": "Karen Blixen", "email": "p@example.dk"},
+    )
+
+
+def competition_entrant_case(w: World) -> Case:
+    """An entrant's contact details: 2 months after the competition ended (entering it is
+    contact that lasts until then; they were once shredded 2 months after the entry, before
+    the draw). The entry itself is kept a year after the end (policy §7)."""
+    subject = register(
+        w, "2025-05-01T10:00:00+02:00", kind="competition_entrant", email="vinder@example.dk"
+    )
+    w.do(
+        "2025-05-01T10:00:00+02:00",
+        {
+            "type": "give_consent",
+            "subject": subject,
+            "purpose": "competition",
+            "notice_version": "2018-05-25",
+            "method": "web_form",
+        },
+    )
+    w.do(
+        "2025-05-01T10:00:00+02:00",
+        {
+            "type": "enter_competition",
+            "subject": subject,
+            "competition": "efterår-2025",
+            "competition_ends_on": "2025-09-30",
+        },
+    )
+    w.do(
+        "2025-05-01T10:05:00+02:00",
+        collect(
+            subject,
+            "competition_entry",
+            {"answer": "solfanger"},
+            purpose="competition",
+            legal_basis="consent",
+            competition="efterår-2025",
+        ),
+    )
+    return Case(
+        subject,
+        "customer_data",
+        date(2025, 11, 30),
+        {"email": "vinder@example.dk"},
+        still_kept={"competition:efterår-2025": {"competition_entry": {"answer": "solfanger"}}},
+    )
+
+
 def former_customer_case(w: World) -> Case:
     """customer_data of a former customer: 2 months after the end, at a month's end."""
     subject = customer(w, "2023-05-01T10:00:00+02:00")
@@ -343,6 +418,8 @@ def bookkeeping_case(w: World) -> Case:
 
 CASES: dict[str, Callable[[World], Case]] = {
     "customer_data-prospect": prospect_case,
+    "customer_data-prospect-gave-data": prospect_gave_data_case,
+    "customer_data-competition-entrant": competition_entrant_case,
     "customer_data-former-customer": former_customer_case,
     "call_recording": call_recording_case,
     "marketing": marketing_case,

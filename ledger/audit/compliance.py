@@ -265,6 +265,8 @@ class HistoryChecker:
 
     def _on_DataCollected(self, s: _Subject, ref: _Ref, e: dict[str, Any]) -> None:
         self._collected(s, ref, e, e.get("purpose"))
+        if e.get("source") == "subject":  # data the subject gave is contact (policy §7)
+            s.last_dialogue_at = s.later(s.last_dialogue_at, e.get("occurred_at"))
 
     def _on_DataRectified(self, s: _Subject, ref: _Ref, e: dict[str, Any]) -> None:
         self._collected(s, ref, e, s.latest_purpose.get(e["category"]))
@@ -595,10 +597,12 @@ class HistoryChecker:
             if any(s.relationships.values()):
                 return None
             dialogue = klass.anchor == "relationship_end_or_last_dialogue" or not s.relationships
+            competitions = [date.fromisoformat(d) for d in s.competitions.values()]
             candidates = [
                 _day(s.relationship_ended_at),
                 _day(s.last_dialogue_at) if dialogue else None,
                 None if s.relationships else _day(s.registered_at),
+                *(competitions if dialogue else []),
             ]
             found = [d for d in candidates if d is not None]
             anchor = max(found) if found else None

@@ -56,13 +56,17 @@ def scope_deadline(subject: DataSubject, policy: PolicyCatalogue, scope: str) ->
             return None
         # A dialogue after a relationship ended moves only the class anchored on it
         # (customer_data); without any relationship, registration and dialogue count.
+        # Dialogue is contact from the subject: a recorded dialogue, data they gave us,
+        # and a competition they entered, which lasts until the competition ends.
         dialogue = klass.anchor == "relationship_end_or_last_dialogue" or not subject.relationships
+        competitions = [date.fromisoformat(d) for d in subject.competitions.values()]
         candidates = [
             d
             for d in (
                 _date_of(subject.relationship_ended_at),
                 _date_of(subject.last_dialogue_at) if dialogue else None,
                 None if subject.relationships else _date_of(subject.registered_at),
+                *(competitions if dialogue else []),
             )
             if d is not None
         ]

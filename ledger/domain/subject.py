@@ -134,6 +134,8 @@ class DataSubject(Aggregate):
                 subject.marketing_registered_at = _later(
                     subject.marketing_registered_at, self.occurred_at
                 )
+            if self.source == "subject":  # the subject gave it to us: contact (policy §7)
+                subject.last_dialogue_at = _later(subject.last_dialogue_at, self.occurred_at)
 
     class DataRectified(Event):
         category: str

@@ -287,6 +287,8 @@ def on_collected(b: BatchState, st: SubjectState, r: EventRecord) -> None:
             "seq": previous["seq"] if previous else r.position,
         },
     )
+    if s["source"] == "subject":  # contact, as the aggregate counts it
+        st.row["last_dialogue_at"] = later(st.row["last_dialogue_at"], s["occurred_at"])
     _add_kid(b, st, s["scope"], s["value"]["kid"], r.position)
     if s["scope"] == "marketing":
         newest = later(st.row["marketing_registered_at"], s["occurred_at"])
