@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ledger.clock import RANGE, FixedClock, SystemClock, parse_instant
+from ledger.config import DatabaseURL, Settings
 from ledger.errors import LedgerError
 from ledger.facade import Ledger
 
@@ -35,13 +38,79 @@ def parse_now(now: str | None, option: str = "--now") -> datetime | None:
 
 @contextmanager
 def open_ledger(now: datetime | None = None) -> Iterator[Ledger]:
-    """Open the ledger of the environment; a `LedgerError` ends the command with its code."""
+    """Open the ledger of the environment; a `LedgerError` ends the command with its code,
+    a configuration it cannot open with (`configuration_error`) with exit status 2."""
     clock = FixedClock(now) if now is not None else SystemClock()
     try:
-        with Ledger.open(clock=clock) as ledger:
+        settings = Settings.from_env()
+    except ValueError as exc:  # a malformed LEDGER_DATABASE_URL or LEDGER_KEYSTORE_URL
+        configuration_error(_which_url(str(exc)))
+    try:
+        opened = Ledger.open(settings, clock=clock)
+    except LedgerError as error:
+        fail(error)
+    except Exception as exc:
+        message = _cannot_open(settings, exc)
+        if message is None:
+            raise
+        configuration_error(message)
+    try:
+        with opened as ledger:
             yield ledger
     except LedgerError as error:
         fail(error)
+
+
+def configuration_error(message: str) -> NoReturn:
+    """End the command: `error configuration: ...` on standard error, exit status 2."""
+    err_console.print(
+        f"[red]error[/red] configuration: {escape(message)}", highlight=False, soft_wrap=True
+    )
+    raise typer.Exit(2)
+
+
+def _which_url(message: str) -> str:
+    """The parser names LEDGER_DATABASE_URL for either URL: name the one that is wrong."""
+    keystore = os.environ.get("LEDGER_KEYSTORE_URL")
+    if not keystore:
+        return message
+    try:
+        DatabaseURL.parse(os.environ.get("LEDGER_DATABASE_URL") or "sqlite:///ledger.db")
+    except ValueError:
+        return message
+    return message.replace("LEDGER_DATABASE_URL", "LEDGER_KEYSTORE_URL")
+
+
+def _cannot_open(settings: Settings, exc: Exception) -> str | None:
+    """What keeps the ledger from opening with these settings, in one line; None for an
+    error that is not the configuration's (a bug: its traceback is shown)."""
+    import sqlite3
+
+    import psycopg
+    from eventsourcing.persistence import PersistenceError
+
+    from ledger.crypto.keystore import KeyStoreError
+    from ledger.crypto.master import MasterKeyError
+    from ledger.domain.policy import PolicyError
+
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, PolicyError):
+        return f"LEDGER_POLICY: {first}" if settings.policy_path else first
+    if isinstance(exc, MasterKeyError):
+        if settings.master_key and "LEDGER_MASTER_KEY" not in first:
+            return f"LEDGER_MASTER_KEY: {first}"
+        return first
+    if isinstance(exc, KeyStoreError):
+        where = "LEDGER_MASTER_KEY" if settings.master_key else str(settings.master_key_file)
+        return f"{first} (the master key from {where})"
+    if isinstance(exc, psycopg.Error | PersistenceError | sqlite3.Error):
+        urls = "LEDGER_DATABASE_URL"
+        if settings.keystore != settings.database and settings.keystore.backend == "postgres":
+            urls += " or LEDGER_KEYSTORE_URL"
+        return f"cannot open the database ({urls}): {first}"
+    if isinstance(exc, OSError):
+        return f"cannot use LEDGER_HOME or LEDGER_LOG_FILE: {first}"
+    return None
 
 
 def after_write(ledger: Ledger) -> None:

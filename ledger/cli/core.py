@@ -60,8 +60,9 @@ def exec_(
 ) -> None:
     """Execute commands (JSON Lines), one result line each; exit 1 if any was rejected.
 
-    Lines are read as bytes: a line that is not UTF-8 JSON is `invalid_command` and the
-    rest still run.
+    Each line is its own transaction, and a rejected line does not stop the rest.
+
+    A line that is not UTF-8 JSON is rejected as invalid_command.
     """
     try:
         stream = sys.stdin.buffer if file == "-" else Path(file).open("rb")  # noqa: SIM115
