@@ -7,7 +7,7 @@ are returned to the caller and never written to disk by the ledger.
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -39,6 +39,43 @@ RIGHTS = [
 ]
 
 
+Opener = Callable[[Mapping[str, Any], str], Any]  # (sealed value, category) -> value or None
+
+
+def earlier_values(
+    subject: DataSubject, events: Iterable[object], open_value: Opener
+) -> list[dict[str, Any]]:
+    """Values collected or rectified before the current one of their category that are
+    still held: their key is not shredded, so they exist in the log and can be read
+    (stored data is processed data, Art. 15(1)). Oldest first; what a shredded key
+    sealed is gone and left out."""
+    current = {c: item["value"].get("ct") for c, item in subject.latest.items()}
+    found: list[dict[str, Any]] = []
+    for event in events:
+        if not isinstance(event, DataSubject.DataCollected | DataSubject.DataRectified):
+            continue
+        state = vars(event)
+        sealed, category = state["value"], state["category"]
+        if sealed.get("ct") == current.get(category):
+            continue
+        value = open_value(sealed, category)
+        if value is None:
+            continue
+        collected = isinstance(event, DataSubject.DataCollected)
+        found.append(
+            {
+                "category": category,
+                "value": value,
+                "scope": state["scope"],
+                "purpose": state["purpose"] if collected else None,
+                "source": state["source"] if collected else None,
+                "recorded_as": "collected" if collected else "rectification",
+                "at": state["occurred_at"],
+            }
+        )
+    return found
+
+
 def access_report(
     subject: DataSubject,
     view: Mapping[str, Any],
@@ -46,15 +83,21 @@ def access_report(
     views: list[dict[str, Any]],
     *,
     generated_at: datetime,
+    earlier: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Every item of Art. 15(1)(a)–(h), a copy of the data, and who viewed it."""
+    """Every item of Art. 15(1)(a)–(h), a copy of the data, and who viewed it.
+
+    `data` is the current value of each category; `earlier_values` the older values still
+    held, e.g. a previous address, or a name kept for bookkeeping after an erasure."""
     data = view["data"]
+    earlier = earlier or []
     purposes = sorted(
         {item["purpose"] for item in data}
+        | {item["purpose"] for item in earlier if item["purpose"]}
         | {c["purpose"] for c in view["consents"]}
         | {subject.purpose}
     )
-    categories = sorted({item["category"] for item in data})
+    categories = sorted({item["category"] for item in [*data, *earlier]})
     scopes = {r["scope"]: r for r in view["retention"]}
     return {
         "document": "Indsigt efter databeskyttelsesforordningens artikel 15 (access report)",
@@ -123,6 +166,7 @@ def access_report(
             "and no profiling with legal or similarly significant effects takes place.",
         },
         "data": data,
+        "earlier_values": earlier,
         "consents": view["consents"],
         "objections": view["objections"],
         "restricted": view["restricted"],

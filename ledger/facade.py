@@ -176,7 +176,8 @@ class Ledger:
         self, subject_id: str, *, portable: bool = False, actor: str | None = None
     ) -> dict[str, Any]:
         """The Art. 15 access answer (or, `portable`, the Art. 20 export); recorded as a view."""
-        from ledger.exports import access_report, portable_export
+        from ledger.exports import access_report, earlier_values, portable_export
+        from ledger.projections.views import open_sealed
 
         subject_id = canonical_subject_id(subject_id)
         purpose = "data portability (Art. 20)" if portable else "access request (Art. 15)"
@@ -185,7 +186,23 @@ class Ledger:
         if portable:
             return portable_export(view, self.policy, generated_at=now)
         subject = self.app.load_subject(subject_id)
-        return access_report(subject, view, self.policy, self.views(subject_id), generated_at=now)
+        keys = self.keystore.keys(subject_id)
+        try:
+            earlier = earlier_values(
+                subject,
+                self.app.events.get(UUID(subject_id)),
+                lambda sealed, category: open_sealed(subject_id, sealed, category, keys),
+            )
+        finally:
+            keys.clear()
+        return access_report(
+            subject,
+            view,
+            self.policy,
+            self.views(subject_id),
+            generated_at=now,
+            earlier=earlier,
+        )
 
     def views(self, subject_id: str) -> list[dict[str, Any]]:
         """Who read the subject's plaintext, when and why (CJEU C-579/21)."""

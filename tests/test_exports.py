@@ -15,7 +15,7 @@ from html.parser import HTMLParser
 from typing import Any
 
 from ledger.clock import FixedClock, parse_instant
-from ledger.exports import PORTABLE_FORMAT
+from ledger.exports import PORTABLE_FORMAT, render_html
 from ledger.facade import Ledger
 
 CA = "customer_administration"
@@ -363,6 +363,58 @@ def test_access_report_holds_the_data_and_who_viewed_it(ledger: Ledger, clock: F
     assert after[-1]["occurred_at"] == EXPORTED_AT
     assert after[-1]["details"]["purpose"] == "access request (Art. 15)"
     assert "value" not in json.dumps(after[-1]["details"])
+
+
+def test_access_report_holds_earlier_values_still_held(ledger: Ledger, clock: FixedClock) -> None:
+    """The Art. 15 copy once held only the newest value of each category: a previous
+    address, or a name kept for bookkeeping after an erasure, exist and can be read, and
+    were left out (the report even said the name was erased)."""
+    clock.set(parse_instant("2025-03-01T10:00:00+01:00"))
+    subject = ok(
+        ledger,
+        {"type": "register_subject", "kind": "customer", "purpose": CA, "legal_basis": "contract"},
+    )["subject"]
+
+    def collect(category: str, value: str, when: str, purpose: str = CA) -> None:
+        basis = "legal_obligation" if purpose == "bookkeeping" else "contract"
+        command = {
+            "type": "collect",
+            "subject": subject,
+            "category": category,
+            "value": value,
+            "purpose": purpose,
+            "legal_basis": basis,
+            "source": "subject",
+            "occurred_at": when,
+        }
+        ok(ledger, command)
+
+    collect("name", "Bo Bogholder", "2025-01-10T09:00:00+01:00", purpose="bookkeeping")
+    collect("name", "Bo Kunde", "2025-01-11T09:00:00+01:00")
+    collect("address", "Gammel Vej 1, 2300 København S", "2025-01-11T09:00:00+01:00")
+    collect("address", "Ny Vej 2, 2300 København S", "2025-02-01T09:00:00+01:00")
+
+    report = ledger.export(subject, actor="dpo")
+    assert {d["category"]: d["value"] for d in report["data"]} == {
+        "name": "Bo Kunde",
+        "address": "Ny Vej 2, 2300 København S",
+    }
+    assert [(e["category"], e["value"], e["scope"]) for e in report["earlier_values"]] == [
+        ("name", "Bo Bogholder", "bookkeeping:2025"),
+        ("address", "Gammel Vej 1, 2300 København S", "customer_data"),
+    ]
+    assert report["earlier_values"][0]["purpose"] == "bookkeeping"
+    assert report["earlier_values"][0]["recorded_as"] == "collected"
+
+    ok(ledger, {"type": "erase", "subject": subject, "occurred_at": "2025-02-15T09:00:00+01:00"})
+    after = ledger.export(subject, actor="dpo")
+    assert {d["category"]: d["erased"] for d in after["data"]} == {"name": True, "address": True}
+    # what the erasure kept is still there to be read, and the copy says so
+    assert [(e["category"], e["value"]) for e in after["earlier_values"]] == [
+        ("name", "Bo Bogholder")
+    ]
+    page = ledger.export(subject, actor="dpo")
+    assert "Bo Bogholder" in render_html(page) and "Gammel Vej" not in render_html(page)
 
 
 def test_portable_export(ledger: Ledger, clock: FixedClock) -> None:

@@ -33,7 +33,9 @@ from ledger.projections.schema import (
 Row = dict[str, Any]
 
 
-def _open(subject: str, sealed: Any, category: str, keys: Mapping[str, bytes] | None) -> Any:
+def open_sealed(subject: str, sealed: Any, category: str, keys: Mapping[str, bytes] | None) -> Any:
+    """A sealed value opened with the caller's keys; None if its key is not among them
+    (shredded) or it does not open."""
     if keys is None or sealed is None:
         return None
     key = keys.get(sealed["kid"])
@@ -96,7 +98,7 @@ def subject_document(
             "category": item["category"],
             "value": None
             if item["erased"]
-            else _open(subject_id, item["value"], item["category"], keys),
+            else open_sealed(subject_id, item["value"], item["category"], keys),
             "erased": item["erased"],
             "purpose": item["purpose"],
             "legal_basis": item["legal_basis"],
@@ -120,7 +122,7 @@ def subject_document(
             "agreement": a["agreement"],
             "recipient": {
                 "kind": a["recipient_kind"],
-                "name": _open(subject_id, a["recipient_name"], RECIPIENT_NAME, keys),
+                "name": open_sealed(subject_id, a["recipient_name"], RECIPIENT_NAME, keys),
                 "country": a["country"],
             },
             "categories": a["categories"],
