@@ -685,7 +685,7 @@ def test_concurrent_commands_get_their_own_results(served: Served, subject: str)
                 *(client.post("/v1/commands", json=command(i)) for i in range(64))
             )
 
-    with served.client() as client:
+    with served.client("auditor") as client:  # the counters are for a known caller only
         before = client.get("/healthz").json()
     with served.client("auditor") as auditor:
         events_before = len(auditor.get(f"/v1/subjects/{subject}/history").json()["events"])
@@ -699,7 +699,7 @@ def test_concurrent_commands_get_their_own_results(served: Served, subject: str)
         events = auditor.get(f"/v1/subjects/{subject}/history").json()["events"]
     activities = sorted(e["details"].get("activity", "") for e in events[events_before:])
     assert activities == sorted(f"mail-{i}" for i in range(64) if i % 3)
-    with served.client() as client:
+    with served.client("auditor") as client:
         after = client.get("/healthz").json()
     assert after["commands"] - before["commands"] == 64
     assert after["groups"] - before["groups"] < 64
@@ -770,3 +770,219 @@ def test_cli_refuses_what_it_cannot_do(tmp_path: Any) -> None:
         timeout=60,
     )
     assert bad_name.returncode == 1 and bad_name.stdout == ""
+
+
+# -- review findings --------------------------------------------------------------------------
+
+
+def test_bodies_not_sent_as_json_are_refused(served: Served, subject: str) -> None:
+    """A body sent as text, a form or multipart was parsed as JSON all the same, so a page
+    in a browser could post a command without a CORS preflight. Now 415 (invalid_command),
+    nothing written; application/json, a +json type and no Content-Type are taken."""
+    dialogue = json.dumps({"type": "record_dialogue", "subject": subject})
+    with served.client("service") as service, served.client("auditor") as auditor:
+        before = len(auditor.get(f"/v1/subjects/{subject}/history").json()["events"])
+        for content_type in (
+            "text/plain",
+            "text/plain; charset=utf-8",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "text/json",
+            "application/jsonp",
+            "",
+        ):
+            answer = service.post(
+                "/v1/commands", content=dialogue, headers={"Content-Type": content_type}
+            )
+            assert _error(answer) == (415, "invalid_command"), content_type
+            assert "application/json" in answer.json()["error"]["message"]
+        batch = json.dumps({"commands": [json.loads(dialogue)]})
+        form = service.post("/v1/commands", content=batch, headers={"Content-Type": "text/plain"})
+        assert _error(form) == (415, "invalid_command")
+        assert len(auditor.get(f"/v1/subjects/{subject}/history").json()["events"]) == before
+        for taken in (
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            "application/vnd.cekura.command+json",
+            None,
+        ):
+            headers = {"Content-Type": taken} if taken is not None else {}
+            answer = service.post("/v1/commands", content=dialogue, headers=headers)
+            assert answer.status_code == 200, (taken, answer.text)
+        events = auditor.get(f"/v1/subjects/{subject}/history").json()["events"]
+        assert len(events) == before + 5
+    with served.client("admin") as admin:
+        token = {"role": "service", "name": "form-made"}
+        as_form = admin.post("/v1/tokens", data=token)
+        assert _error(as_form) == (415, "invalid_command")
+        as_text = admin.post(
+            "/v1/tokens", content=json.dumps(token), headers={"Content-Type": "text/plain"}
+        )
+        assert _error(as_text) == (415, "invalid_command")
+        assert "form-made" not in str(admin.get("/v1/tokens").json())
+
+
+NAMES_WITH_IDENTIFIERS = {
+    "karen.blixen@example.dk": "an e-mail address",
+    "0101901234": "a CPR number",
+    "anna-010190-1234": "a CPR number",
+    "004545571057": "a phone number",
+}
+
+
+def test_token_names_holding_identifiers_are_refused(served: Served, tmp_path: Any) -> None:
+    """A token's name is the actor kept in the clear in every event it writes (never
+    shredded): an e-mail address, CPR or phone number in it is refused like in free text,
+    over HTTP and on the command line, without repeating the name."""
+    with served.client("admin") as admin:
+        for name, kind in NAMES_WITH_IDENTIFIERS.items():
+            answer = admin.post("/v1/tokens", json={"role": "service", "name": name})
+            assert _error(answer) == (400, "invalid_command"), name
+            assert kind in answer.json()["error"]["message"] and name not in answer.text
+        for name in ("webshop\n", "anna.dpo\n"):  # a final newline once got through
+            answer = admin.post("/v1/tokens", json={"role": "service", "name": name})
+            assert _error(answer) == (400, "invalid_command")
+        listed = str(admin.get("/v1/tokens").json())
+        assert not any(name in listed for name in NAMES_WITH_IDENTIFIERS)
+        made = admin.post("/v1/tokens", json={"role": "service", "name": "crm-2025"})
+        assert made.status_code == 200, made.text
+    home = tmp_path / "home"
+    create = [sys.executable, "-m", "ledger", "token", "create", "--role", "officer"]
+    refused = subprocess.run(
+        [*create, "--name", "karen.blixen@example.dk"],
+        env={**_base_env(), "LEDGER_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert "e-mail address" in refused.stderr and "karen" not in refused.stderr
+    assert not home.exists()  # refused before anything was made
+
+
+def test_answers_are_not_kept_by_caches(served: Served, subject: str) -> None:
+    """Reveals and exports carry plaintext: every answer (but the API document) says
+    `Cache-Control: no-store`, on the appends' own road and for errors too."""
+    with served.client("officer") as officer:
+        answers = [
+            officer.get(f"/v1/subjects/{subject}", params={"reveal": "true", "purpose": "cc"}),
+            officer.get(f"/v1/subjects/{subject}/export"),
+            officer.get(f"/v1/subjects/{subject}/export", params={"format": "html"}),
+            officer.get(f"/v1/subjects/{subject}"),
+            officer.get("/v1/subjects", params={"email": EMAIL}),
+            officer.get("/v1/reports/ropa", params={"format": "md"}),
+            officer.post("/v1/commands", json={"type": "record_dialogue", "subject": subject}),
+            officer.post("/v1/commands", json={"type": "nope"}),
+            officer.get(f"/v1/subjects/{uuid.uuid4()}"),
+            officer.get("/v1/nothing-here"),
+        ]
+    with served.client() as anonymous:
+        answers += [anonymous.get("/healthz"), anonymous.get("/v1/tokens")]
+        assert "no-store" not in anonymous.get("/openapi.json").headers.get("cache-control", "")
+    for answer in answers:
+        assert answer.headers.get("cache-control") == "no-store", answer.request.url
+    assert answers[0].status_code == answers[1].status_code == 200
+
+
+def test_token_create_on_a_fresh_home_keeps_it_private(tmp_path: Any) -> None:
+    """`ledger token create` first on a fresh LEDGER_HOME left it 0755 and the database
+    0644; it makes the home 0700, as every other command does, and the database 0600."""
+    import os
+    import stat
+
+    home = tmp_path / "fresh" / "home"
+    env = {**_base_env(), "LEDGER_HOME": str(home)}
+    created = subprocess.run(
+        [sys.executable, "-m", "ledger", "token", "create", "--role", "service", "--name", "a"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        umask=0o022,
+    )
+    assert created.returncode == 0, created.stderr
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    files = sorted(home.glob("ledger.db*"))
+    assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files), files
+    # the ledger then opens on the database the token store made
+    command = json.dumps(_register_command())
+    ran = subprocess.run(
+        [sys.executable, "-m", "ledger", "exec", "-"],
+        env=env,
+        input=command,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        umask=0o022,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["ok"] is True
+    assert stat.S_IMODE(os.stat(home / "ledger.db").st_mode) == 0o600
+
+
+def test_proof_of_a_size_without_checkpoint_says_what_is_wrong(
+    served: Served, subject: str
+) -> None:
+    """`leaf=3&size=2` answered "no checkpoint yet (run `ledger audit seal`)" on a sealed
+    log: the size was simply not a checkpoint's. The answer says so now."""
+    size = wait_sealed(served)
+    with served.client("auditor") as auditor:
+        leaf = auditor.get("/v1/audit/proof", params={"leaf": 3, "size": 2})
+        assert _error(leaf) == (400, "invalid_command")
+        assert "leaf 3 is not in a tree of 2 leaves" in leaf.json()["error"]["message"]
+        for params in (
+            {"leaf": 0, "size": size + 1000},
+            {"subject": subject, "size": size + 1000},
+            {"first": 1, "size": size + 1000},
+        ):
+            answer = auditor.get("/v1/audit/proof", params=params)
+            assert _error(answer) == (400, "invalid_command"), params
+            message = answer.json()["error"]["message"]
+            assert f"no signed checkpoint has size {size + 1000}" in message, message
+            assert "no checkpoint yet" not in message
+        assert auditor.get("/v1/audit/proof", params={"leaf": 0, "size": size}).status_code == 200
+
+
+def test_markdown_reports_escape_text_from_the_records(served: Served, subject: str) -> None:
+    """Free text from the records went into Markdown as it was (HTML escapes it): a pipe,
+    a backtick or a tag in a transfer's recipient broke the table or became markup."""
+    import re
+
+    recipient = "Nordic | Logistics `AB` <img src=x onerror=alert(1)> *fast* [x](y) _co_"
+    transfer = {
+        "type": "transfer",
+        "subject": subject,
+        "categories": ["name"],
+        "country": "SE",
+        "recipient": recipient,
+    }
+    with served.client("service") as service:
+        answer = service.post("/v1/commands", json=transfer)
+        assert answer.status_code == 200, answer.text
+    with served.client("auditor") as auditor:
+        markdown = auditor.get("/v1/reports/disclosures", params={"format": "md"}).text
+    lines = markdown.splitlines()
+    at = next(i for i, line in enumerate(lines) if "Nordic" in line)
+    rule = next(lines[i] for i in range(at, 0, -1) if lines[i].startswith("| --- |"))
+    row = lines[at]
+    plain = re.sub(r"\\.", "", row)  # what is left when the escaped characters are taken out
+    assert plain.count("|") == rule.count("|"), row  # one cell for the recipient
+    for markup in ("`", "<", ">", "*", "[", "]", "_co"):
+        assert markup not in plain, (markup, row)
+    assert r"Nordic \| Logistics \`AB\` \<img src=x onerror=alert(1)\> \*fast\*" in row
+    assert r"\[x\](y) \_co\_" in row
+
+
+def test_health_without_a_token_says_only_ok(served: Served) -> None:
+    """`/healthz` needs no token; it showed the event count to anyone. Now only a caller
+    with a live token (any role) sees the counters."""
+    with served.client() as anonymous:
+        assert anonymous.get("/healthz").json() == {"ok": True, "status": "ok"}
+        bogus = anonymous.get("/healthz", headers={"Authorization": "Bearer ldg_nothing"})
+        assert bogus.status_code == 200 and bogus.json() == {"ok": True, "status": "ok"}
+    for role in ("service", "auditor", "admin"):
+        with served.client(role) as client:
+            health = client.get("/healthz").json()
+        assert health["status"] == "ok" and health["position"] > 0
+        assert {"groups", "commands", "group_commit"} <= set(health)

@@ -10,7 +10,7 @@ import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,7 +23,7 @@ from ledger.api.auth import UNAUTHORIZED_HEADERS
 from ledger.api.background import BackgroundWorker
 from ledger.api.errors import DATABASE_ERRORS, ApiError, error_response
 from ledger.api.executor import ExecutorStopped, GroupCommitExecutor
-from ledger.api.openapi import command_schemas
+from ledger.api.openapi import finish
 from ledger.api.opening import open_ledger
 from ledger.api.options import ServerOptions
 from ledger.api.routes import COMMANDS_PATH, post_commands, router
@@ -44,8 +44,15 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 DESCRIPTION = """\
 The personal data ledger of CEKURA A/S over HTTP. Every request but `/healthz` and this
 document needs `Authorization: Bearer <token>` (`ledger token create --role ROLE --name NAME`).
-Errors are `{"ok": false, "error": {"code", "message"}}`; see docs/http.md.
+Bodies are JSON, sent as `Content-Type: application/json` (or without a Content-Type).
+Every error, whatever its status, is `{"ok": false, "error": {"code", "message"}}` (schema
+`Error`); see docs/http.md. Answers are sent with `Cache-Control: no-store`.
 """
+
+NO_STORE: Final = (b"cache-control", b"no-store")
+
+
+DOCUMENT_PATHS: Final = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect"})
 
 
 class LedgerAPI(FastAPI):
@@ -98,15 +105,20 @@ class LedgerAPI(FastAPI):
         """Run `app` and log the request: method, route template, status, duration, actor.
 
         Never the concrete path's query string nor a body: an e-mail in `?email=` stays out
-        of the logs. Unmatched paths are logged as `<unmatched>`.
+        of the logs. Unmatched paths are logged as `<unmatched>`. Every answer but the API
+        document's is sent with `Cache-Control: no-store`: reveals and exports carry
+        plaintext, and no answer of the ledger is for a shared or browser cache to keep.
         """
         started = time.perf_counter()
         status = 500
+        no_store = scope["path"] not in DOCUMENT_PATHS
 
         async def send_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                if no_store:
+                    message["headers"] = [*message.get("headers", ()), NO_STORE]
             await send(message)
 
         try:
@@ -253,14 +265,14 @@ def _template(request: Request) -> str:
 def _install_openapi(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=app.routes,
+            app.openapi_schema = finish(
+                get_openapi(
+                    title=app.title,
+                    version=app.version,
+                    description=app.description,
+                    routes=app.routes,
+                )
             )
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(command_schemas())
-            app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -16,7 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from ledger.api.errors import ApiError
-from ledger.api.tokens import TokenStore
+from ledger.api.tokens import Token, TokenStore
 
 # What each permission needs; the routes name permissions, never roles.
 PERMISSIONS: Final[dict[str, frozenset[str]]] = {
@@ -56,8 +56,9 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message)
 
 
-async def authenticate(request: Request, permission: str) -> Principal:
-    """The caller of this request, if its bearer token is live and its role may do this."""
+async def _token(request: Request) -> Token | None:
+    """The live token the request carries; None if its token is unknown or revoked.
+    Raises 401 when there is no bearer token at all."""
     scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not credentials.strip():
         raise _unauthorized("a bearer token is required")
@@ -65,6 +66,22 @@ async def authenticate(request: Request, permission: str) -> Principal:
     known, token = store.cached(credentials.strip())
     if not known:
         token = await run_in_threadpool(store.authenticate, credentials.strip())
+    return token
+
+
+async def caller(request: Request) -> Principal | None:
+    """Who sends the request, if it carries a live token (any role); for answers that say
+    more to a known caller and need no token."""
+    try:
+        token = await _token(request)
+    except ApiError:
+        return None
+    return None if token is None else Principal(name=token.name, role=token.role)
+
+
+async def authenticate(request: Request, permission: str) -> Principal:
+    """The caller of this request, if its bearer token is live and its role may do this."""
+    token = await _token(request)
     if token is None:
         raise _unauthorized("the token is not valid (unknown or revoked)")
     principal = Principal(name=token.name, role=token.role)

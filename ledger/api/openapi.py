@@ -1,14 +1,33 @@
-"""The OpenAPI document's command part: a schema and an example for every command type.
+"""The OpenAPI document's own parts: command schemas and examples, the error body, and
+the statuses each route really answers with.
 
 Commands are parsed by `ledger.commands` (one strict parser for Python, CLI and HTTP), so
-the document takes its schemas from there instead of from pydantic models of our own.
+the document takes its schemas from there instead of from pydantic models of our own, and
+adapts them where JSON Schema can say more of what the parser does (null for an optional
+field, no empty value). Errors are answered by the application's own handlers, never by
+FastAPI's validation answer, so its `422 HTTPValidationError` is taken out of the document.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 
-from ledger.commands import COMMANDS, OFFICER_COMMANDS, json_schema
+from ledger.api.tokens import NAME_PATTERN, ROLES
+from ledger.commands import (
+    COMMANDS,
+    COMMON,
+    OFFICER_COMMANDS,
+    Validator,
+    free_text,
+    json_schema,
+    personal_value,
+    text,
+)
+from ledger.errors import ERROR_CODES, LedgerError
+
+MAX_BATCH: Final = 1000  # commands in one batch
+ERROR: Final = "Error"  # the error body's schema
 
 _S: Final = "5f1d2c3b-8a4e-4c21-9b7d-2f6e1a0c9d11"
 _REQ: Final = "0b7a3c52-1f0e-4d7e-9a51-7c2d8e4f6a10"
@@ -132,19 +151,88 @@ def _ref(kind: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/command_{kind}"}
 
 
+# -- command schemas --------------------------------------------------------------------
+
+TEXT_MAX: Final = 10_000  # the longest text `ledger.commands.text` takes
+_NULL: Final = {"type": "null"}
+_EMPTY_VALUES: Final = {
+    "anyOf": [
+        _NULL,
+        {"type": "string", "pattern": "^\\s*$"},
+        {"type": "array", "maxItems": 0},
+        {"type": "object", "maxProperties": 0},
+    ]
+}
+
+
+def _refuses(validator: Validator, value: Any) -> bool:
+    """Whether the parser refuses `value` here (asked of it, so the schema cannot drift)."""
+    try:
+        validator("field", value)
+    except LedgerError:
+        return True
+    return False
+
+
+def _as_parsed(schema: dict[str, Any], validator: Validator, required: bool) -> dict[str, Any]:
+    """`schema` (from `json_schema`) narrowed or widened to what the parser does.
+
+    `parse_command` and nested records skip an optional field whose value is null, and
+    refuse null where a field is required; a value to seal is never null nor empty.
+    """
+    schema = dict(schema)
+    inner: Mapping[str, tuple[Validator, bool]] | None = getattr(validator, "spec", None)
+    item: Validator | None = getattr(validator, "item", None)
+    if inner is not None:
+        schema["properties"] = {
+            name: _as_parsed(schema["properties"][name], check, needed)
+            for name, (check, needed) in inner.items()
+        }
+    elif item is not None:
+        schema["items"] = _as_parsed(schema["items"], item, True)
+        if _refuses(validator, []):
+            schema["minItems"] = 1
+    elif validator is personal_value:
+        schema["not"] = _EMPTY_VALUES
+    elif validator in (text, free_text):
+        schema |= {"maxLength": TEXT_MAX, "pattern": "\\S"}  # not blank
+    return schema if required else {"anyOf": [schema, _NULL]}
+
+
+def command_schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema of one command type, as the HTTP service takes it."""
+    schema = json_schema(kind)
+    spec = {**COMMANDS[kind], **COMMON}
+    properties = {
+        name: _as_parsed(schema["properties"][name], check, needed)
+        for name, (check, needed) in spec.items()
+    }
+    properties["actor"] = {
+        "description": "ignored over HTTP: the actor is the name of the request's token"
+    }
+    return {**schema, "properties": {"type": schema["properties"]["type"], **properties}}
+
+
 def command_schemas() -> dict[str, Any]:
-    """components/schemas: one per command type, and the batch."""
-    schemas: dict[str, Any] = {f"command_{kind}": json_schema(kind) for kind in COMMANDS}
+    """components/schemas: one per command type, the batch, the error body and a token."""
+    schemas: dict[str, Any] = {f"command_{kind}": command_schema(kind) for kind in COMMANDS}
     schemas["CommandBatch"] = {
         "type": "object",
         "title": "batch",
         "description": "Commands executed in order in one transaction: all written, or none.",
         "properties": {
-            "commands": {"type": "array", "minItems": 1, "items": {"oneOf": _all_refs()}}
+            "commands": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_BATCH,
+                "items": {"oneOf": _all_refs()},
+            }
         },
         "required": ["commands"],
         "additionalProperties": False,
     }
+    schemas[ERROR] = ERROR_SCHEMA
+    schemas["NewToken"] = TOKEN_SCHEMA
     return schemas
 
 
@@ -173,3 +261,103 @@ def commands_request_body() -> dict[str, Any]:
             }
         },
     }
+
+
+# -- tokens -----------------------------------------------------------------------------
+
+TOKEN_SCHEMA: Final = {
+    "type": "object",
+    "title": "new token",
+    "properties": {
+        "role": {"type": "string", "enum": list(ROLES)},
+        "name": {
+            "type": "string",
+            "pattern": NAME_PATTERN,
+            "description": "the actor of everything the token writes, kept in the clear: "
+            "a service name or staff initials, no e-mail address, CPR or phone number",
+        },
+    },
+    "required": ["role", "name"],
+    "additionalProperties": False,
+}
+
+
+def token_request_body() -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/NewToken"},
+                "example": {"role": "service", "name": "webshop"},
+            }
+        },
+    }
+
+
+# -- errors -----------------------------------------------------------------------------
+
+ERROR_SCHEMA: Final = {
+    "type": "object",
+    "title": "error",
+    "description": "Every error, whatever its status. A rejected batch adds `results`.",
+    "properties": {
+        "ok": {"const": False},
+        "error": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "string", "enum": sorted(ERROR_CODES)},
+                "message": {
+                    "type": "string",
+                    "description": "names fields, never their values",
+                },
+            },
+            "required": ["code", "message"],
+            "additionalProperties": False,
+        },
+        "results": {"type": "array", "items": {"type": "object"}},
+    },
+    "required": ["ok", "error"],
+}
+
+# What every error status means wherever it applies; a route may say more.
+_MEANING: Final[dict[int, str]] = {
+    400: "invalid_command: a parameter or body the service does not take",
+    401: "unauthorized: no bearer token, or one that is unknown or revoked",
+    403: "forbidden: the token's role may not do this",
+    404: "unknown_subject",
+    409: "conflict: concurrent writers kept changing the subject; retry",
+    413: "invalid_command: the body is larger than the limit (1 MiB by default)",
+    415: "invalid_command: a body that is not sent as application/json",
+    503: "conflict: the database failed; nothing of the request was written; retry",
+}
+
+
+def error_responses(
+    *statuses: int, public: bool = False, say: Mapping[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """The documented error answers of a route: `statuses`, and for a route that needs a
+    token 401 and 403; 503 everywhere. `say` tells what a status means on this route."""
+    wanted = {*statuses, *(say or {}), 503} | (set() if public else {401, 403})
+    meaning = {**_MEANING, **(say or {})}
+    return {
+        status: {
+            "description": meaning[status],
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ERROR}"}}},
+        }
+        for status in sorted(wanted)
+    }
+
+
+def finish(document: dict[str, Any]) -> dict[str, Any]:
+    """The document FastAPI made, with our schemas and without its validation answer,
+    which the service never sends (`RequestValidationError` is a 400 of ours)."""
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            answer = operation.get("responses", {}).get("422", {})
+            if "HTTPValidationError" in str(answer.get("content", "")):
+                del operation["responses"]["422"]
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    schemas.update(command_schemas())
+    return document

@@ -16,10 +16,15 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 
-from ledger.api.auth import Principal, authenticate, requires
+from ledger.api.auth import Principal, authenticate, caller, requires
 from ledger.api.errors import ApiError, JSONResponse, error_body, result_response, status_for
 from ledger.api.executor import GroupCommitExecutor
-from ledger.api.openapi import commands_request_body
+from ledger.api.openapi import (
+    MAX_BATCH,
+    commands_request_body,
+    error_responses,
+    token_request_body,
+)
 from ledger.api.tokens import TokenStore
 from ledger.clock import RANGE, parse_instant
 from ledger.commands import OFFICER_COMMANDS
@@ -27,7 +32,6 @@ from ledger.errors import LedgerError
 from ledger.facade import Ledger
 
 T = TypeVar("T")
-MAX_BATCH: Final = 1000
 COMMANDS_PATH: Final = "/v1/commands"
 RETRIES: Final = 8
 SUBJECT_ID = Path(description="The subject's id (a UUID).")
@@ -75,8 +79,22 @@ async def _write(request: Request, call: Callable[[], T]) -> T:
         raise ApiError.of(error) from None
 
 
+def _is_json(content_type: str) -> bool:
+    """application/json, or a JSON-based type (application/...+json); parameters aside."""
+    media = content_type.partition(";")[0].strip().lower()
+    kind, _, subtype = media.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
 async def _body(request: Request) -> Any:
-    """The JSON body, within the size limit: 413 past it, 400 if it is not JSON."""
+    """The JSON body, within the size limit: 413 past it, 400 if it is not JSON, 415 if it
+    is sent as something else (a form or text body is not read as JSON by chance). A body
+    without a Content-Type is taken as JSON."""
+    content_type = request.headers.get("content-type")
+    if content_type is not None and not _is_json(content_type):
+        raise ApiError(
+            415, "invalid_command", "the body must be sent as Content-Type: application/json"
+        )
     limit: int = request.app.state.options.body_limit
     too_large = ApiError(413, "invalid_command", f"the body is larger than {limit} bytes")
     declared = request.headers.get("content-length")
@@ -135,14 +153,22 @@ def _ok(payload: dict[str, Any]) -> JSONResponse:
     },
     responses={
         200: {"description": "The result: `{ok: true, ...}`; a batch adds `results`."},
-        400: {"description": "invalid_command (also a body that is not JSON)"},
-        401: {"description": "unauthorized"},
-        403: {"description": "forbidden (role)"},
-        404: {"description": "unknown_subject, unknown_request, unknown_agreement, unknown_hold"},
-        409: {"description": "conflict, duplicate"},
-        413: {"description": "the body is too large (invalid_command)"},
-        422: {"description": "the command breaks a rule of the policy (the code says which)"},
-        503: {"description": "the database failed; nothing of this group was written"},
+        **error_responses(
+            400,
+            413,
+            415,
+            say={
+                400: "invalid_command: the command does not fit its schema, or the body is "
+                "not JSON or not an object",
+                403: "forbidden: the role may not send this command type (or append at all)",
+                404: "unknown_subject, unknown_request, unknown_agreement, unknown_hold",
+                409: "conflict (concurrent writers; retry), duplicate (already registered, or "
+                "an idempotency key reused with another payload)",
+                422: "the command breaks a rule of the policy (the code says which); a "
+                "rejected batch adds `results`",
+                503: "conflict: the database failed; nothing of this group was written; retry",
+            },
+        ),
     },
 )
 async def post_commands(request: Request) -> Response:
@@ -194,7 +220,22 @@ async def _batch(request: Request, body: dict[str, Any], principal: Principal) -
 # -- subjects -----------------------------------------------------------------------------
 
 
-@router.get("/v1/subjects/{subject_id}", tags=["subjects"], summary="A subject's current state")
+@router.get(
+    "/v1/subjects/{subject_id}",
+    tags=["subjects"],
+    summary="A subject's current state",
+    responses=error_responses(
+        400,
+        404,
+        409,
+        say={
+            400: "invalid_command: a reveal without a purpose (or one holding an identifier), "
+            "or a parameter the service does not take",
+            403: "forbidden: the role may not read subjects, or may not reveal",
+            409: "conflict: a reveal met concurrent writers; retry",
+        },
+    ),
+)
 async def get_subject(
     request: Request,
     subject_id: str = SUBJECT_ID,
@@ -216,7 +257,14 @@ async def get_subject(
     return _ok(view)
 
 
-@router.get("/v1/subjects", tags=["subjects"], summary="Find subjects by an identifier")
+@router.get(
+    "/v1/subjects",
+    tags=["subjects"],
+    summary="Find subjects by an identifier",
+    responses=error_responses(
+        400, say={400: "invalid_command: not exactly one identifier, or not a valid one"}
+    ),
+)
 async def find_subjects(
     request: Request,
     email: str | None = Query(None),
@@ -245,7 +293,12 @@ async def find_subjects(
     return _ok({"subjects": await _read(lambda: ledger.find(kind, value))})
 
 
-@router.get("/v1/subjects/{subject_id}/history", tags=["subjects"], summary="A subject's events")
+@router.get(
+    "/v1/subjects/{subject_id}/history",
+    tags=["subjects"],
+    summary="A subject's events",
+    responses=error_responses(404),
+)
 async def get_history(
     request: Request,
     subject_id: str = SUBJECT_ID,
@@ -261,6 +314,9 @@ async def get_history(
     "/v1/subjects/{subject_id}/export",
     tags=["subjects"],
     summary="The subject's own copy (Art. 15 access answer, or Art. 20 portable data)",
+    responses=error_responses(
+        400, 404, 409, say={409: "conflict: the export met concurrent writers; retry"}
+    ),
 )
 async def get_export(
     request: Request,
@@ -284,7 +340,12 @@ async def get_export(
 # -- requests and reports -----------------------------------------------------------------
 
 
-@router.get("/v1/requests", tags=["requests"], summary="Data subject requests and deadlines")
+@router.get(
+    "/v1/requests",
+    tags=["requests"],
+    summary="Data subject requests and deadlines",
+    responses=error_responses(400),
+)
 async def get_requests(
     request: Request,
     overdue: bool = Query(False, description="Only requests past their due date."),
@@ -296,7 +357,14 @@ async def get_requests(
     return _ok({"requests": await _read(lambda: ledger.requests(overdue=overdue, now=moment))})
 
 
-@router.get("/v1/reports/{name}", tags=["reports"], summary="A compliance report")
+@router.get(
+    "/v1/reports/{name}",
+    tags=["reports"],
+    summary="A compliance report",
+    responses=error_responses(
+        400, say={400: "invalid_command: an unknown report or format, or a bad `now`"}
+    ),
+)
 async def get_report(
     request: Request,
     name: str = Path(description="ropa, retention, consent, disclosures, requests, compliance"),
@@ -322,7 +390,12 @@ async def get_report(
 # -- audit --------------------------------------------------------------------------------
 
 
-@router.get("/v1/audit/checkpoint", tags=["audit"], summary="The latest signed checkpoint")
+@router.get(
+    "/v1/audit/checkpoint",
+    tags=["audit"],
+    summary="The latest signed checkpoint",
+    responses=error_responses(),
+)
 async def get_checkpoint(
     request: Request,
     _: Principal = Depends(requires("audit")),  # noqa: B008
@@ -343,7 +416,20 @@ async def get_checkpoint(
     return _ok(await _read(answer))
 
 
-@router.get("/v1/audit/proof", tags=["audit"], summary="An inclusion or consistency proof")
+@router.get(
+    "/v1/audit/proof",
+    tags=["audit"],
+    summary="An inclusion or consistency proof",
+    responses=error_responses(
+        400,
+        404,
+        say={
+            400: "invalid_command: not exactly one of subject, leaf or first; a leaf or size "
+            "the log does not have; a size that is not the size of a signed checkpoint",
+            404: "unknown_subject",
+        },
+    ),
+)
 async def get_proof(
     request: Request,
     subject: str | None = Query(None, description="Inclusion proofs of a subject's events."),
@@ -366,9 +452,31 @@ async def get_proof(
 
     def answer() -> dict[str, Any]:
         seal_up_to_date(ledger)
+        if size is not None:
+            _check_size(ledger, size, leaf)
         return proof(ledger, subject=subject, leaf=leaf, first=first, size=size)
 
     return _ok(await _read(answer))
+
+
+def _check_size(ledger: Ledger, size: int, leaf: int | None) -> None:
+    """Say what is wrong with `size` (the log itself once said "no checkpoint yet")."""
+    from ledger.audit.service import audit_log
+    from ledger.audit.store import AuditError
+
+    if leaf is not None and leaf >= size:
+        raise LedgerError(
+            "invalid_command",
+            f"leaf {leaf} is not in a tree of {size} leaves (leaf indexes count from 0)",
+        )
+    try:
+        audit_log(ledger).checkpoint(size)
+    except AuditError:
+        raise LedgerError(
+            "invalid_command",
+            f"no signed checkpoint has size {size}: give the tree_size of a checkpoint "
+            "(GET /v1/audit/checkpoint has the latest), or leave size out for the latest",
+        ) from None
 
 
 # -- tokens (admin) -----------------------------------------------------------------------
@@ -379,7 +487,12 @@ def _tokens(request: Request) -> TokenStore:
     return store
 
 
-@router.get("/v1/tokens", tags=["tokens"], summary="Every token (never the token itself)")
+@router.get(
+    "/v1/tokens",
+    tags=["tokens"],
+    summary="Every token (never the token itself)",
+    responses=error_responses(),
+)
 async def list_tokens(
     request: Request,
     _: Principal = Depends(requires("tokens")),  # noqa: B008
@@ -389,7 +502,21 @@ async def list_tokens(
     return _ok({"tokens": [t.to_dict() for t in tokens]})
 
 
-@router.post("/v1/tokens", tags=["tokens"], summary="Create a token (shown once)")
+@router.post(
+    "/v1/tokens",
+    tags=["tokens"],
+    summary="Create a token (shown once)",
+    openapi_extra={"requestBody": token_request_body()},
+    responses=error_responses(
+        400,
+        413,
+        415,
+        say={
+            400: "invalid_command: not exactly role and name, an unknown role, or a name "
+            "that is not a plain identifier or holds an e-mail address, CPR or phone number"
+        },
+    ),
+)
 async def create_token(
     request: Request,
     _: Principal = Depends(requires("tokens")),  # noqa: B008
@@ -406,7 +533,14 @@ async def create_token(
     return _ok({"token": token, **record.to_dict()})
 
 
-@router.delete("/v1/tokens/{token}", tags=["tokens"], summary="Revoke a token by id or name")
+@router.delete(
+    "/v1/tokens/{token}",
+    tags=["tokens"],
+    summary="Revoke a token by id or name",
+    responses=error_responses(
+        404, say={404: "invalid_command: no live token with this id or name"}
+    ),
+)
 async def revoke_token(
     request: Request,
     token: str = Path(description="The token's id, or a name (revokes all its live tokens)."),
@@ -422,11 +556,19 @@ async def revoke_token(
 # -- health -------------------------------------------------------------------------------
 
 
-@router.get("/healthz", tags=["health"], summary="Liveness and database reachability")
+@router.get(
+    "/healthz",
+    tags=["health"],
+    summary="Liveness and database reachability",
+    responses=error_responses(public=True),
+)
 async def healthz(request: Request) -> Response:
-    """No token needed; says nothing about any subject."""
+    """No token needed for `{"status": "ok"}`. The counters (events, groups, commands) tell
+    how much the ledger holds and does, so only a caller with a live token sees them."""
     ledger = _ledger(request)
-    position = await run_in_threadpool(ledger.max_position)
+    position = await run_in_threadpool(ledger.max_position)  # the database answers
+    if await caller(request) is None:
+        return _ok({"status": "ok"})
     executor = _executor(request)
     return _ok(
         {

@@ -9,6 +9,7 @@ its role and its name (the actor recorded in every event the token writes).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import secrets
 import sqlite3
@@ -21,11 +22,13 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from ledger.config import DatabaseURL, Settings
+from ledger.domain.screening import personal_data_in
 from ledger.errors import LedgerError
 
 ROLES: Final = ("service", "officer", "auditor", "admin")
 PREFIX: Final = "ldg_"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:/-]{0,99}$")
+NAME_PATTERN: Final = "^[A-Za-z0-9][A-Za-z0-9._@:/-]{0,99}$"
+_NAME = re.compile(NAME_PATTERN)
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS ledger_tokens (
     id TEXT PRIMARY KEY,
@@ -61,12 +64,22 @@ def token_hash(token: str) -> str:
 
 
 def check_name(name: str) -> str:
-    """Token names become actors in events: short, plain identifiers, never free text."""
-    if not _NAME.match(name):
+    """Token names become actors, kept in the clear in every event the token writes and
+    never shredded: short, plain identifiers, screened like free text. The name is never
+    repeated in the error (it may be the very personal value refused)."""
+    if not _NAME.fullmatch(name):  # fullmatch: `$` alone lets a final newline through
         raise LedgerError(
             "invalid_command",
             "a token name is 1-100 characters: letters, digits and . _ @ : / - "
             "(starting with a letter or digit)",
+        )
+    found = personal_data_in(name)
+    if found is not None:
+        raise LedgerError(
+            "invalid_command",
+            f"a token name must not hold personal data, and it holds what looks like {found}: "
+            "it is the actor kept in the clear in every event the token writes; name the "
+            "service or use staff initials",
         )
     return name
 
@@ -94,15 +107,19 @@ class TokenStore:
 
     @classmethod
     def open(cls, settings: Settings, *, cache_seconds: float = 1.0) -> TokenStore:
+        # the owner's alone, as `Ledger.open` makes it: `token create` may come first
+        settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         return cls(settings.database, cache_seconds=cache_seconds)
 
     def _connect(self) -> Any:
         if self._url.backend == "sqlite":
-            assert self._url.sqlite_path is not None
-            self._url.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self._url.sqlite_path, check_same_thread=False, isolation_level=None, timeout=30
-            )
+            path = self._url.sqlite_path
+            assert path is not None
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # made here first, readable by its owner only (SQLite gives its -wal and -shm
+            # files the database file's mode); an existing file is left as it is
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA busy_timeout=30000")
             return conn

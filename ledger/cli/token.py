@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ledger.api.tokens import ROLES, TokenStore
+from ledger.api.tokens import ROLES, TokenStore, check_name, check_role
 from ledger.cli.common import err_console, fail, print_json, print_table
 from ledger.config import Settings
 from ledger.errors import LedgerError
@@ -19,9 +19,19 @@ def _store() -> TokenStore:
 @token_app.command("create")
 def create(
     role: str = typer.Option(..., "--role", help=f"One of: {', '.join(ROLES)}."),
-    name: str = typer.Option(..., "--name", help="Who uses it: the actor of what it writes."),
+    name: str = typer.Option(
+        ...,
+        "--name",
+        help="Who uses it: the actor of what it writes, kept in the clear (a service name or "
+        "staff initials; no e-mail address, CPR or phone number).",
+    ),
 ) -> None:
     """Create a token and print it alone on standard output (it is shown only once)."""
+    try:  # before the store: a refused name leaves nothing behind
+        check_role(role)
+        check_name(name)
+    except LedgerError as error:
+        fail(error)
     store = _store()
     try:
         token, record = store.create(role, name)

@@ -7,6 +7,7 @@ of, say in a sentence what the report is, and end with where the figures come fr
 from __future__ import annotations
 
 import html
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -92,17 +93,41 @@ def _source(context: ReportContext) -> str:
 # -- Markdown ------------------------------------------------------------------------------
 
 
+# Report text is plain text, as in HTML (where it is escaped): names, reasons, recipients
+# and activities come from the records and the policy, and must not turn into markup,
+# links or a broken table. Characters that mean something anywhere in a line are escaped
+# with a backslash; `_` only where it could start or end emphasis (not inside a word, so
+# `customer_administration` stays readable); `&` only where it would start an entity.
+_MD_INLINE = re.compile(r"[\\`*\[\]<>|~]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])|&(?=#?[0-9A-Za-z]+;)")
+# What opens a block where a line starts: a heading, quote, list item, rule or setext line
+# (a list number loses its meaning by the escaped dot or parenthesis after it).
+_MD_BLOCK = re.compile(r"^(?:[#>+=-]|[0-9]+(?=[.)](?:\s|$)))")
+
+
+def _md(value: Any, *, starts_line: bool = True) -> str:
+    """`value` as Markdown that shows it as it is: on one line, nothing in it markup."""
+    text = " ".join(("" if value is None else str(value)).split())
+    text = _MD_INLINE.sub(lambda m: "\\" + m.group(0), text)
+    if starts_line:
+        text = _MD_BLOCK.sub(_block_escaped, text, count=1)
+    return text
+
+
+def _block_escaped(match: re.Match[str]) -> str:
+    marker = match.group(0)
+    return marker + "\\" if marker[0].isdigit() else "\\" + marker
+
+
 def _md_cell(value: Any) -> str:
-    text = "" if value is None else str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
+    return _md(value, starts_line=False)  # inside a table row, nothing starts a block
 
 
 def _md_table(table: Table) -> list[str]:
     out = []
     if table.caption:
-        out += [f"*{table.caption}*", ""]
+        out += [f"*{_md(table.caption, starts_line=False)}*", ""]
     if not table.rows:
-        return [*out, table.empty, ""]
+        return [*out, _md(table.empty), ""]
     out.append("| " + " | ".join(_md_cell(c) for c in table.columns) + " |")
     out.append("|" + "|".join(" --- " for _ in table.columns) + "|")
     for row in table.rows:
@@ -111,13 +136,16 @@ def _md_table(table: Table) -> list[str]:
 
 
 def _md_section(number: int, section: Section) -> list[str]:
-    out = [f"## {number}. {section.heading}", ""]
+    out = [f"## {number}. {_md(section.heading, starts_line=False)}", ""]
     for paragraph in section.paragraphs:
-        out += [paragraph, ""]
+        out += [_md(paragraph), ""]
     if section.facts:
-        out += [f"- **{k}:** {v}" for k, v in section.facts] + [""]
+        out += [
+            f"- **{_md(k, starts_line=False)}:** {_md(v, starts_line=False)}"
+            for k, v in section.facts
+        ] + [""]
     if section.bullets:
-        out += [f"- {b}" for b in section.bullets] + [""]
+        out += [f"- {_md(b)}" for b in section.bullets] + [""]
     for table in section.tables:
         out += _md_table(table)
     return out
@@ -125,11 +153,17 @@ def _md_section(number: int, section: Section) -> list[str]:
 
 def as_markdown(report: Report, context: ReportContext) -> str:
     who, when = _lines(report, context)
-    out = [f"# {report.title}", "", f"**Controller:** {who}  ", *(f"{w}  " for w in when), ""]
-    out += [report.summary, ""]
+    out = [
+        f"# {_md(report.title, starts_line=False)}",
+        "",
+        f"**Controller:** {_md(who, starts_line=False)}  ",
+        *(f"{_md(w)}  " for w in when),
+        "",
+    ]
+    out += [_md(report.summary), ""]
     for number, section in enumerate(report.sections, start=1):
         out += _md_section(number, section)
-    out += ["---", "", _source(context), ""]
+    out += ["---", "", _md(_source(context)), ""]
     return "\n".join(out)
 
 
