@@ -10,17 +10,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-import pytest
 from eventsourcing.persistence import StoredEvent
 
+from ledger import reports
 from ledger.audit import service
 from ledger.audit.note import Checkpoint, Signer, format_checkpoint, sign_note
 from ledger.clock import FixedClock
 from ledger.config import Settings
 from ledger.facade import Ledger
 from tests.audit_support import CA, Raw, audit, story
-
-reports = pytest.importorskip("ledger.reports")
 
 TOPIC = "ledger.domain.subject:DataSubject."
 
