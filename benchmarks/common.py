@@ -28,7 +28,9 @@ from ledger.config import DatabaseURL, Settings
 
 PG_URL = os.environ.get("LEDGER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 MASTER_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
-RESULTS = Path(__file__).with_name("results")
+# Where the JSON goes: `benchmarks/results/`, or elsewhere for a smoke run (`--quick`),
+# whose small figures must not replace the ones quoted.
+RESULTS = Path(os.environ.get("LEDGER_BENCH_RESULTS") or Path(__file__).with_name("results"))
 
 
 def postgres_reachable() -> bool:
@@ -75,7 +77,7 @@ def report(name: str, title: str, rows: list[dict[str, Any]], columns: list[str]
     for row in rows:
         table.add_row(*(_fmt(row.get(c)) for c in columns))
     Console().print(table)
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     payload = {
         "benchmark": name,
