@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 from uuid import UUID
@@ -36,6 +38,14 @@ REGISTERED_TOPIC = get_topic(DataSubject.Registered)
 PAGE = 1000
 
 Progress = Callable[[int, int], None]
+
+
+def private_file(path: Path | None) -> None:
+    """Create a SQLite database file readable by its owner only, before SQLite does (with
+    the umask's mode, 0644 as a rule); its WAL and shared-memory files take its mode."""
+    if path is not None and not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
 
 
 class Ledger:
@@ -72,6 +82,7 @@ class Ledger:
         configure_logging(settings.log_path)
         policy = policy or load_policy(settings.policy_path)
         with creation_lock(settings.database, settings.keystore):
+            private_file(settings.database.sqlite_path)
             keystore = KeyStore.open(settings.keystore, load_master_key(settings))
             app = LedgerApplication(
                 env=application_env(settings),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -541,14 +542,24 @@ def test_a_new_ledger_home_and_its_log_are_the_owners_alone(tmp_path: Path) -> N
     event store and the log (pseudonymous ids, sealed values) are not for other users."""
     home = tmp_path / "home"
     settings = Settings.from_env({"LEDGER_HOME": str(home), "LEDGER_MASTER_KEY": MASTER_KEY})
-    with Ledger.open(settings) as ledger:
-        ledger.execute(
-            {
-                "type": "register_subject",
-                "kind": "customer",
-                "purpose": "customer_administration",
-                "legal_basis": "contract",
-            }
-        )
+    previous = os.umask(0o022)
+    try:
+        with Ledger.open(settings) as ledger:
+            ledger.execute(
+                {
+                    "type": "register_subject",
+                    "kind": "customer",
+                    "purpose": "customer_administration",
+                    "legal_basis": "contract",
+                }
+            )
+    finally:
+        os.umask(previous)
     assert home.stat().st_mode & 0o777 == 0o700
     assert settings.log_path is not None and settings.log_path.stat().st_mode & 0o777 == 0o600
+    # the databases too, whatever the umask (SQLite created ledger.db 0644 under 022)
+    databases = sorted(home.glob("*.db*"))
+    assert {p.name for p in databases} >= {"ledger.db", "keys.db"}
+    assert {p.name: p.stat().st_mode & 0o777 for p in databases} == {
+        p.name: 0o600 for p in databases
+    }

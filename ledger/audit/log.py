@@ -322,7 +322,11 @@ class AuditLog:
         with self.store.reader() as s:
             cp = s.latest_checkpoint() if size is None else s.checkpoint_at(size)
             if cp is None:
-                raise AuditError("no checkpoint yet (run `ledger audit seal`)")
+                raise AuditError(
+                    "no checkpoint yet (run `ledger audit seal`)"
+                    if size is None
+                    else f"no signed checkpoint has size {size}"
+                )
             indices = s.leaf_indices(wanted)
             inside = [n for n in wanted if indices.get(n, cp.tree_size) < cp.tree_size]
             found = s.events_by_id(wanted)
