@@ -23,12 +23,13 @@ class DatabaseURL:
     schema: str = ""
 
     @classmethod
-    def parse(cls, url: str) -> DatabaseURL:
+    def parse(cls, url: str, variable: str = "LEDGER_DATABASE_URL") -> DatabaseURL:
+        """Parse a URL; a malformed one is a ValueError naming `variable`, where it came from."""
         if url.startswith("sqlite:///"):
             return cls(backend="sqlite", sqlite_path=Path(url[len("sqlite:///") :]))
         parts = urlsplit(url)
         if parts.scheme not in ("postgresql", "postgres"):
-            raise ValueError("LEDGER_DATABASE_URL must start with sqlite:/// or postgresql://")
+            raise ValueError(f"{variable} must start with sqlite:/// or postgresql://")
         query = parse_qs(parts.query)
         return cls(
             backend="postgres",
@@ -74,7 +75,7 @@ class Settings:
         database = DatabaseURL.parse(db_url)
         keystore_url = env.get("LEDGER_KEYSTORE_URL")
         if keystore_url:
-            keystore = DatabaseURL.parse(keystore_url)
+            keystore = DatabaseURL.parse(keystore_url, "LEDGER_KEYSTORE_URL")
         elif database.backend == "postgres":
             keystore = database
         else:

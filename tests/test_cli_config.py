@@ -76,6 +76,23 @@ def test_a_bad_database_url(tmp_path: Path) -> None:
     )
 
 
+def test_token_commands_refuse_a_bad_configuration_the_same_way(tmp_path: Path) -> None:
+    """`ledger token` opened its store without the CLI's care: a traceback."""
+    home = tmp_path / "home"
+    create = ("token", "create", "--role", "service", "--name", "billing")
+    _refused(
+        _ledger(_env(home, LEDGER_DATABASE_URL="mysql://db/ledger"), *create),
+        "LEDGER_DATABASE_URL must start with sqlite:/// or postgresql://",
+    )
+    unreachable = "postgresql://ledger:s3cret-pw@127.0.0.1:1/ledger"
+    for args in (create, ("token", "list"), ("token", "revoke", "billing")):
+        line = _refused(
+            _ledger(_env(home, LEDGER_DATABASE_URL=unreachable), *args),
+            "cannot open the database (LEDGER_DATABASE_URL)",
+        )
+        assert "s3cret-pw" not in line
+
+
 def test_a_bad_master_key(tmp_path: Path) -> None:
     home = tmp_path / "home"
     _refused(

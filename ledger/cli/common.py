@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ledger.clock import RANGE, FixedClock, SystemClock, parse_instant
-from ledger.config import DatabaseURL, Settings
+from ledger.config import Settings
 from ledger.errors import LedgerError
 from ledger.facade import Ledger
 
@@ -44,13 +43,13 @@ def open_ledger(now: datetime | None = None) -> Iterator[Ledger]:
     try:
         settings = Settings.from_env()
     except ValueError as exc:  # a malformed LEDGER_DATABASE_URL or LEDGER_KEYSTORE_URL
-        configuration_error(_which_url(str(exc)))
+        configuration_error(str(exc))
     try:
         opened = Ledger.open(settings, clock=clock)
     except LedgerError as error:
         fail(error)
     except Exception as exc:
-        message = _cannot_open(settings, exc)
+        message = cannot_open(settings, exc)
         if message is None:
             raise
         configuration_error(message)
@@ -69,19 +68,7 @@ def configuration_error(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def _which_url(message: str) -> str:
-    """The parser names LEDGER_DATABASE_URL for either URL: name the one that is wrong."""
-    keystore = os.environ.get("LEDGER_KEYSTORE_URL")
-    if not keystore:
-        return message
-    try:
-        DatabaseURL.parse(os.environ.get("LEDGER_DATABASE_URL") or "sqlite:///ledger.db")
-    except ValueError:
-        return message
-    return message.replace("LEDGER_DATABASE_URL", "LEDGER_KEYSTORE_URL")
-
-
-def _cannot_open(settings: Settings, exc: Exception) -> str | None:
+def cannot_open(settings: Settings, exc: Exception) -> str | None:
     """What keeps the ledger from opening with these settings, in one line; None for an
     error that is not the configuration's (a bug: its traceback is shown)."""
     import sqlite3

@@ -2,18 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import typer
 
 from ledger.api.tokens import ROLES, TokenStore, check_name, check_role
-from ledger.cli.common import err_console, fail, print_json, print_table
+from ledger.cli.common import (
+    cannot_open,
+    configuration_error,
+    err_console,
+    fail,
+    print_json,
+    print_table,
+)
 from ledger.config import Settings
 from ledger.errors import LedgerError
 
 token_app = typer.Typer(help="Bearer tokens of the HTTP service.", no_args_is_help=True)
 
 
-def _store() -> TokenStore:
-    return TokenStore.open(Settings.from_env())
+@contextmanager
+def _store() -> Iterator[TokenStore]:
+    """The token store of the environment; a configuration it cannot work with ends the
+    command with one `error configuration:` line (exit status 2), as every command does."""
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        configuration_error(str(exc))
+    store: TokenStore | None = None
+    try:
+        store = TokenStore.open(settings)
+        yield store
+    except LedgerError:
+        raise
+    except Exception as exc:
+        message = cannot_open(settings, exc)
+        if message is None:
+            raise
+        configuration_error(message)
+    finally:
+        if store is not None:
+            store.close()
 
 
 @token_app.command("create")
@@ -32,13 +62,11 @@ def create(
         check_name(name)
     except LedgerError as error:
         fail(error)
-    store = _store()
     try:
-        token, record = store.create(role, name)
+        with _store() as store:
+            token, record = store.create(role, name)
     except LedgerError as error:
         fail(error)
-    finally:
-        store.close()
     err_console.print(
         f"token {record.id} for '{record.name}' ({record.role}); keep it now, "
         "the ledger stores only its hash"
@@ -51,11 +79,8 @@ def revoke(
     token: str = typer.Argument(..., help="The token's id, or a name (revokes all its tokens)."),
 ) -> None:
     """Revoke a token; servers refuse it within a second."""
-    store = _store()
-    try:
+    with _store() as store:
         revoked = store.revoke(token)
-    finally:
-        store.close()
     if not revoked:
         err_console.print("[red]error[/red] no live token with this id or name")
         raise typer.Exit(1)
@@ -66,11 +91,8 @@ def revoke(
 @token_app.command("list")
 def list_(as_json: bool = typer.Option(False, "--json", help="JSON for programs.")) -> None:
     """Every token with its role and name (never the token itself)."""
-    store = _store()
-    try:
+    with _store() as store:
         records = store.all()
-    finally:
-        store.close()
     if as_json:
         print_json([r.to_dict() for r in records])
         return
