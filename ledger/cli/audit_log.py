@@ -245,8 +245,9 @@ def prove(
 ) -> None:
     """Inclusion proofs of each of a subject's events against the latest checkpoint.
 
-    Seals first, so the latest checkpoint covers every event; exits 1 unless versions
-    1..n are all in the log and every proof verifies.
+    Seals first, so the latest checkpoint covers every event.
+
+    Exits 1 unless versions 1..n are all in the log and every proof verifies.
     """
     from ledger.audit.service import prove_subject, seal_after_write
 

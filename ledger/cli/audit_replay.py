@@ -27,8 +27,9 @@ def replay(
 ) -> None:
     """Replay the events up to a moment into a temporary store and answer from it.
 
-    Without --subject or --report it prints what the replay holds. Values are never
-    revealed: the replay keeps no ciphertext.
+    Without --subject or --report it prints what the replay holds.
+
+    Values are never revealed: the replay keeps no ciphertext.
     """
     moment = parse_now(as_of, "--as-of")
     assert moment is not None

@@ -38,9 +38,11 @@ def status(as_json: bool = typer.Option(False, "--json", help="JSON for programs
 def rewrap() -> None:
     """Re-encrypt every data key under a new master key.
 
-    With a key file (the default) the file is replaced atomically. With LEDGER_MASTER_KEY
-    the new key is printed once on standard output: put it in the environment before the
-    next command, or nothing will open.
+    With a key file (the default) the file is replaced atomically.
+
+    With LEDGER_MASTER_KEY the new key is printed once on standard output.
+
+    Put it in the environment before the next command, or nothing will open.
     """
     new_text = new_master_key_text()
     with open_ledger() as ledger:
