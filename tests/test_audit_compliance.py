@@ -129,6 +129,60 @@ def test_violations_are_found_with_their_events(ledger: Ledger) -> None:
     assert "CEKURA A/S" in text and f"DataProcessed v{sms}" in text
 
 
+def test_the_audit_keeps_the_domain_rules_for_objections_and_marketing_deadlines(
+    ledger: Ledger, clock: FixedClock
+) -> None:
+    """The audit's replay had drifted from the domain: a consent given after an objection
+    lifted the objection (it stands, R6), and a rectification moved the marketing deadline
+    (only a new registration does). Each hid a violation."""
+    clock.set(datetime(2024, 1, 10, 12, tzinfo=UTC))
+    subject = ledger.execute(
+        {"type": "register_subject", "kind": "customer", "purpose": CA, "legal_basis": "contract"}
+    )["subject"]
+    consent = {
+        "type": "give_consent",
+        "subject": subject,
+        "purpose": "marketing",
+        "notice_version": "2018-05-25",
+        "method": "web_form",
+        "channels": ["email"],
+    }
+    assert ledger.execute(consent)["ok"]
+    profile = {
+        "type": "collect",
+        "subject": subject,
+        "category": "marketing_profile",
+        "value": {"segment": "A"},
+        "purpose": "marketing",
+        "legal_basis": "consent",
+        "source": "observed",
+    }
+    assert ledger.execute(profile)["ok"]  # marketing registered 10 January 2024
+    assert ledger.execute({"type": "object", "subject": subject, "purpose": "marketing"})["ok"]
+    clock.set(datetime(2024, 6, 10, 12, tzinfo=UTC))
+    assert ledger.execute(consent)["ok"]  # accepted, and the objection still stands
+    rectified = {"type": "rectify", "subject": subject, "category": "marketing_profile"}
+    assert ledger.execute({**rectified, "value": {"segment": "B"}})["ok"]
+    mailed = inject(
+        ledger,
+        subject,
+        "DataProcessed",
+        purpose="marketing",
+        activity="newsletter",
+        channel="email",
+        categories=[],
+    )
+    service.seal(ledger)
+    report = compliance(ledger, now=datetime(2025, 2, 1, 12, tzinfo=UTC))
+    assert (subject, mailed) in {
+        (e["subject"], e["version"]) for f in findings(report, "marketing") for e in f["events"]
+    }
+    overdue = findings(report, "retention")
+    assert any("marketing is past its deadline" in f["message"] for f in overdue), overdue
+    scopes = {r["scope"]: r for r in ledger.subject(subject)["retention"]}
+    assert scopes["marketing"]["deadline"] == "2025-01-10"
+
+
 def test_late_answers_and_overdue_scopes(ledger: Ledger, clock: FixedClock) -> None:
     prospect = ledger.execute(
         {

@@ -38,8 +38,9 @@ import orjson
 from ledger.audit.merkle import ProofError, consistency_proof, verify_consistency
 from ledger.audit.note import NoteError, Verifier, open_checkpoint
 from ledger.audit.store import AuditError, derive
-from ledger.domain.calendar import add_months, add_years, local_date, request_due_date
+from ledger.domain.calendar import add_months, local_date, request_due_date
 from ledger.domain.policy import PolicyCatalogue
+from ledger.domain.retention import scope_deadline
 from ledger.domain.subject import withdraws_all
 from ledger.errors import LedgerError
 
@@ -163,6 +164,9 @@ class _Subject:
     def active_holds(self) -> list[dict[str, Any]]:
         return [h for h in self.holds.values() if h["released_at"] is None]
 
+    def has_active_relationship(self) -> bool:
+        return any(self.relationships.values())
+
 
 class HistoryChecker:
     """Feed events in log order (`add`), then `finish(now)`; findings are collected."""
@@ -233,7 +237,7 @@ class HistoryChecker:
         kid = (e.get("value") or {}).get("kid")
         if kid:
             s.scopes.setdefault(scope, set()).add(kid)
-        if scope == "marketing":
+        if scope == "marketing" and ref.event == "DataCollected":  # a rectification is none
             s.marketing_registered_at = s.later(s.marketing_registered_at, e.get("occurred_at"))
         category = e["category"]
         spec = self.policy.categories.get(category)
@@ -289,7 +293,7 @@ class HistoryChecker:
             "categories": categories,
             "ref": ref,
         }
-        s.objections.pop(purpose, None)
+        # an objection stands: a later consent does not lift it (R6)
 
     def _on_ConsentWithdrawn(self, s: _Subject, ref: _Ref, e: dict[str, Any]) -> None:
         current = s.consents.get(e["purpose"])
@@ -580,35 +584,10 @@ class HistoryChecker:
     # -- deadlines --------------------------------------------------------------------
 
     def deadline(self, s: _Subject, scope: str) -> date | None:
-        """The first day a scope's data may no longer exist (DESIGN 4.2), or None."""
-        class_name, _, qualifier = scope.partition(":")
-        klass = self.policy.retention.get(class_name)
-        if klass is None:
-            return None
-        anchor: date | None
-        if klass.anchor == "financial_year_end":
-            anchor = date(int(qualifier) + 1, 1, 1)  # the year ends as 1 January begins
-        elif klass.anchor == "competition_end":
-            ends = s.competitions.get(qualifier)
-            anchor = date.fromisoformat(ends) if ends else None
-        elif klass.anchor == "newest_registration":
-            anchor = _day(s.marketing_registered_at)
-        else:  # relationship_end, relationship_end_or_last_dialogue
-            if any(s.relationships.values()):
-                return None
-            dialogue = klass.anchor == "relationship_end_or_last_dialogue" or not s.relationships
-            competitions = [date.fromisoformat(d) for d in s.competitions.values()]
-            candidates = [
-                _day(s.relationship_ended_at),
-                _day(s.last_dialogue_at) if dialogue else None,
-                None if s.relationships else _day(s.registered_at),
-                *(competitions if dialogue else []),
-            ]
-            found = [d for d in candidates if d is not None]
-            anchor = max(found) if found else None
-        if anchor is None:
-            return None
-        return add_years(add_months(anchor, klass.months), klass.years)
+        """The first day a scope's data may no longer exist (DESIGN 4.2), or None: the
+        domain's rule, from the anchors this replay kept itself (a copy of the formula
+        could only drift from it; the anchors are what the audit checks)."""
+        return scope_deadline(s, self.policy, scope)
 
     # -- the end ----------------------------------------------------------------------
 

@@ -7,15 +7,43 @@ on or after it, unless a legal hold keeps it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ledger.domain.calendar import add_months, add_years, local_date
 from ledger.domain.policy import PolicyCatalogue, RetentionClass
 
 if TYPE_CHECKING:
     from ledger.domain.subject import DataSubject
+
+
+class RetentionAnchors(Protocol):
+    """What a deadline is computed from. The aggregate has it, and so do the read models'
+    rows (`ledger.projections.state`) and the audit's replay (`ledger.audit.compliance`):
+    all three count deadlines with this one rule, from the anchors each keeps itself."""
+
+    @property
+    def registered_at(self) -> str | None: ...
+    @property
+    def relationship_ended_at(self) -> str | None: ...
+    @property
+    def last_dialogue_at(self) -> str | None: ...
+    @property
+    def marketing_registered_at(self) -> str | None: ...
+    @property
+    def competitions(self) -> Mapping[str, str]: ...
+    @property
+    def relationships(self) -> Mapping[str, Any]: ...
+    def has_active_relationship(self) -> bool: ...
+
+
+class ErasureAnchors(RetentionAnchors, Protocol):
+    """The anchors and the day of the subject's erasure, if any."""
+
+    @property
+    def erased_at(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -35,7 +63,7 @@ def _date_of(text: str | None) -> date | None:
     return local_date(parse_iso(text)) if text else None
 
 
-def scope_deadline(subject: DataSubject, policy: PolicyCatalogue, scope: str) -> date | None:
+def scope_deadline(subject: RetentionAnchors, policy: PolicyCatalogue, scope: str) -> date | None:
     """The scope's deadline, or None while nothing starts its clock (an active relationship)."""
     class_name, _, qualifier = scope.partition(":")
     klass = policy.retention.get(class_name)
@@ -76,7 +104,7 @@ def scope_deadline(subject: DataSubject, policy: PolicyCatalogue, scope: str) ->
     return _after(klass, anchor) if anchor else None
 
 
-def _erasure_date(subject: DataSubject, policy: PolicyCatalogue, scope: str) -> date | None:
+def _erasure_date(subject: ErasureAnchors, policy: PolicyCatalogue, scope: str) -> date | None:
     """The day of the subject's erasure, for a scope that no legal obligation keeps (what
     only a legal hold kept is due from then, as soon as the hold is released)."""
     erased_on = _date_of(subject.erased_at)
@@ -86,7 +114,7 @@ def _erasure_date(subject: DataSubject, policy: PolicyCatalogue, scope: str) -> 
     return erased_on
 
 
-def scope_due_date(subject: DataSubject, policy: PolicyCatalogue, scope: str) -> date | None:
+def scope_due_date(subject: ErasureAnchors, policy: PolicyCatalogue, scope: str) -> date | None:
     """The day a scope is due for shredding: its deadline, or the day of the subject's
     erasure if that came first (`due_scopes` as a date, for read models and views)."""
     candidates = [

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 from eventsourcing.utils import get_topic
 
@@ -220,7 +220,7 @@ class BatchState:
                 row["status"] = "partially_erased"
             else:
                 row["status"] = "active"
-            anchors = cast(DataSubject, _Anchors(state))
+            anchors = _Anchors(state)
             for key, scope in state.tables["rm_scopes"].items():
                 deadline = scope_due_date(anchors, self.policy, key)
                 live = any(k not in scope["shredded"] for k in scope["kids"])
