@@ -21,6 +21,8 @@ from uuid import UUID
 import orjson
 
 from ledger.clock import RANGE, parse_day, parse_instant
+from ledger.domain import subject as subject_domain
+from ledger.domain.policy import CHANNELS, LEGAL_BASES
 from ledger.domain.screening import personal_data_in
 from ledger.errors import LedgerError
 
@@ -184,12 +186,11 @@ def record(spec: Mapping[str, tuple[Validator, bool]]) -> Validator:
     return check
 
 
-SUBJECT_KINDS = one_of(
-    "customer", "prospect", "contact_person", "competition_entrant", "company_contact"
-)
-LEGAL_BASIS = one_of("consent", "contract", "legal_obligation", "legitimate_interest")
-SOURCE = one_of("subject", "third_party", "observed", "derived", "system")
-CHANNEL = one_of("email", "sms", "phone", "post", "online_ads")
+# The allowed values are the domain's own lists: one place to add a right or a channel.
+SUBJECT_KINDS = one_of(*subject_domain.SUBJECT_KINDS)
+LEGAL_BASIS = one_of(*LEGAL_BASES)
+SOURCE = one_of(*subject_domain.SOURCES)
+CHANNEL = one_of(*CHANNELS)
 IDENTIFIERS = record(
     {
         "cpr": (text, False),
@@ -202,7 +203,7 @@ IDENTIFIERS = record(
 RECIPIENT = record(
     {
         "kind": (
-            one_of("family_member", "general_practitioner", "public_authority", "other"),
+            one_of(*subject_domain.RECIPIENT_KINDS),
             True,
         ),
         "name": (text, True),
@@ -218,7 +219,7 @@ COMMANDS: dict[str, dict[str, tuple[Validator, bool]]] = {
         "purpose": (text, REQUIRED),
         "legal_basis": (LEGAL_BASIS, REQUIRED),
         "identifiers": (IDENTIFIERS, OPTIONAL),
-        "cpr_ground": (one_of("law", "consent", "identification"), OPTIONAL),
+        "cpr_ground": (one_of(*subject_domain.CPR_GROUNDS), OPTIONAL),
         "provided_by": (uuid, OPTIONAL),
         "subject": (uuid, OPTIONAL),
     },
@@ -230,7 +231,7 @@ COMMANDS: dict[str, dict[str, tuple[Validator, bool]]] = {
         "legal_basis": (LEGAL_BASIS, REQUIRED),
         "source": (SOURCE, REQUIRED),
         "competition": (free_text, OPTIONAL),
-        "cpr_ground": (one_of("law", "consent", "identification"), OPTIONAL),
+        "cpr_ground": (one_of(*subject_domain.CPR_GROUNDS), OPTIONAL),
     },
     "rectify": {
         "subject": (uuid, REQUIRED),
@@ -242,7 +243,7 @@ COMMANDS: dict[str, dict[str, tuple[Validator, bool]]] = {
         "subject": (uuid, REQUIRED),
         "purpose": (text, REQUIRED),
         "notice_version": (free_text, REQUIRED),
-        "method": (one_of("web_form", "phone_call", "paper", "email", "in_person"), REQUIRED),
+        "method": (one_of(*subject_domain.CONSENT_METHODS), REQUIRED),
         "channels": (list_of(CHANNEL, non_empty=False), OPTIONAL),
         "explicit": (boolean, OPTIONAL),
         "categories": (list_of(text, non_empty=False), OPTIONAL),
@@ -285,11 +286,11 @@ COMMANDS: dict[str, dict[str, tuple[Validator, bool]]] = {
     },
     "start_relationship": {
         "subject": (uuid, REQUIRED),
-        "relationship": (one_of("customer", "subscription"), REQUIRED),
+        "relationship": (one_of(*subject_domain.RELATIONSHIPS), REQUIRED),
     },
     "end_relationship": {
         "subject": (uuid, REQUIRED),
-        "relationship": (one_of("customer", "subscription"), REQUIRED),
+        "relationship": (one_of(*subject_domain.RELATIONSHIPS), REQUIRED),
     },
     "record_dialogue": {"subject": (uuid, REQUIRED)},
     "enter_competition": {
@@ -302,7 +303,7 @@ COMMANDS: dict[str, dict[str, tuple[Validator, bool]]] = {
     "open_request": {
         "subject": (uuid, REQUIRED),
         "right": (
-            one_of("access", "rectification", "erasure", "restriction", "objection", "portability"),
+            one_of(*subject_domain.RIGHTS),
             REQUIRED,
         ),
         "received_at": (instant, OPTIONAL),
@@ -316,13 +317,13 @@ COMMANDS: dict[str, dict[str, tuple[Validator, bool]]] = {
     "complete_request": {
         "subject": (uuid, REQUIRED),
         "request": (uuid, REQUIRED),
-        "outcome": (one_of("fulfilled", "partially_fulfilled", "refused"), REQUIRED),
+        "outcome": (one_of(*subject_domain.OUTCOMES), REQUIRED),
         "note": (free_text, OPTIONAL),
     },
     "erase": {"subject": (uuid, REQUIRED), "request": (uuid, OPTIONAL)},
     "notify_subject": {
         "subject": (uuid, REQUIRED),
-        "notice": (one_of("privacy_policy", "new_purpose"), REQUIRED),
+        "notice": (one_of(*subject_domain.NOTICES), REQUIRED),
         "policy_version": (free_text, REQUIRED),
         "purpose": (text, OPTIONAL),
     },

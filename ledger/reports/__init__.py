@@ -42,7 +42,7 @@ __all__ = [
 Builder = Callable[[ReportContext], Report]
 
 #: Modules outside this package that may register reports (imported if they exist).
-PROVIDERS: tuple[str, ...] = ("ledger.audit.compliance", "ledger.audit.reports")
+PROVIDERS: tuple[str, ...] = ("ledger.audit.compliance",)
 
 FORMATS = ("json", "md", "html")
 
