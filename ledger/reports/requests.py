@@ -9,18 +9,19 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from ledger.queries import request_is_late
 from ledger.reports import register_report
 from ledger.reports.model import Report, ReportContext, Section, Table
 from ledger.reports.text import RIGHTS, day_of, long_date, plural
 
 
 def classify(request: dict[str, Any], today: str) -> str:
-    """open | overdue | answered_in_time | answered_late (dates in Copenhagen)."""
+    """open | overdue | answered_in_time | answered_late (dates in Copenhagen), by the same
+    rule as `ledger requests list` (`ledger.queries.request_is_late`)."""
+    late = request_is_late(request, today)
     if request["status"] == "open":
-        return "overdue" if request["due"] < today else "open"
-    return (
-        "answered_late" if day_of(request["completed_at"]) > request["due"] else "answered_in_time"
-    )
+        return "overdue" if late else "open"
+    return "answered_late" if late else "answered_in_time"
 
 
 @register_report(
