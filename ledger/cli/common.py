@@ -124,9 +124,33 @@ def print_json(value: Any) -> None:
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A table for people: long cells wrap instead of being cut (an id or a revealed value
+    is no use with its end missing), true and false read yes and no."""
     table = Table(title=title, title_justify="left")
     for column in columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+        table.add_row(*(_cell(v) for v in row))
     console.print(table)
+
+
+def print_facts(title: str, facts: Sequence[tuple[str, Any]]) -> None:
+    """Named facts as a two-column table without a header."""
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for name, value in facts:
+        table.add_row(name, _cell(value))
+    console.print(table)
+
+
+def yes_no(value: Any) -> str:
+    return "yes" if value else "no"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return yes_no(value)
+    return str(value)

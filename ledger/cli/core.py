@@ -15,13 +15,14 @@ from rich.progress import Progress
 
 from ledger.cli.common import (
     after_write,
-    console,
     err_console,
     fail,
     open_ledger,
     parse_now,
+    print_facts,
     print_json,
     print_table,
+    yes_no,
 )
 from ledger.errors import LedgerError
 from ledger.facade import Ledger
@@ -113,18 +114,31 @@ def subject_show(
     if as_json:
         print_json(view)
         return
-    console.print(
-        f"[bold]Subject {view['subject']}[/bold]  {view['kind']}  status: {view['status']}"
-    )
+    show_subject(view, revealed=reveal)
+
+
+def show_subject(view: dict[str, Any], *, revealed: bool) -> None:
+    """`subject show` for a person: every part of the view an officer acts on, each as a
+    table (the parts that are empty are left out), nothing cut short."""
+    facts = [
+        ("subject", view["subject"]),
+        ("kind", view["kind"]),
+        ("status", view["status"]),
+        ("registered", view["registered_at"]),
+        ("processing restricted (Art. 18)", yes_no(view["restricted"])),
+    ]
+    if view.get("provided_by"):
+        facts.append(("data given by subject", view["provided_by"]))
+    if view.get("erased_at"):
+        facts.append(("erased", view["erased_at"]))
+    print_facts("Subject", facts)
     print_table(
-        "Data",
+        "Data" if revealed else "Data (values hidden: --reveal --purpose WHY opens them)",
         ["category", "value", "purpose", "basis", "source", "scope", "collected"],
         [
             (
                 d["category"],
-                "(erased)"
-                if d["erased"]
-                else ("•••" if d["value"] is None else _short(d["value"])),
+                "(erased)" if d["erased"] else ("•••" if d["value"] is None else _text(d["value"])),
                 d["purpose"],
                 d["legal_basis"],
                 d["source"],
@@ -134,40 +148,125 @@ def subject_show(
             for d in view["data"]
         ],
     )
-    print_table(
-        "Consents",
-        ["purpose", "active", "channels", "explicit", "given", "withdrawn"],
-        [
-            (
-                c["purpose"],
-                c["active"],
-                ",".join(c["channels"]),
-                c["explicit"],
-                c["given_at"],
-                c["withdrawn_at"],
-            )
-            for c in view["consents"]
-        ],
-    )
-    print_table(
-        "Retention",
-        ["scope", "deadline", "held", "shredded"],
-        [(r["scope"], r["deadline"], r["held"], r["shredded_at"]) for r in view["retention"]],
-    )
-    if view["requests"]:
-        print_table(
-            "Requests",
-            ["request", "right", "received", "due", "status"],
+    sections: list[tuple[str, list[str], list[tuple[Any, ...]]]] = [
+        (
+            "Consents",
+            ["purpose", "in force", "channels", "explicit", "categories", "given", "withdrawn"],
             [
-                (r["request"], r["right"], r["received_at"], r["due"], r["status"])
+                (
+                    c["purpose"],
+                    yes_no(c["active"]),
+                    ", ".join(c["channels"]),
+                    yes_no(c["explicit"]),
+                    ", ".join(c["categories"]),
+                    c["given_at"],
+                    c["withdrawn_at"],
+                )
+                for c in view["consents"]
+            ],
+        ),
+        (
+            "Objections (Art. 21)",
+            ["purpose", "objected"],
+            [(o["purpose"], o["objected_at"]) for o in view["objections"]],
+        ),
+        (
+            "Relationships",
+            ["relationship", "active", "started", "ended"],
+            [
+                (r["relationship"], yes_no(r["active"]), r["started_at"], r["ended_at"])
+                for r in view.get("relationships", [])
+            ],
+        ),
+        (
+            "Disclosure agreements",
+            [
+                "agreement",
+                "recipient",
+                "country",
+                "categories",
+                "purpose",
+                "valid until",
+                "agreed",
+                "revoked",
+            ],
+            [
+                (
+                    a["agreement"],
+                    a["recipient"]["kind"]
+                    + (f": {a['recipient']['name']}" if a["recipient"]["name"] else ""),
+                    a["recipient"]["country"],
+                    ", ".join(a["categories"]),
+                    a["purpose"],
+                    a["valid_until"],
+                    a["agreed_at"],
+                    a["revoked_at"],
+                )
+                for a in view["agreements"]
+            ],
+        ),
+        (
+            "Disclosures",
+            ["disclosed", "agreement", "recipient", "country", "categories"],
+            [
+                (
+                    d["disclosed_at"],
+                    d["agreement"],
+                    d["recipient_kind"],
+                    d["country"],
+                    ", ".join(d["categories"]),
+                )
+                for d in view["disclosures"]
+            ],
+        ),
+        (
+            "Transfers",
+            ["transferred", "recipient", "country", "categories"],
+            [
+                (t["transferred_at"], t["recipient"], t["country"], ", ".join(t["categories"]))
+                for t in view.get("transfers", [])
+            ],
+        ),
+        (
+            "Legal holds",
+            ["hold", "reason", "placed", "released"],
+            [
+                (h["hold"], h["reason"], h["placed_at"], h["released_at"])
+                for h in view.get("holds", [])
+            ],
+        ),
+        (
+            "Retention",
+            ["scope", "deadline", "held", "shredded"],
+            [
+                (r["scope"], r["deadline"], yes_no(r["held"]), r["shredded_at"])
+                for r in view["retention"]
+            ],
+        ),
+        (
+            "Requests",
+            ["request", "right", "received", "due", "status", "extended", "outcome"],
+            [
+                (
+                    r["request"],
+                    r["right"],
+                    r["received_at"],
+                    r["due"],
+                    r["status"],
+                    yes_no(r.get("extended", False)),
+                    r.get("outcome"),
+                )
                 for r in view["requests"]
             ],
-        )
+        ),
+    ]
+    for title, columns, rows in sections:
+        if rows:
+            print_table(title, columns, rows)
 
 
-def _short(value: Any) -> str:
-    text = value if isinstance(value, str) else orjson.dumps(value).decode()
-    return text if len(text) <= 60 else text[:57] + "..."
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
 def _user() -> str:
