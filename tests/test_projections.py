@@ -406,6 +406,11 @@ def test_cli_projections(cli_env: dict[str, str]) -> None:
     assert json.loads(replay.stdout)["subjects"] == 0
     replay = cli(env, "audit", "replay", "--as-of", "2999-01-01", "--subject", subject_id(1))
     assert json.loads(replay.stdout)["subject"] == subject_id(1)
+    # not recorded yet at that moment: the answer says where a late report would be
+    early = cli(env, "audit", "replay", "--as-of", "2000-01-01", "--subject", subject_id(1))
+    assert early.returncode == 1
+    refused = json.loads(early.stdout)["error"]
+    assert refused["code"] == "unknown_subject" and "--by occurred" in refused["message"]
 
 
 def test_schema_change_rebuilds(backend: str) -> None:

@@ -377,7 +377,9 @@ def _verify(
     for subject, document in proofs.items():
         _check_subject_proof(subject, document, roots, leaf_hashes, per_subject, report)
     if proofs:
-        report.checks.append(f"inclusion proofs of {len(proofs)} subjects")
+        report.checks.append(
+            f"inclusion proofs of {len(proofs)} subject{'' if len(proofs) == 1 else 's'}"
+        )
 
 
 def _read_proofs(path: Path, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:

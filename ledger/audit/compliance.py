@@ -685,7 +685,7 @@ def check_checkpoints(query: Any, verifier: Verifier | None, events: int) -> dic
             verifier = Verifier.parse(recorded)
             key_source = (
                 "the public key recorded in the database itself (no signing key is "
-                "configured here): check with `ledger audit verify --public-key KEY` for proof"
+                "configured here): check with ledger audit verify --public-key KEY for proof"
             )
         elif recorded is not None and verifier is not None and verifier.vkey() != recorded:
             # never the database's word over the configured key: a re-signed log records

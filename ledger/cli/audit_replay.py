@@ -60,6 +60,12 @@ def replay(
                 out["position"] = rm.position()
                 out["reports"] = list(available())
         except LedgerError as error:
+            if error.code == "unknown_subject" and by == "recorded":
+                error = LedgerError(
+                    error.code,
+                    f"{error.message} as recorded by {moment.isoformat()}; a subject whose "
+                    "events were recorded later (reported late) is there with --by occurred",
+                )
             fail(error, as_json=True)
     if subject is not None and report is None:
         print_json(out["subject"])

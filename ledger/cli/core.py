@@ -26,6 +26,7 @@ from ledger.cli.common import (
 )
 from ledger.errors import LedgerError
 from ledger.facade import Ledger
+from ledger.reports.text import plural
 
 subject_app = typer.Typer(help="Query one data subject.", no_args_is_help=True)
 
@@ -401,8 +402,8 @@ def _print_sweep(report: dict[str, Any], as_json: bool) -> None:
         return
     verb = "due" if report["dry_run"] else "shredded"
     print_table(
-        f"Sweep at {report['now']}: {len(report['shredded'])} scopes {verb} "
-        f"of {report['subjects']} subjects",
+        f"Sweep at {report['now']}: {plural(len(report['shredded']), 'scope')} {verb} "
+        f"of {plural(report['subjects'], 'subject')}",
         ["subject", "scope", "deadline"],
         [(s["subject"], s["scope"], s["deadline"]) for s in report["shredded"]],
     )

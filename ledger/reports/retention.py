@@ -94,7 +94,7 @@ def retention(ctx: ReportContext) -> Report:
         Section(
             "Overdue: past the deadline and not kept by a hold",
             paragraphs=[
-                "Data that should no longer exist. The retention sweeper (`ledger sweep`) "
+                "Data that should no longer exist. The retention sweeper (ledger sweep) "
                 "destroys the keys of these scopes the next time it runs; if this list is not "
                 "empty long after a sweep, the sweeper is not running."
             ],
