@@ -11,8 +11,6 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-import orjson
-
 from ledger.domain.policy import PolicyCatalogue
 from ledger.domain.subject import DataSubject
 
@@ -68,12 +66,30 @@ def earlier_values(
                 "value": value,
                 "scope": state["scope"],
                 "purpose": state["purpose"] if collected else None,
+                "legal_basis": state["legal_basis"] if collected else None,
                 "source": state["source"] if collected else None,
                 "recorded_as": "collected" if collected else "rectification",
                 "at": state["occurred_at"],
             }
         )
     return found
+
+
+def _legal_bases(
+    purpose: str,
+    subject: DataSubject,
+    data: list[dict[str, Any]],
+    earlier: list[dict[str, Any]],
+    consented: set[str],
+) -> list[str]:
+    """The bases recorded for a purpose; a purpose the subject only consented to (no data
+    collected for it yet, e.g. a newsletter) rests on that consent."""
+    bases = {i["legal_basis"] for i in [*data, *earlier] if i["purpose"] == purpose}
+    if purpose == subject.purpose:
+        bases.add(subject.legal_basis)
+    if not bases and purpose in consented:
+        bases.add("consent")
+    return sorted(bases)
 
 
 def access_report(
@@ -98,6 +114,7 @@ def access_report(
         | {subject.purpose}
     )
     categories = sorted({item["category"] for item in [*data, *earlier]})
+    consented = {c["purpose"] for c in view["consents"]}
     scopes = {r["scope"]: r for r in view["retention"]}
     return {
         "document": "Indsigt efter databeskyttelsesforordningens artikel 15 (access report)",
@@ -116,10 +133,7 @@ def access_report(
             {
                 "purpose": name,
                 "description": policy.purposes[name].label if name in policy.purposes else name,
-                "legal_bases": sorted(
-                    {i["legal_basis"] for i in data if i["purpose"] == name}
-                    | ({subject.legal_basis} if name == subject.purpose else set())
-                ),
+                "legal_bases": _legal_bases(name, subject, data, earlier, consented),
             }
             for name in purposes
         ],
@@ -202,12 +216,33 @@ def portable_export(
     }
 
 
+# Headings for the parts of an export; other keys are turned into words as they are.
+HEADINGS = {
+    "purposes": "Why we process your data (purposes and legal bases)",
+    "categories": "The kinds of data we hold about you",
+    "recipients": "Who has received your data",
+    "retention": "How long we keep it",
+    "rights": "Your rights",
+    "complaint": "Where to complain",
+    "sources": "Where the data came from",
+    "automated_decisions": "Automated decisions",
+    "data": "Your data as we hold it now",
+    "earlier_values": "Earlier values we still hold",
+    "consents": "Your consents",
+    "objections": "Your objections",
+    "restricted": "Processing restricted",
+    "requests": "Your requests",
+    "views": "Who has looked at your data",
+}
+
+
 def render_html(document: Mapping[str, Any]) -> str:
-    """A self-contained page a person can read: headings, tables, no scripts."""
+    """A self-contained page a person can read: headings in words, tables, no scripts;
+    lists joined, yes and no, nested records as lines."""
     title = str(document.get("document") or "Data export")
     parts = [
         "<!doctype html>",
-        '<html lang="da"><head><meta charset="utf-8">',
+        '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
         "table{border-collapse:collapse;width:100%}td,th{border:1px solid #bbb;"
@@ -217,17 +252,22 @@ def render_html(document: Mapping[str, Any]) -> str:
     controller = document.get("controller")
     if isinstance(controller, Mapping):
         parts.append(
-            f"<p>{html.escape(str(controller.get('name', '')))}, "
-            f"CVR {html.escape(str(controller.get('cvr', '')))}. "
-            f"Generated {html.escape(str(document.get('generated_at', '')))}.</p>"
+            f"<p>From {html.escape(str(controller.get('name', '')))}, "
+            f"CVR {html.escape(str(controller.get('cvr', '')))}, "
+            f"{html.escape(str(controller.get('address', '')))}. "
+            f"Made {html.escape(str(document.get('generated_at', '')))}.</p>"
         )
     for key, value in document.items():
         if key in ("document", "controller", "generated_at"):
             continue
-        parts.append(f"<h2>{html.escape(key.replace('_', ' ').capitalize())}</h2>")
+        parts.append(f"<h2>{html.escape(HEADINGS.get(key, _words(key)))}</h2>")
         parts.append(_html_value(value))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _words(key: str) -> str:
+    return key.replace("_", " ").capitalize()
 
 
 def _html_value(value: Any) -> str:
@@ -236,7 +276,7 @@ def _html_value(value: Any) -> str:
             return "<p>None.</p>"
         if all(isinstance(v, Mapping) for v in value):
             columns = list(dict.fromkeys(k for v in value for k in v))
-            head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+            head = "".join(f"<th>{html.escape(_words(c))}</th>" for c in columns)
             rows = "".join(
                 "<tr>" + "".join(f"<td>{_cell(v.get(c))}</td>" for c in columns) + "</tr>"
                 for v in value
@@ -245,7 +285,7 @@ def _html_value(value: Any) -> str:
         return "<ul>" + "".join(f"<li>{_cell(v)}</li>" for v in value) + "</ul>"
     if isinstance(value, Mapping):
         rows = "".join(
-            f"<tr><th>{html.escape(str(k))}</th><td>{_nested(v)}</td></tr>"
+            f"<tr><th>{html.escape(_words(str(k)))}</th><td>{_nested(v)}</td></tr>"
             for k, v in value.items()
         )
         return f"<table>{rows}</table>"
@@ -257,8 +297,17 @@ def _nested(value: Any) -> str:
 
 
 def _cell(value: Any) -> str:
+    """One value as text: yes/no, lists joined by commas, records as 'name: value' lines."""
     if value is None:
         return ""
-    if isinstance(value, (dict, list)):
-        return html.escape(orjson.dumps(value).decode())
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        if all(not isinstance(v, (dict, list)) for v in value):
+            return html.escape(", ".join(str(v) for v in value))
+        return "<br>".join(_cell(v) for v in value)
+    if isinstance(value, dict):
+        return "<br>".join(
+            f"{html.escape(_words(str(k)))}: {_cell(v)}" for k, v in value.items() if v is not None
+        )
     return html.escape(str(value))

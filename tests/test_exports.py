@@ -417,6 +417,33 @@ def test_access_report_holds_earlier_values_still_held(ledger: Ledger, clock: Fi
     assert "Bo Bogholder" in render_html(page) and "Gammel Vej" not in render_html(page)
 
 
+def test_access_report_reads_as_a_document(ledger: Ledger, clock: FixedClock) -> None:
+    """The HTML answer once was the JSON drawn as tables (`["consent"]`, `True`, keys as
+    headings), and a purpose only consented to (a newsletter) showed no legal basis."""
+    clock.set(parse_instant("2025-03-01T10:00:00+01:00"))
+    subject = ok(
+        ledger,
+        {"type": "register_subject", "kind": "customer", "purpose": CA, "legal_basis": "contract"},
+    )["subject"]
+    consent = {
+        "type": "give_consent",
+        "subject": subject,
+        "purpose": "marketing",
+        "notice_version": "2018-05-25",
+        "method": "web_form",
+        "channels": ["email", "sms"],
+    }
+    ok(ledger, consent)
+    report = ledger.export(subject, actor="dpo")
+    bases = {p["purpose"]: p["legal_bases"] for p in report["purposes"]}
+    assert bases == {CA: ["contract"], "marketing": ["consent"]}
+    page = render_html(report)
+    for heading in ("Your consents", "Why we process your data", "Your rights"):
+        assert f"<h2>{heading}" in page, heading
+    assert "<td>email, sms</td>" in page and "<td>yes</td>" in page
+    assert "True" not in page and "False" not in page and "[&quot;" not in page
+
+
 def test_portable_export(ledger: Ledger, clock: FixedClock) -> None:
     seeded = seed(ledger, clock)
     exported = ledger.export(seeded.subject, portable=True, actor="dpo")
