@@ -59,6 +59,7 @@ def test_a_clean_history_holds_every_assertion(ledger: Ledger) -> None:
     assert report["checkpoints"]["consistent_with_all_earlier"] is True
     assert report["checkpoints"]["signatures_checked"] is True
     assert report["controller"]["name"] == "CEKURA A/S"
+    assert report["events_recorded"] == ledger.max_position() >= report["events_checked"]
 
 
 def test_violations_are_found_with_their_events(ledger: Ledger) -> None:

@@ -796,8 +796,10 @@ def check_history(
 ) -> dict[str, Any]:
     """Every check over the events up to `position`, as the report's JSON data."""
     checker = HistoryChecker(policy, allowance)
+    recorded = 0
     try:
         for nid, subject, version, topic, state in _events(query, dialect, position):
+            recorded += 1
             checker.add(nid, subject, version, topic, orjson.loads(state))
     except LedgerError:
         raise
@@ -833,6 +835,7 @@ def check_history(
     return {
         "ok": all(item["ok"] for item in summary),
         "events_checked": checker.events,
+        "events_recorded": recorded,
         "subjects": len(checker.subjects),
         "sweep_allowance_days": allowance.days,
         "checks": summary,
@@ -878,11 +881,18 @@ def _register() -> None:
 
 def _summary_text(data: dict[str, Any]) -> str:
     failed = [c["title"] for c in data["checks"] if not c["ok"]]
+    others = data.get("events_recorded", data["events_checked"]) - data["events_checked"]
     head = (
         f"This report re-checks all {data['events_checked']:,} recorded events of "
         f"{data['subjects']:,} data subject{'' if data['subjects'] == 1 else 's'} against the "
         "privacy policy, independently of the checks the ledger made when each event was "
         "recorded, and checks that the signed Merkle log shows the history was never rewritten."
+        + (
+            f" The log's {others:,} other event{'' if others == 1 else 's'} (the ledger's own "
+            "bookkeeping, such as idempotency receipts) hold no facts about a person."
+            if others > 0
+            else ""
+        )
     )
     if not failed:
         return head + " Every assertion holds."
