@@ -100,3 +100,8 @@ def test_show_prints_every_part_whole(tmp_path: Path) -> None:
 
     hidden = cli(env, "subject", "show", SUBJECT)
     assert "values hidden" in hidden.stdout and NOTE[:20] not in hidden.stdout
+
+    found = cli(env, "subject", "find", "--email", "karen@example.dk")
+    assert SUBJECT in found.stdout
+    nobody = cli(env, "subject", "find", "--email", "nobody@example.dk")
+    assert nobody.returncode == 0 and nobody.stdout.strip() == "No subject has this email."

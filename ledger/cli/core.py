@@ -15,6 +15,7 @@ from rich.progress import Progress
 
 from ledger.cli.common import (
     after_write,
+    console,
     err_console,
     fail,
     open_ledger,
@@ -317,6 +318,8 @@ def subject_find(
         ]
     if as_json:
         print_json({"subjects": subjects})
+    elif not subjects:  # erased subjects are not found either: their lookup rows are gone
+        console.print(f"No subject has this {kind.replace('_', ' ')}.")
     else:
         print_table(
             f"Subjects by {kind}",
