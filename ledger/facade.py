@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.persistence import Notification
@@ -38,6 +38,42 @@ REGISTERED_TOPIC = get_topic(DataSubject.Registered)
 PAGE = 1000
 
 Progress = Callable[[int, int], None]
+
+
+T = TypeVar("T")
+
+
+class _KeysOnDemand(Mapping[str, bytes]):
+    """A subject's live keys, read from the key store at the first lookup; remembers which
+    it handed out, so the caller can check they were still live afterwards."""
+
+    def __init__(self, read: Callable[[], dict[str, bytes]]) -> None:
+        self._read = read
+        self._keys: dict[str, bytes] | None = None
+        self._used: set[str] = set()
+
+    def _loaded(self) -> dict[str, bytes]:
+        if self._keys is None:
+            self._keys = self._read()
+        return self._keys
+
+    def __getitem__(self, kid: str) -> bytes:
+        key = self._loaded()[kid]
+        self._used.add(kid)
+        return key
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaded())
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
+    def used(self) -> set[str]:
+        return set(self._used)
+
+    def clear(self) -> None:
+        if self._keys is not None:
+            self._keys.clear()
 
 
 def private_file(path: Path | None) -> None:
@@ -160,11 +196,27 @@ class Ledger:
         )
         self.app.save(subject)
         log.info("data_viewed", subject=subject_id, actor=actor, categories=len(categories))
-        keys = self.keystore.keys(subject_id)
-        try:
-            return self.read_models.subject(subject_id, keys)
-        finally:
-            keys.clear()
+        return self._opened(subject_id, lambda keys: self.read_models.subject(subject_id, keys))
+
+    def _opened(self, subject_id: str, build: Callable[[Mapping[str, bytes]], T]) -> T:
+        """`build` opens values with the subject's keys, read from the key store when it
+        first needs one: after the read models caught up and their rows were read, not
+        before (an erasure that returned during a slow catch-up was once still opened).
+        If a key it used was destroyed meanwhile, the answer is built again without it:
+        nothing is shown whose key's shredding has returned (DESIGN 4.3)."""
+        for _ in range(3):
+            keys = _KeysOnDemand(lambda: self.keystore.keys(subject_id))
+            try:
+                result = build(keys)
+                used = keys.used()
+            finally:
+                keys.clear()
+            if not used:
+                return result
+            live = {r.kid for r in self.keystore.records(subject_id) if r.shredded_at is None}
+            if used <= live:
+                return result
+        raise LedgerError("conflict", "the subject's keys kept changing while it was read; retry")
 
     def find(self, kind: str, value: str) -> list[str]:
         """Subjects whose current identifier of this kind matches (keyed-hash lookup)."""
@@ -197,15 +249,15 @@ class Ledger:
         if portable:
             return portable_export(view, self.policy, generated_at=now)
         subject = self.app.load_subject(subject_id)
-        keys = self.keystore.keys(subject_id)
-        try:
-            earlier = earlier_values(
+        events = list(self.app.events.get(UUID(subject_id)))
+        earlier = self._opened(
+            subject_id,
+            lambda keys: earlier_values(
                 subject,
-                self.app.events.get(UUID(subject_id)),
+                events,
                 lambda sealed, category: open_sealed(subject_id, sealed, category, keys),
-            )
-        finally:
-            keys.clear()
+            ),
+        )
         return access_report(
             subject,
             view,
