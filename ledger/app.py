@@ -281,7 +281,10 @@ class LedgerApplication(Application[UUID]):
             processing.aggregates[aggregate.id] = aggregate
         processing.saved_kwargs.update(kwargs)
         recordings = self._record(processing)
-        self._take_snapshots(processing)
+        try:  # the events are written: a snapshot is only a shortcut for reading them
+            self._take_snapshots(processing)
+        except Exception as exc:
+            log.error("snapshots_not_written", error=type(exc).__name__)
         self._notify(recordings)
         return recordings
 
@@ -443,20 +446,45 @@ class LedgerApplication(Application[UUID]):
         }
         if any(s.pending_events for s in uow.subjects.values()) or uow.receipts:
             self.save(*uow.subjects.values(), *uow.receipts)
-        # After the events: an index row never points at data that was not written. A crash
-        # here leaves an identifier unfindable until `reindex`, never a wrong match.
-        if uow.lookups:
-            self.keystore.replace_lookups(
-                [
-                    (subject_id, kind, digest)
-                    for subject_id, kinds in uow.lookups.items()
-                    for kind, digest in kinds.items()
-                ],
-                new_subjects=registered_now,
-            )
-        if shreds:
-            self.keystore.shred_many(shreds)
+        self._after_save(uow, registered_now, shreds)
         return results
+
+    def _after_save(
+        self,
+        uow: UnitOfWork,
+        registered_now: set[str],
+        shreds: list[tuple[str, str, list[str]]],
+    ) -> None:
+        """The key store's part after the events are written. The events are the truth and
+        are written now: a failure here must not report them as not written (a caller
+        would send them again, a group commit would run them again). Each part fails
+        safe instead, as after a crash at this point:
+
+        - index rows come after the events, so a row never points at data that was not
+          written; without them an identifier is unfindable until `ledger keys reindex`,
+          never a wrong match;
+        - keys come after their `ScopeShredded` events; the key reconciler destroys any
+          key such an event names (it runs after every write, and at each sweep).
+        """
+        if uow.lookups:
+            try:
+                self.keystore.replace_lookups(
+                    [
+                        (subject_id, kind, digest)
+                        for subject_id, kinds in uow.lookups.items()
+                        for kind, digest in kinds.items()
+                    ],
+                    new_subjects=registered_now,
+                )
+            except Exception as exc:
+                log.error(
+                    "lookup_rows_not_written", subjects=len(uow.lookups), error=type(exc).__name__
+                )
+        if shreds:
+            try:
+                self.keystore.shred_many(shreds)
+            except Exception as exc:
+                log.error("keys_left_to_reconciler", keys=len(shreds), error=type(exc).__name__)
 
     def _run_one(self, uow: UnitOfWork, sealer: ScopeSealer, command: Command) -> dict[str, Any]:
         now = self.clock.now()

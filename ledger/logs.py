@@ -6,6 +6,7 @@ personal data by construction (`LedgerError`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -47,10 +48,40 @@ def configure_logging(path: Path | None = None, *, stream: TextIO | None = None)
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.BytesLoggerFactory(handle),
+        # BytesLogger calls only write and flush
+        logger_factory=structlog.BytesLoggerFactory(_Forgiving(handle)),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     _configured.update(key=key, handle=handle)
+
+
+class _Forgiving:
+    """A log file whose write errors (a full disk) never fail the work being logged: a
+    command written to the event store must not be reported as failed, nor a server's
+    writer thread die, because its log line could not be written. The first lost line is
+    reported on standard error; the count of lost lines is kept."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.lost = 0
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.handle.write(data)
+        except (OSError, ValueError) as exc:
+            self._lose(exc)
+
+    def flush(self) -> None:
+        try:
+            self.handle.flush()
+        except (OSError, ValueError) as exc:
+            self._lose(exc)
+
+    def _lose(self, exc: Exception) -> None:
+        self.lost += 1
+        if self.lost == 1:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(f"ledger: log lines are being lost ({type(exc).__name__})\n")
 
 
 def get_logger(name: str) -> Any:

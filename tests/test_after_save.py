@@ -1,0 +1,101 @@
+"""Once the events are written, nothing after them reports the write as failed: a caller
+would send the commands again and an HTTP group commit ran them again one by one, so
+every command of the group was stored twice (found by a concurrency review: a full disk
+under the log file, or the key store failing after the save)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledger.facade import Ledger
+from tests.conftest import MASTER_KEY
+
+CA = "customer_administration"
+
+
+def _register(email: str) -> dict[str, Any]:
+    return {
+        "type": "register_subject",
+        "kind": "customer",
+        "purpose": CA,
+        "legal_basis": "contract",
+        "identifiers": {"email": email},
+    }
+
+
+def test_a_full_disk_under_the_log_fails_no_command(tmp_path: Path) -> None:
+    """/dev/full refuses every write with ENOSPC."""
+    env = {
+        "LEDGER_HOME": str(tmp_path / "home"),
+        "LEDGER_MASTER_KEY": MASTER_KEY,
+        "LEDGER_LOG_FILE": "/dev/full",
+        "PATH": "/usr/bin:/bin",
+    }
+    lines = "\n".join(json.dumps(_register(f"k{i}@example.dk")) for i in range(3))
+    done = subprocess.run(
+        [sys.executable, "-m", "ledger", "exec", "-"],
+        input=lines,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["ok"] for line in done.stdout.splitlines()] == [True] * 3
+    assert "log lines are being lost" in done.stderr
+    counted = subprocess.run(
+        [sys.executable, "-m", "ledger", "projections", "status", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    (status,) = json.loads(counted.stdout)["projections"]
+    assert status["subjects"] == 3  # each written once
+
+
+def test_a_key_store_failure_after_the_save_reports_the_write(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise OSError("the key store is gone")
+
+    monkeypatch.setattr(ledger.keystore, "replace_lookups", broken)
+    results = ledger.execute_many([_register("a@example.dk"), _register("b@example.dk")])
+    assert [r["ok"] for r in results] == [True, True]
+    subjects = [r["subject"] for r in results]
+    assert sorted(ledger.subject_ids()) == sorted(subjects)  # written, once
+    assert ledger.find("email", "a@example.dk") == []  # unfindable until reindexed
+    monkeypatch.undo()
+    ledger.reindex_lookups()
+    assert ledger.find("email", "a@example.dk") == [subjects[0]]
+
+    monkeypatch.setattr(ledger.keystore, "shred_many", broken)
+    erased = ledger.execute({"type": "erase", "subject": subjects[0]})
+    assert erased["ok"] and erased["shredded"] == ["customer_data"]
+    monkeypatch.undo()
+    assert any(r.shredded_at is None for r in ledger.keystore.records(subjects[0]))
+    ledger.reconcile_keys()  # what every later write and every sweep does
+    assert all(r.shredded_at is not None for r in ledger.keystore.records(subjects[0]))
+
+
+def test_a_snapshot_that_cannot_be_written_fails_no_command(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subject = ledger.execute(_register("s@example.dk"))["subject"]
+    assert ledger.app.snapshots is not None
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise OSError("no room for snapshots")
+
+    monkeypatch.setattr(ledger.app.snapshots, "put", broken)
+    dialogue = {"type": "record_dialogue", "subject": subject}
+    results = ledger.execute_many([dialogue] * 120)  # crosses the snapshot interval
+    assert all(r["ok"] for r in results)
+    assert [e["version"] for e in ledger.history(subject)][-1] == 122  # each written once
