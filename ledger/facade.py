@@ -18,9 +18,9 @@ from ledger.app import LedgerApplication, application_env
 from ledger.clock import Clock, SystemClock
 from ledger.commands import free_text
 from ledger.config import Settings
-from ledger.crypto.keystore import KeyStore
+from ledger.crypto.keystore import KeyStore, KeyStoreError
 from ledger.crypto.lookup import LOOKUP_KINDS, lookup_digest, normalise_identifier
-from ledger.crypto.master import load_master_key
+from ledger.crypto.master import MasterKeyError, decode_master_key, load_master_key
 from ledger.crypto.sealing import SealedValue, unseal
 from ledger.domain.calendar import local_date
 from ledger.domain.policy import PolicyCatalogue
@@ -41,6 +41,28 @@ Progress = Callable[[int, int], None]
 
 
 T = TypeVar("T")
+
+
+def _open_keystore(settings: Settings) -> KeyStore:
+    """The key store under the configured master key; with a key file, finish a rotation
+    that was cut short: `ledger keys rewrap` keeps the new key in `master.new` before the
+    key store commits to it and moves it over `master.key` after, so a crash in between
+    leaves a store that only `master.new` opens."""
+    try:
+        return KeyStore.open(settings.keystore, load_master_key(settings))
+    except KeyStoreError:
+        pending = settings.master_key_file.with_suffix(".new")
+        if settings.master_key or not pending.exists():
+            raise
+        try:
+            keystore = KeyStore.open(settings.keystore, decode_master_key(pending.read_text()))
+        except (KeyStoreError, MasterKeyError):
+            raise KeyStoreError(
+                f"the master key does not match this key store, nor does {pending}"
+            ) from None
+        os.replace(pending, settings.master_key_file)
+        log.warning("master_key_rotation_finished", key_file=str(settings.master_key_file))
+        return keystore
 
 
 class _KeysOnDemand(Mapping[str, bytes]):
@@ -119,7 +141,7 @@ class Ledger:
         policy = policy or load_policy(settings.policy_path)
         with creation_lock(settings.database, settings.keystore):
             private_file(settings.database.sqlite_path)
-            keystore = KeyStore.open(settings.keystore, load_master_key(settings))
+            keystore = _open_keystore(settings)
             app = LedgerApplication(
                 env=application_env(settings),
                 policy=policy,

@@ -145,3 +145,39 @@ def test_a_process_with_the_old_master_key_makes_no_keys_after_a_rewrap(
             }
         )
     assert len(ledger.keystore.records()) == records
+
+
+def test_a_rotation_cut_short_after_the_commit_is_finished_at_the_next_start(
+    cli_env: dict[str, str],
+) -> None:
+    """Killed between the key store's commit and moving `master.new` over `master.key`,
+    the ledger did not open again ("the master key does not match")."""
+    env = {k: v for k, v in cli_env.items() if k != "LEDGER_MASTER_KEY"}
+    assert _register_karen(env).returncode == 0
+    home = Path(env["LEDGER_HOME"])
+    key_file, pending = home / "master.key", home / "master.new"
+    cut_short = (
+        "import os, sys\n"
+        "from ledger.cli import app\n"
+        "os.replace = lambda *a: os._exit(9)  # the process dies before the key file moves\n"
+        "sys.argv = ['ledger', 'keys', 'rewrap']\n"
+        "app()\n"
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", cut_short],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == 9, killed.stderr
+    assert pending.exists()
+    new_key = pending.read_text()
+
+    shown = _run(env, "subject", "show", SUBJECT, "--reveal", "--purpose", "check", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert {d["category"]: d["value"] for d in json.loads(shown.stdout)["data"]} == {
+        "email": "karen@example.dk"
+    }
+    assert key_file.read_text() == new_key and not pending.exists()
+    assert os.stat(key_file).st_mode & 0o777 == 0o600
