@@ -74,8 +74,9 @@ def serve(
         err_console.print(
             "No tokens yet: every request needs one. Create one (shown once) with\n"
             "  ledger token create --role service --name billing\n"
-            "(roles: service, officer, auditor, admin) and send it as "
-            "'Authorization: Bearer <token>'."
+            "(roles: service, officer, auditor, admin) and send it in the header\n"
+            "  Authorization: Bearer <token>",
+            soft_wrap=True,
         )
     err_console.print(f"API document: http://{host}:{port}/docs")
     # The server processes only answer requests; one background process per `serve` keeps
