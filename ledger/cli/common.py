@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import orjson
 import typer
@@ -18,6 +18,8 @@ from ledger.clock import RANGE, FixedClock, SystemClock, parse_instant
 from ledger.config import Settings
 from ledger.errors import LedgerError
 from ledger.facade import Ledger
+
+T = TypeVar("T")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -35,24 +37,39 @@ def parse_now(now: str | None, option: str = "--now") -> datetime | None:
         ) from None
 
 
-@contextmanager
-def open_ledger(now: datetime | None = None) -> Iterator[Ledger]:
-    """Open the ledger of the environment; a `LedgerError` ends the command with its code,
-    a configuration it cannot open with (`configuration_error`) with exit status 2."""
-    clock = FixedClock(now) if now is not None else SystemClock()
+def settings_from_env() -> Settings:
+    """The environment's settings; a malformed URL ends the command (exit status 2)."""
     try:
-        settings = Settings.from_env()
+        return Settings.from_env()
     except ValueError as exc:  # a malformed LEDGER_DATABASE_URL or LEDGER_KEYSTORE_URL
         configuration_error(str(exc))
+
+
+def open_or_explain(settings: Settings, opener: Callable[[], T]) -> T:
+    """What `opener` opens; a configuration it cannot open with (a missing policy file, an
+    unreachable database, a wrong master key) ends the command with one line naming it,
+    exit status 2. Anything else is not the configuration's: it propagates."""
     try:
-        opened = Ledger.open(settings, clock=clock)
-    except LedgerError as error:
-        fail(error)
+        return opener()
+    except LedgerError:
+        raise
     except Exception as exc:
         message = cannot_open(settings, exc)
         if message is None:
             raise
         configuration_error(message)
+
+
+@contextmanager
+def open_ledger(now: datetime | None = None) -> Iterator[Ledger]:
+    """Open the ledger of the environment; a `LedgerError` ends the command with its code,
+    a configuration it cannot open with (`configuration_error`) with exit status 2."""
+    clock = FixedClock(now) if now is not None else SystemClock()
+    settings = settings_from_env()
+    try:
+        opened = open_or_explain(settings, lambda: Ledger.open(settings, clock=clock))
+    except LedgerError as error:
+        fail(error)
     try:
         with opened as ledger:
             yield ledger

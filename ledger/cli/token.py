@@ -9,14 +9,13 @@ import typer
 
 from ledger.api.tokens import ROLES, TokenStore, check_name, check_role
 from ledger.cli.common import (
-    cannot_open,
-    configuration_error,
     err_console,
     fail,
+    open_or_explain,
     print_json,
     print_table,
+    settings_from_env,
 )
-from ledger.config import Settings
 from ledger.errors import LedgerError
 
 token_app = typer.Typer(help="Bearer tokens of the HTTP service.", no_args_is_help=True)
@@ -26,24 +25,12 @@ token_app = typer.Typer(help="Bearer tokens of the HTTP service.", no_args_is_he
 def _store() -> Iterator[TokenStore]:
     """The token store of the environment; a configuration it cannot work with ends the
     command with one `error configuration:` line (exit status 2), as every command does."""
+    settings = settings_from_env()
+    store = open_or_explain(settings, lambda: TokenStore.open(settings))
     try:
-        settings = Settings.from_env()
-    except ValueError as exc:
-        configuration_error(str(exc))
-    store: TokenStore | None = None
-    try:
-        store = TokenStore.open(settings)
         yield store
-    except LedgerError:
-        raise
-    except Exception as exc:
-        message = cannot_open(settings, exc)
-        if message is None:
-            raise
-        configuration_error(message)
     finally:
-        if store is not None:
-            store.close()
+        store.close()
 
 
 @token_app.command("create")
