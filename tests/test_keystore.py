@@ -294,6 +294,73 @@ def test_unit_of_work_never_seals_with_a_key_shredded_while_it_ran(
         ]
 
 
+def test_renew_makes_the_next_generation_for_a_scope_this_unit_of_work_shreds(
+    store: KeyStore,
+) -> None:
+    """An erase followed in the same group by a collect into a scope the erase shreds: the
+    collect seals under a new generation, never the key being destroyed."""
+    subject = new_subject()
+    first = store.ensure_key(subject, SCOPE)
+    session = store.session([subject])
+    assert session.key_for_sealing(subject, SCOPE) == first
+    mark = session.checkpoint()
+    renewed = session.renew(subject, SCOPE)
+    assert (renewed.subject, renewed.scope, renewed.generation) == (subject, SCOPE, 2)
+    assert renewed.kid != first.kid and renewed.key != first.key
+    assert session.key_for_sealing(subject, SCOPE) == renewed  # later seals use it
+    assert [k for k, _ in session.new_keys] == [renewed]
+    assert session.checkpoint() == mark + 1
+    session.commit()
+    store.shred(subject, SCOPE, [first.kid])  # what the erase does after the events
+    assert store.active_key(subject, SCOPE) == renewed  # wrapped like any key: it opens
+    assert store.key(subject, SCOPE, renewed.kid) == renewed.key
+    box = sealed_name(renewed.key, subject, renewed.kid)
+    assert unseal(store.keys(subject)[renewed.kid], box, subject=subject, category="name")
+
+
+def test_renew_counts_from_the_newest_generation_the_session_knows(store: KeyStore) -> None:
+    subject, fresh = new_subject(), new_subject()
+    for _ in range(2):  # generations 1 and 2 shredded, 3 live
+        store.shred(subject, SCOPE, [store.ensure_key(subject, SCOPE).kid])
+    live = store.ensure_key(subject, SCOPE)
+    session = store.session([subject, fresh])
+    assert session.renew(subject, SCOPE).generation == 4  # from the store, nothing open
+    assert session.renew(subject, SCOPE).generation == 5  # from the open key
+    made = session.key_for_sealing(fresh, SCOPE)  # a new key of this session...
+    assert made.generation == 1
+    assert session.renew(fresh, SCOPE).generation == 2  # ...is the current one
+    assert session.renew(new_subject(), "marketing").generation == 1  # none at all
+    session.commit()
+    generations = sorted(r.generation for r in store.records(subject))
+    assert generations == [1, 2, 3, 4, 5]
+    assert sorted(r.generation for r in store.records(fresh)) == [1, 2]
+    assert store.key(subject, SCOPE, live.kid) == live.key
+
+
+def test_rollback_to_forgets_a_renewed_key(store: KeyStore) -> None:
+    """A rejected command's renewal writes nothing, and the scope opens as it was before."""
+    subject, fresh = new_subject(), new_subject()
+    first = store.ensure_key(subject, SCOPE)
+    session = store.session([subject, fresh])
+    made = session.key_for_sealing(fresh, SCOPE)  # new in an earlier command
+    mark = session.checkpoint()
+    session.renew(subject, SCOPE)
+    session.renew(fresh, SCOPE)
+    session.renew(fresh, SCOPE)
+    session.rollback_to(mark)
+    assert [k for k, _ in session.new_keys] == [made]
+    assert session.key_for_sealing(subject, SCOPE) == first  # the store's key again
+    assert session.key_for_sealing(fresh, SCOPE) == made  # not a second generation 1
+    again = session.renew(subject, SCOPE)
+    assert again.generation == 2
+    session.commit()  # no KeyConflict: every generation is written once
+    assert sorted((r.generation, r.kid) for r in store.records(subject)) == [
+        (1, first.kid),
+        (2, again.kid),
+    ]
+    assert [r.kid for r in store.records(fresh)] == [made.kid]
+
+
 # -- the master key --------------------------------------------------------------------
 
 
@@ -412,11 +479,11 @@ def test_lookup_rows_go_with_the_customer_data_key(ledger: Ledger) -> None:
 
 def test_lookup_rows_stay_when_another_scope_is_shredded(store: KeyStore) -> None:
     subject = new_subject()
+    customer = store.ensure_key(subject, SCOPE)
     store.replace_lookups([(subject, "email", b"\x01" * 32)])
     marketing = store.ensure_key(subject, "marketing")
     store.shred(subject, "marketing", [marketing.kid])
     assert store.find("email", b"\x01" * 32) == [subject]
-    customer = store.ensure_key(subject, SCOPE)
     store.shred(subject, SCOPE, [customer.kid])
     assert store.find("email", b"\x01" * 32) == []
 
@@ -427,6 +494,8 @@ def test_lookups_of_a_new_subject_that_are_there_already_do_not_fail(store: KeyS
     to delete-and-insert for the whole group instead of failing after the events were
     written."""
     subject, other = new_subject(), new_subject()
+    store.ensure_key(subject, SCOPE)
+    store.ensure_key(other, SCOPE)
     store.replace_lookups(
         [(subject, "email", b"\x01" * 32), (subject, "phone", b"\x02" * 32)],
         new_subjects={subject},

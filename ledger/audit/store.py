@@ -6,7 +6,9 @@ signed checkpoint. Living in the same database means one backup holds events and
 together, and the sealer reads new events and writes their leaves in one transaction.
 
 The store has its own connection (SQLite or psycopg), guarded by a lock, so it can be
-shared by the threads of a server process.
+shared by the threads of a server process. A PostgreSQL connection the server closed (a
+restart, a failover, `pg_terminate_backend`) is replaced when the next transaction begins;
+one lost inside a transaction fails that transaction only.
 """
 
 from __future__ import annotations
@@ -105,8 +107,18 @@ TABLES = ("audit_tree", "audit_checkpoints", "audit_meta")
 class AuditStore:
     """SQL access to the log's tables and to the events they commit to."""
 
-    def __init__(self, conn: Any, dialect: str, events_table: str, lock_key: int) -> None:
+    def __init__(
+        self,
+        conn: Any,
+        dialect: str,
+        events_table: str,
+        lock_key: int,
+        connect: Callable[[], Any] | None = None,
+    ) -> None:
+        """`connect` makes a new connection like `conn` (search_path set), to replace one
+        the server closed; without it a closed connection stays closed."""
         self.conn = conn
+        self._connect = connect
         self.dialect = dialect
         self.events_table = events_table
         self._lock_key = lock_key
@@ -124,13 +136,18 @@ class AuditStore:
             return cls.open_sqlite(database.sqlite_path, events_table)
         import psycopg
 
-        conn = psycopg.connect(database.conninfo(), autocommit=True)
         schema = database.schema or "public"
+
+        def connect() -> Any:
+            conn = psycopg.connect(database.conninfo(), autocommit=True)
+            conn.execute(f'SET search_path TO "{schema}"')
+            return conn
+
+        conn = connect()
         conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        conn.execute(f'SET search_path TO "{schema}"')
         digest = hashlib.sha256(f"ledger.audit:{database.dbname}:{schema}".encode()).digest()
         key = int.from_bytes(digest[:8], "big", signed=True)
-        return cls(conn, "postgres", f'"{schema}"."{events_table}"', key)
+        return cls(conn, "postgres", f'"{schema}"."{events_table}"', key, connect)
 
     @classmethod
     def open_sqlite(cls, path: Path, events_table: str = "stored_events") -> AuditStore:
@@ -152,6 +169,30 @@ class AuditStore:
 
     # -- transactions -----------------------------------------------------------------
 
+    def _closed(self) -> bool:
+        return bool(getattr(self.conn, "closed", False))  # psycopg only
+
+    def _begin(self, statement: str) -> None:
+        """BEGIN, on a new connection if the server closed this one since the last
+        transaction (found before, or by, the BEGIN: nothing was done on it yet)."""
+        if self._connect is not None and self._closed():
+            self.conn = self._connect()
+        try:
+            self.conn.execute(statement)
+        except Exception:
+            if self._connect is None or not self._closed():
+                raise
+            self.conn = self._connect()
+            self.conn.execute(statement)
+
+    def _rollback(self) -> None:
+        """End a failed transaction; on a connection the server closed, it has ended."""
+        try:
+            self.conn.execute("ROLLBACK")
+        except Exception:
+            if not self._closed():
+                raise
+
     @contextmanager
     def writer(self) -> Iterator[AuditStore]:
         """An exclusive write transaction: one sealer at a time across every process."""
@@ -159,16 +200,14 @@ class AuditStore:
             if self._in_tx:
                 yield self
                 return
-            if self.dialect == "sqlite":
-                self.conn.execute("BEGIN IMMEDIATE")
-            else:
-                self.conn.execute("BEGIN")
-                self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
+            self._begin("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
             self._in_tx = True
             try:
+                if self.dialect == "postgres":
+                    self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
                 yield self
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                self._rollback()
                 raise
             else:
                 self.conn.execute("COMMIT")
@@ -183,15 +222,15 @@ class AuditStore:
                 yield self
                 return
             if self.dialect == "sqlite":
-                self.conn.execute("BEGIN")
+                self._begin("BEGIN")
             else:
-                self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                self._begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             self._in_tx = True
             try:
                 yield self
             finally:
                 self._in_tx = False
-                self.conn.execute("ROLLBACK")
+                self._rollback()
 
     # -- SQL --------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -29,6 +29,7 @@ from ledger.config import DatabaseURL
 CUSTOMER_DATA = "customer_data"
 _MASTER_CHECK = b"ledger/v1/master-check"
 LOOKUP_KEY = "lookup-key"  # ledger_secrets: the HMAC key of the lookup index
+_T = TypeVar("_T")
 
 
 def _master_check(master_key: bytes) -> bytes:
@@ -102,6 +103,8 @@ class _Database:
 
     Both connections run in autocommit mode: reads cost one statement, and the first
     write opens a transaction explicitly (`begin_statement`) until `commit`/`rollback`.
+    Every use of the connection goes through `_call`, where PostgreSQL replaces a
+    connection the server closed (see `_Postgres`).
     """
 
     begin_statement = "BEGIN"
@@ -110,20 +113,49 @@ class _Database:
     def __init__(self) -> None:
         self._in_tx = False
 
+    def _call(self, statement: Callable[[], _T]) -> _T:
+        return statement()
+
     def _begin(self) -> None:
         if not self._in_tx:
-            self.conn.execute(self.begin_statement)
+            self._call(lambda: self.conn.execute(self.begin_statement))
             self._in_tx = True
 
-    def begin_exclusive(self, table: str) -> None:
-        """A write transaction in which `table` changes under no other writer (its reads
-        included): SQLite's BEGIN IMMEDIATE already is; PostgreSQL locks the table."""
+    def begin(self) -> None:
+        """A write transaction (for reads that must see what it will write on)."""
+        self._begin()
+
+    def live_subjects(self, scope: str, subjects: Sequence[str]) -> set[str]:
+        """Which of `subjects` have a live key of `scope`, inside the current write
+        transaction, so that no shredding of those keys can commit before it does (SQLite:
+        BEGIN IMMEDIATE admits one writer; PostgreSQL locks the key rows, `_Postgres`)."""
+        found: set[str] = set()
+        for start in range(0, len(subjects), 500):
+            chunk = subjects[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            rows = self.execute(
+                "SELECT subject FROM ledger_keys WHERE scope = ? AND wrapped IS NOT NULL "
+                f"AND subject IN ({marks})",
+                (scope, *chunk),
+            )
+            found.update(r[0] for r in rows)
+        return found
+
+    def begin_exclusive(self, *tables: str) -> None:
+        """A write transaction in which `tables` change under no other writer (their reads
+        included): SQLite's BEGIN IMMEDIATE already is; PostgreSQL locks the tables."""
+        self._begin()
+
+    def begin_writing(self, table: str) -> None:
+        """A write transaction that waits for a `begin_exclusive` holding `table` to end,
+        and keeps one from starting until it ends: SQLite's BEGIN IMMEDIATE already does;
+        PostgreSQL takes the table lock an INSERT would, before the first statement."""
         self._begin()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         if not sql.startswith("SELECT"):
             self._begin()  # reads outside a write transaction take no lock
-        return self._run(sql, params)
+        return self._call(lambda: self._run(sql, params))
 
     def _run(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         raise NotImplementedError
@@ -143,7 +175,7 @@ class _Database:
 
     def commit(self) -> None:
         if self._in_tx:
-            self.conn.execute("COMMIT")
+            self._call(lambda: self.conn.execute("COMMIT"))
             self._in_tx = False
 
     def rollback(self) -> None:
@@ -171,8 +203,13 @@ class _SQLite(_Database):
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.execute("PRAGMA secure_delete=ON")
-        self.conn.execute("PRAGMA busy_timeout=30000")
+        self.conn.execute(f"PRAGMA busy_timeout={self.BUSY_MS}")
         os.chmod(path, 0o600)
+        # A process killed after a shred committed and before `compact` left the key's old
+        # page in keys.db (the new one waits in the WAL), and nothing destroyed later would
+        # compact: copy the WAL in now. Opening waits at most a second for other
+        # connections; if they are busy, later commits try again (`truncate_owed`).
+        self._truncate(wait_ms=1000)
 
     def _run(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = self.conn.execute(sql, tuple(params)).fetchall()
@@ -182,35 +219,83 @@ class _SQLite(_Database):
         self._begin()
         self.conn.executemany(sql, rows)
 
+    BUSY_MS = 30000  # how long a statement waits for another connection's lock
     truncate_owed = False  # a checkpoint met a reader: the WAL may still hold old bytes
 
     def compact(self) -> None:
         self.commit()
-        self._truncate()
+        self._truncate(wait_ms=self.BUSY_MS)
 
     def commit(self) -> None:
         super().commit()
         if self.truncate_owed:  # until a reader that held an old snapshot has gone
-            self._truncate()
+            self._truncate(wait_ms=100)  # briefly: a commit is not held up by a reader
 
-    def _truncate(self) -> None:
+    def _truncate(self, *, wait_ms: int) -> None:
         """Copy the WAL into the database and empty it (where a destroyed key's bytes
-        would otherwise stay); a reader holding an old snapshot makes that wait, so the
-        next commit tries again."""
-        busy = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        would otherwise stay); a reader holding an old snapshot makes that wait, at most
+        `wait_ms`, and the next commit tries again."""
+        self.conn.execute(f"PRAGMA busy_timeout={wait_ms}")
+        try:
+            busy = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout={self.BUSY_MS}")
         self.truncate_owed = bool(busy)
 
 
 class _Postgres(_Database):
-    def __init__(self, url: DatabaseURL) -> None:
-        import psycopg
+    """One psycopg connection, replaced when the server has closed it (a restart, a
+    failover, `pg_terminate_backend`, an idle timeout).
 
+    Outside a transaction a statement is a read, a BEGIN or a VACUUM, safe to send again:
+    a closed connection is replaced before it, and one found closed by it is replaced and
+    the statement sent once more. Inside a transaction a lost connection fails the unit
+    of work (its transaction went with the connection); `rollback` then has nothing to
+    undo, and the next statement reconnects.
+    """
+
+    def __init__(self, url: DatabaseURL) -> None:
         super().__init__()
         self.url = url
-        self.conn = psycopg.connect(url.conninfo(), autocommit=True)
+        self.conn = self._connect()
         if url.schema:
             self.conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{url.schema}"')
-            self.conn.execute(f'SET search_path TO "{url.schema}"')
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        conn = psycopg.connect(self.url.conninfo(), autocommit=True)
+        if self.url.schema:
+            conn.execute(f'SET search_path TO "{self.url.schema}"')
+        return conn
+
+    def _call(self, statement: Callable[[], _T]) -> _T:
+        if self._in_tx:
+            try:
+                return statement()
+            except Exception:
+                if self.conn.closed:  # the transaction ended with the connection
+                    self._in_tx = False
+                raise
+        if self.conn.closed:
+            self.conn = self._connect()
+        try:
+            return statement()
+        except Exception:
+            if not self.conn.closed:
+                raise
+        self.conn = self._connect()  # closed by the server since the last statement
+        return statement()
+
+    def rollback(self) -> None:
+        if self._in_tx and self.conn.closed:
+            self._in_tx = False  # nothing to roll back: the server ended it
+        try:
+            super().rollback()
+        except Exception:
+            if not self.conn.closed:
+                raise
+            self._in_tx = False
 
     def _run(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self.conn.cursor() as cur:
@@ -219,8 +304,12 @@ class _Postgres(_Database):
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self._begin()
-        with self.conn.cursor() as cur:
-            cur.executemany(sql.replace("?", "%s"), rows)
+
+        def run() -> None:
+            with self.conn.cursor() as cur:
+                cur.executemany(sql.replace("?", "%s"), rows)
+
+        self._call(run)
 
     def insert_many(
         self, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[Any]
@@ -232,18 +321,43 @@ class _Postgres(_Database):
             return
         self._begin()
         names = ", ".join(name for name, _ in columns)
-        with self.conn.cursor() as cur, cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
-            copy.set_types([kind for _, kind in columns])
-            for row in rows:
-                copy.write_row(row)
 
-    def begin_exclusive(self, table: str) -> None:
+        def run() -> None:
+            with self.conn.cursor() as cur, cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                copy.set_types([kind for _, kind in columns])
+                for row in rows:
+                    copy.write_row(row)
+
+        self._call(run)
+
+    def begin_exclusive(self, *tables: str) -> None:
         self._begin()
-        self.conn.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")  # reads go on
+        locked = ", ".join(tables)
+        self._call(lambda: self.conn.execute(f"LOCK TABLE {locked} IN EXCLUSIVE MODE"))
+
+    def begin_writing(self, table: str) -> None:
+        self._begin()
+        self._call(lambda: self.conn.execute(f"LOCK TABLE {table} IN ROW EXCLUSIVE MODE"))
+
+    def live_subjects(self, scope: str, subjects: Sequence[str]) -> set[str]:
+        """`FOR SHARE` locks the live key rows: a shredding (an UPDATE of such a row) that
+        has not committed is waited for, and its result read (the row no longer matches);
+        one that comes later waits for this transaction. One statement, rows locked in kid
+        order, the order a shredding by kids usually takes them in: a deadlock with a
+        shredding of several subjects stays rare (the server then fails one of the two)."""
+        self._begin()
+        rows = self._call(
+            lambda: self._run(
+                "SELECT subject FROM ledger_keys WHERE scope = ? AND wrapped IS NOT NULL "
+                "AND subject = ANY(?) ORDER BY kid FOR SHARE",
+                (scope, list(subjects)),
+            )
+        )
+        return {r[0] for r in rows}
 
     def compact(self) -> None:
         self.commit()
-        self.conn.execute("VACUUM ledger_keys, ledger_lookup")
+        self._call(lambda: self.conn.execute("VACUUM ledger_keys, ledger_lookup"))
 
 
 def _now() -> str:
@@ -296,24 +410,57 @@ class KeySession:
             key = self._store._unwrap(wrapped, self._store._aad(subject, scope, kid))
             found = DataKey(subject, scope, generation, kid, key)
         else:
-            generation = top[0] + 1 if top else 1
-            kid = os.urandom(8).hex()
-            key = AESGCM.generate_key(bit_length=256)
-            found = DataKey(subject, scope, generation, kid, key)
-            wrapped_new = self._store._wrap(key, self._store._aad(subject, scope, kid))
-            self.new_keys.append((found, wrapped_new))
+            found = self._new_key(subject, scope, top[0] + 1 if top else 1)
         self._open[(subject, scope)] = found
         return found
+
+    def renew(self, subject: str, scope: str) -> DataKey:
+        """A new generation for a scope whose current key this unit of work shreds.
+
+        For a command that seals into a scope after an earlier command of the same unit of
+        work erased it (an `erase`, then a bookkeeping `collect` into a scope the erase
+        shreds): the next generation after the current key (the one open in this session,
+        or else the newest in the store), a fresh kid and key, written with the other new
+        keys at `commit`, and the open key of (subject, scope) from now on, so later seals
+        use it. `rollback_to` forgets it like any new key.
+        """
+        generations = [0]
+        found = self._open.get((subject, scope))
+        if found is not None:
+            generations.append(found.generation)
+        top = self._top.get((subject, scope))
+        if top is not None:
+            generations.append(top[0])
+        renewed = self._new_key(subject, scope, max(generations) + 1)
+        self._open[(subject, scope)] = renewed
+        return renewed
+
+    def _new_key(self, subject: str, scope: str, generation: int) -> DataKey:
+        """A fresh key of this generation, wrapped, to be written at `commit`."""
+        kid = os.urandom(8).hex()
+        key = AESGCM.generate_key(bit_length=256)
+        made = DataKey(subject, scope, generation, kid, key)
+        wrapped = self._store._wrap(key, self._store._aad(subject, scope, kid))
+        self.new_keys.append((made, wrapped))
+        return made
 
     def checkpoint(self) -> int:
         """How many new keys there are now, for `rollback_to` (a command of a group)."""
         return len(self.new_keys)
 
     def rollback_to(self, mark: int) -> None:
-        """Forget the keys made since `checkpoint`: a rejected command writes no key."""
-        for key, _ in self.new_keys[mark:]:
-            self._open.pop((key.subject, key.scope), None)
+        """Forget the keys made since `checkpoint`: a rejected command writes no key.
+
+        A scope whose open key goes opens again as it was at the mark: the newest new key
+        made before it (a key `renew` replaced), or else the store's key (`key_for_sealing`).
+        """
+        gone = {(key.subject, key.scope) for key, _ in self.new_keys[mark:]}
         del self.new_keys[mark:]
+        for scope_key in gone:
+            self._open.pop(scope_key, None)
+        for key, _ in self.new_keys:
+            if (key.subject, key.scope) in gone:
+                self._open[(key.subject, key.scope)] = key  # the newest one wins
 
     def commit(self) -> None:
         """Write the new keys in one transaction (before the events that use them)."""
@@ -383,6 +530,14 @@ class KeyStore:
         """Each (subject, kind) gets this digest as its current identifier, in one transaction.
 
         Subjects registered in the same unit of work have no earlier rows to remove.
+
+        Invariant: a subject has lookup rows only while it has a live `customer_data` key.
+        Rows of a subject without one are not written (and any it had are removed): the
+        check runs inside this write transaction, which a shredding cannot overtake (see
+        `_Database.live_subjects`), so an erasure that lands between a unit of work's
+        events and its index rows, or during `Ledger.reindex_lookups`, is never undone.
+        An identifier kept only in another scope (a customer number collected for
+        bookkeeping) is therefore not findable, as after an erasure.
         """
         fresh = [
             (kind, digest, subject) for subject, kind, digest in rows if subject in new_subjects
@@ -410,6 +565,16 @@ class KeyStore:
         new_subjects: Collection[str],
     ) -> None:
         """Delete and insert-or-ignore for known subjects; plain inserts of `fresh` rows."""
+        self._db.begin()
+        subjects = sorted({subject for subject, _, _ in rows})
+        live = self._db.live_subjects(CUSTOMER_DATA, subjects)
+        if len(live) < len(subjects):
+            self._db.executemany(
+                "DELETE FROM ledger_lookup WHERE subject = ?",
+                [(subject,) for subject in subjects if subject not in live],
+            )
+            rows = [row for row in rows if row[0] in live]
+            fresh = [row for row in fresh if row[2] in live]
         self._db.executemany(
             "DELETE FROM ledger_lookup WHERE subject = ? AND kind = ?",
             [(subject, kind) for subject, kind, _ in rows if subject not in new_subjects],
@@ -522,18 +687,23 @@ class KeyStore:
             generation = int(rows[0][0]) + 1
             kid = os.urandom(8).hex()
             key = AESGCM.generate_key(bit_length=256)
-            self._db.execute(
-                "INSERT INTO ledger_keys (subject, scope, generation, kid, wrapped, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (
-                    subject,
-                    scope,
-                    generation,
-                    kid,
-                    self._wrap(key, self._aad(subject, scope, kid)),
-                    _now(),
-                ),
-            )
+            try:
+                self._db.execute(
+                    "INSERT INTO ledger_keys (subject, scope, generation, kid, wrapped, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (
+                        subject,
+                        scope,
+                        generation,
+                        kid,
+                        self._wrap(key, self._aad(subject, scope, kid)),
+                        _now(),
+                    ),
+                )
+                self._still_the_master()
+            except BaseException:
+                self._db.rollback()
+                raise
             self._done()
             created = self.active_key(subject, scope)
             if created is None:  # pragma: no cover - lost a race and the winner was shredded
@@ -671,12 +841,15 @@ class KeyStore:
             rows = self._db.execute("SELECT value FROM ledger_secrets WHERE name = ?", (name,))
             if not rows and create:
                 try:
+                    # The lock first (it waits for a rewrap in progress, and keeps one from
+                    # starting), then the master key it will be wrapped under.
+                    self._db.begin_writing("ledger_secrets")
+                    self._still_the_master()
                     self._db.execute(
                         "INSERT INTO ledger_secrets (name, value) VALUES (?, ?) "
                         "ON CONFLICT DO NOTHING",
                         (name, self._wrap(os.urandom(32), aad)),
                     )
-                    self._still_the_master()
                     rows = self._db.execute(
                         "SELECT value FROM ledger_secrets WHERE name = ?", (name,)
                     )
@@ -718,11 +891,12 @@ class KeyStore:
     ) -> int:
         """Re-encrypt every live key (and the lookup and receipt keys) under a new master key.
 
-        One transaction that no other writer of keys can enter (their reads go on), so a
-        key shredded or made meanwhile is neither brought back nor left under the old
-        master key. `before_commit` runs last inside it: the place to keep the new master
-        key safe, since once this commits nothing opens without it. Processes still
-        holding the old master key refuse to write keys from then on (`_write_session`).
+        One transaction that no other writer of keys or secrets can enter (their reads go
+        on; on PostgreSQL both tables are locked), so a key or secret shredded or made
+        meanwhile is neither brought back nor left under the old master key.
+        `before_commit` runs last inside it: the place to keep the new master key safe,
+        since once this commits nothing opens without it. Processes still holding the old
+        master key refuse to write keys or secrets from then on (`_still_the_master`).
         """
         if len(new_master_key) != 32:
             raise KeyStoreError("the master key must be 32 bytes")
@@ -730,7 +904,7 @@ class KeyStore:
         count = 0
         with self._lock:
             try:
-                self._db.begin_exclusive("ledger_keys")
+                self._db.begin_exclusive("ledger_keys", "ledger_secrets")
                 rows = self._db.execute(
                     "SELECT subject, scope, kid, wrapped FROM ledger_keys WHERE wrapped IS NOT NULL"
                 )
