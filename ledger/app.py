@@ -146,6 +146,14 @@ def payload_hash(raw: dict[str, Any], key: bytes) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
+def _shredding_pending(subject: DataSubject, kid: str) -> bool:
+    """Whether this key's shredding is among the subject's events not yet saved."""
+    return any(
+        isinstance(event, DataSubject.ScopeShredded) and kid in event.kids
+        for event in subject.pending_events
+    )
+
+
 class ScopeSealer:
     """Seals values for one unit of work with the keys of its key session."""
 
@@ -155,11 +163,17 @@ class ScopeSealer:
 
     def seal(self, subject: str, scope: str, category: str, value: Any) -> dict[str, str]:
         key = self.session.key_for_sealing(subject, scope)
-        # The session read its keys before the subject was loaded: if a shredding landed in
-        # between, the subject knows the kid is shredded; retry with freshly read keys.
         loaded = self.uow.subjects.get(subject) if self.uow is not None else None
         if loaded is not None and key.kid in loaded.scopes.get(scope, {}).get("shredded", {}):
-            raise KeyConflict("the scope was shredded while this unit of work ran")
+            if _shredding_pending(loaded, key.kid):
+                # An earlier command of this unit of work shredded the scope (an erasure,
+                # then a bookkeeping entry for the same year): a new generation, as for a
+                # returning customer. Retrying could never help: the erasure comes again.
+                key = self.session.renew(subject, scope)
+            else:
+                # The session read its keys before the subject was loaded, and another
+                # process shredded the scope in between: retry with freshly read keys.
+                raise KeyConflict("the scope was shredded while this unit of work ran")
         sealed = seal(
             key.key, subject=subject, scope=scope, kid=key.kid, category=category, value=value
         )

@@ -99,3 +99,43 @@ def test_a_snapshot_that_cannot_be_written_fails_no_command(
     results = ledger.execute_many([dialogue] * 120)  # crosses the snapshot interval
     assert all(r["ok"] for r in results)
     assert [e["version"] for e in ledger.history(subject)][-1] == 122  # each written once
+
+
+def test_an_erasure_and_a_bookkeeping_entry_in_one_group_both_stand(ledger: Ledger) -> None:
+    """An `erase` followed in the same unit of work by a bookkeeping entry for a year the
+    erase shreds met its own shredding as a conflict, was retried 30 times, and failed
+    every command of its HTTP group: the entry now gets a new key generation."""
+    old = "2015-06-01T10:00:00+02:00"
+    subject = ledger.execute({**_register("gammel@example.dk"), "occurred_at": old})["subject"]
+    other = ledger.execute(_register("anden@example.dk"))["subject"]
+    invoice = {
+        "type": "collect",
+        "subject": subject,
+        "category": "invoice",
+        "value": {"number": "F-2015-1", "amount_dkk": "100.00"},
+        "purpose": "bookkeeping",
+        "legal_basis": "legal_obligation",
+        "source": "system",
+        "occurred_at": old,
+    }
+    assert ledger.execute(invoice)["ok"]
+    credit = {**invoice, "value": {"number": "F-2015-2", "amount_dkk": "-100.00"}}
+    for atomic in (True, False):
+        results = ledger.app.execute_many(
+            [
+                {"type": "erase", "subject": subject},
+                credit,
+                {"type": "record_dialogue", "subject": other},
+            ],
+            atomic=atomic,
+        )
+        assert [r["ok"] for r in results] == [True, True, True], results
+    records = sorted(
+        (r for r in ledger.keystore.records(subject) if r.scope == "bookkeeping:2015"),
+        key=lambda r: r.generation,
+    )
+    assert [r.generation for r in records] == [1, 2, 3]
+    assert [r.shredded_at is None for r in records] == [False, False, True]
+    view = ledger.subject(subject, reveal=True, purpose="audit of the credit note")
+    invoices = {d["category"]: d["value"] for d in view["data"]}
+    assert invoices["invoice"] == {"number": "F-2015-2", "amount_dkk": "-100.00"}
