@@ -366,13 +366,17 @@ class Ledger:
     def reindex_lookups(self) -> int:
         """Rebuild every subject's identifier index rows from its sealed identifiers.
 
-        For repair after a crash between saving events and writing index rows. Decrypts
-        identifiers in memory only, to hash them; nothing is revealed to anyone.
+        For repair after a crash between saving events and writing index rows; an erased
+        subject's rows are removed. Decrypts identifiers in memory only, to hash them;
+        nothing is revealed to anyone.
         """
         rows: list[tuple[str, str, bytes]] = []
         lookup_key = self.keystore.lookup_key()
         for subject_id in self.subject_ids():
             subject = self.app.load_subject(subject_id)
+            if subject.erased:  # rows a race once wrote back for an erased subject go
+                self.keystore.remove_lookups(subject_id)
+                continue
             keys = self.keystore.keys(subject_id)
             for kind in LOOKUP_KINDS:
                 item = subject.latest_item(kind)

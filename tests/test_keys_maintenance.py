@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ledger.crypto.lookup import lookup_digest
 from ledger.facade import Ledger
 
 SUBJECT = "7a3c1e55-3b0d-4c8e-9d6a-1f2e3d4c5b6a"
@@ -41,6 +42,18 @@ def test_reindex_rebuilds_lost_index_rows_but_not_for_erased_subjects(ledger: Le
     assert ledger.find("email", " KAJ.MUNK@example.dk") == [SUBJECT]
     assert ledger.find("phone", "20304050") == [SUBJECT]
     assert ledger.find("email", "gone@example.dk") == []
+
+    # a row an old race wrote back after the erasure: the reindex removes it
+    digest = lookup_digest(ledger.keystore.lookup_key(), "email", "gone@example.dk")
+    with ledger.keystore._lock:
+        ledger.keystore._db.execute(
+            "INSERT INTO ledger_lookup (kind, digest, subject) VALUES (?, ?, ?)",
+            ("email", digest, erased),
+        )
+        ledger.keystore._db.commit()
+    assert ledger.keystore.find("email", digest) == [erased]
+    ledger.reindex_lookups()
+    assert ledger.keystore.find("email", digest) == []
 
 
 def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
