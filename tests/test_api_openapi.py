@@ -108,7 +108,7 @@ def subject(served: Served) -> str:
 
 UNKNOWN = str(uuid.uuid4())
 TOO_LARGE = b"x" * (1024 * 1024 + 10)
-AS_TEXT = {"Content-Type": "text/plain"}
+NOT_JSON = {"Content-Type": "image/png"}  # a type that cannot hold JSON
 
 
 def _cases(subject: str) -> list[tuple[str, str, str, str | None, dict[str, Any], int]]:
@@ -148,7 +148,7 @@ def _cases(subject: str) -> list[tuple[str, str, str, str | None, dict[str, Any]
             "/v1/commands",
             "/v1/commands",
             "service",
-            {"content": json.dumps(dialogue), "headers": AS_TEXT},
+            {"content": json.dumps(dialogue), "headers": NOT_JSON},
             415,
         ),
         ("post", "/v1/commands", "/v1/commands", "service", {"json": marketing}, 422),
@@ -208,10 +208,10 @@ def _cases(subject: str) -> list[tuple[str, str, str, str | None, dict[str, Any]
             "/v1/tokens",
             "/v1/tokens",
             "admin",
-            {"content": json.dumps(token), "headers": AS_TEXT},
+            {"content": json.dumps(token), "headers": NOT_JSON},
             415,
         ),
-        ("post", "/v1/tokens", "/v1/tokens", "admin", {"data": token}, 415),
+        ("post", "/v1/tokens", "/v1/tokens", "admin", {"data": token}, 400),  # a form: no JSON
         ("post", "/v1/tokens", "/v1/tokens", "admin", {"content": TOO_LARGE}, 413),
         ("delete", "/v1/tokens/{token}", "/v1/tokens/no-such-token", "admin", {}, 404),
         ("get", "/healthz", "/healthz", None, {}, 200),

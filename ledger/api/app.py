@@ -44,7 +44,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 DESCRIPTION = """\
 The personal data ledger of CEKURA A/S over HTTP. Every request but `/healthz` and this
 document needs `Authorization: Bearer <token>` (`ledger token create --role ROLE --name NAME`).
-Bodies are JSON, sent as `Content-Type: application/json` (or without a Content-Type).
+Bodies are JSON, best sent as `Content-Type: application/json` (a body without one, or
+sent as a form or text as tools do by default, is read as JSON too; multipart is 415).
 Every error, whatever its status, is `{"ok": false, "error": {"code", "message"}}` (schema
 `Error`); see docs/http.md. Answers are sent with `Cache-Control: no-store`.
 """
