@@ -120,10 +120,14 @@ class _Anchors:
 
 
 def later(current: str | None, candidate: str) -> str:
-    """The later of two RFC 3339 times, compared as instants (as the aggregate does)."""
-    if current is None or parse_iso(candidate) > parse_iso(current):
+    """The later of two RFC 3339 times, compared as instants (as the aggregate does).
+
+    Times written alike (same length, same offset) compare as text, without parsing."""
+    if current is None:
         return candidate
-    return current
+    if len(current) == len(candidate) and current[-6:] == candidate[-6:]:
+        return candidate if candidate > current else current
+    return candidate if parse_iso(candidate) > parse_iso(current) else current
 
 
 def _topic(name: str) -> str:
