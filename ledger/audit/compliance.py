@@ -41,7 +41,7 @@ from ledger.audit.store import AuditError, derive
 from ledger.domain.calendar import add_months, local_date, request_due_date
 from ledger.domain.policy import PolicyCatalogue
 from ledger.domain.retention import scope_deadline
-from ledger.domain.subject import withdraws_all
+from ledger.domain.subject import later, withdraws_all
 from ledger.errors import LedgerError
 
 __all__ = ["SWEEP_ALLOWANCE", "HistoryChecker", "check_checkpoints"]
@@ -155,11 +155,7 @@ class _Subject:
     erased: bool = False
 
     def later(self, current: str | None, new: str | None) -> str | None:
-        if current is None:
-            return new
-        if new is None:
-            return current
-        return new if datetime.fromisoformat(new) > datetime.fromisoformat(current) else current
+        return current if new is None else later(current, new)
 
     def active_holds(self) -> list[dict[str, Any]]:
         return [h for h in self.holds.values() if h["released_at"] is None]

@@ -131,11 +131,11 @@ class DataSubject(Aggregate):
             if self.value["kid"] not in kids:
                 kids.append(self.value["kid"])
             if self.scope == "marketing":
-                subject.marketing_registered_at = _later(
+                subject.marketing_registered_at = later(
                     subject.marketing_registered_at, self.occurred_at
                 )
             if self.source == "subject":  # the subject gave it to us: contact (policy §7)
-                subject.last_dialogue_at = _later(subject.last_dialogue_at, self.occurred_at)
+                subject.last_dialogue_at = later(subject.last_dialogue_at, self.occurred_at)
 
     class DataRectified(Event):
         category: str
@@ -309,11 +309,11 @@ class DataSubject(Aggregate):
 
         def apply(self, subject: DataSubject) -> None:
             subject.relationships[self.relationship].update(active=False, ended_at=self.occurred_at)
-            subject.relationship_ended_at = _later(subject.relationship_ended_at, self.occurred_at)
+            subject.relationship_ended_at = later(subject.relationship_ended_at, self.occurred_at)
 
     class DialogueRecorded(Event):
         def apply(self, subject: DataSubject) -> None:
-            subject.last_dialogue_at = _later(subject.last_dialogue_at, self.occurred_at)
+            subject.last_dialogue_at = later(subject.last_dialogue_at, self.occurred_at)
 
     class CompetitionEntered(Event):
         competition: str
@@ -1314,10 +1314,16 @@ class DataSubject(Aggregate):
         )
 
 
-def _later(current: str | None, candidate: str) -> str:
-    if current is None or parse_iso(candidate) > parse_iso(current):
+def later(current: str | None, candidate: str) -> str:
+    """The later of two RFC 3339 times, compared as instants; the aggregate, the read
+    models and the audit's replay keep their anchors with it.
+
+    Times written alike (same length, same offset) compare as text, without parsing."""
+    if current is None:
         return candidate
-    return current
+    if len(current) == len(candidate) and current[-6:] == candidate[-6:]:
+        return candidate if candidate > current else current
+    return candidate if parse_iso(candidate) > parse_iso(current) else current
 
 
 def _purpose_allows(purpose: Purpose, categories: list[str]) -> None:

@@ -19,7 +19,7 @@ from eventsourcing.utils import get_topic
 
 from ledger.domain.policy import PolicyCatalogue
 from ledger.domain.retention import scope_due_date
-from ledger.domain.subject import DataSubject, parse_iso, retention_class_of, withdraws_all
+from ledger.domain.subject import DataSubject, later, retention_class_of, withdraws_all
 from ledger.projections.schema import (
     AGREEMENTS,
     COMPETITIONS,
@@ -117,17 +117,6 @@ class _Anchors:
 
     def has_active_relationship(self) -> bool:
         return any(r["active"] for r in self.relationships.values())
-
-
-def later(current: str | None, candidate: str) -> str:
-    """The later of two RFC 3339 times, compared as instants (as the aggregate does).
-
-    Times written alike (same length, same offset) compare as text, without parsing."""
-    if current is None:
-        return candidate
-    if len(current) == len(candidate) and current[-6:] == candidate[-6:]:
-        return candidate if candidate > current else current
-    return candidate if parse_iso(candidate) > parse_iso(current) else current
 
 
 def _topic(name: str) -> str:
