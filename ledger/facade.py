@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -96,6 +96,21 @@ class _KeysOnDemand(Mapping[str, bytes]):
     def clear(self) -> None:
         if self._keys is not None:
             self._keys.clear()
+
+
+def _views_of(events: Iterable[object]) -> list[dict[str, Any]]:
+    """The `DataViewed` events among a subject's events, as `Ledger.views` lists them."""
+    return [
+        {
+            "viewed_at": vars(event)["occurred_at"],
+            "recorded_at": event.timestamp.isoformat(),
+            "actor": vars(event)["actor"],
+            "purpose": vars(event)["purpose"],
+            "categories": vars(event)["categories"],
+        }
+        for event in events
+        if isinstance(event, DataSubject.DataViewed)
+    ]
 
 
 def private_file(path: Path | None) -> None:
@@ -284,7 +299,7 @@ class Ledger:
             subject,
             view,
             self.policy,
-            self.views(subject_id),
+            _views_of(events),
             generated_at=now,
             earlier=earlier,
         )
@@ -292,17 +307,7 @@ class Ledger:
     def views(self, subject_id: str) -> list[dict[str, Any]]:
         """Who read the subject's plaintext, when and why (CJEU C-579/21)."""
         subject_id = canonical_subject_id(subject_id)
-        return [
-            {
-                "viewed_at": vars(event)["occurred_at"],
-                "recorded_at": event.timestamp.isoformat(),
-                "actor": vars(event)["actor"],
-                "purpose": vars(event)["purpose"],
-                "categories": vars(event)["categories"],
-            }
-            for event in self.app.events.get(UUID(subject_id))
-            if isinstance(event, DataSubject.DataViewed)
-        ]
+        return _views_of(self.app.events.get(UUID(subject_id)))
 
     def requests(
         self, *, overdue: bool = False, now: datetime | None = None
