@@ -161,13 +161,9 @@ def print_facts(title: str, facts: Sequence[tuple[str, Any]]) -> None:
     console.print(table)
 
 
-def yes_no(value: Any) -> str:
-    return "yes" if value else "no"
-
-
 def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, bool):
-        return yes_no(value)
+        return "yes" if value else "no"
     return str(value)

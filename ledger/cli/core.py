@@ -23,7 +23,6 @@ from ledger.cli.common import (
     print_facts,
     print_json,
     print_table,
-    yes_no,
 )
 from ledger.errors import LedgerError
 from ledger.facade import Ledger
@@ -121,17 +120,18 @@ def subject_show(
 
 def show_subject(view: dict[str, Any], *, revealed: bool) -> None:
     """`subject show` for a person: every part of the view an officer acts on, each as a
-    table (the parts that are empty are left out), nothing cut short."""
+    table (the parts that are empty are left out), nothing cut short; `print_table` and
+    `print_facts` say yes and no for true and false."""
     facts = [
         ("subject", view["subject"]),
         ("kind", view["kind"]),
         ("status", view["status"]),
         ("registered", view["registered_at"]),
-        ("processing restricted (Art. 18)", yes_no(view["restricted"])),
+        ("processing restricted (Art. 18)", view["restricted"]),
     ]
-    if view.get("provided_by"):
+    if view["provided_by"]:
         facts.append(("data given by subject", view["provided_by"]))
-    if view.get("erased_at"):
+    if view["erased_at"]:
         facts.append(("erased", view["erased_at"]))
     print_facts("Subject", facts)
     print_table(
@@ -157,9 +157,9 @@ def show_subject(view: dict[str, Any], *, revealed: bool) -> None:
             [
                 (
                     c["purpose"],
-                    yes_no(c["active"]),
+                    c["active"],
                     ", ".join(c["channels"]),
-                    yes_no(c["explicit"]),
+                    c["explicit"],
                     ", ".join(c["categories"]),
                     c["given_at"],
                     c["withdrawn_at"],
@@ -176,8 +176,8 @@ def show_subject(view: dict[str, Any], *, revealed: bool) -> None:
             "Relationships",
             ["relationship", "active", "started", "ended"],
             [
-                (r["relationship"], yes_no(r["active"]), r["started_at"], r["ended_at"])
-                for r in view.get("relationships", [])
+                (r["relationship"], r["active"], r["started_at"], r["ended_at"])
+                for r in view["relationships"]
             ],
         ),
         (
@@ -226,24 +226,18 @@ def show_subject(view: dict[str, Any], *, revealed: bool) -> None:
             ["transferred", "recipient", "country", "categories"],
             [
                 (t["transferred_at"], t["recipient"], t["country"], ", ".join(t["categories"]))
-                for t in view.get("transfers", [])
+                for t in view["transfers"]
             ],
         ),
         (
             "Legal holds",
             ["hold", "reason", "placed", "released"],
-            [
-                (h["hold"], h["reason"], h["placed_at"], h["released_at"])
-                for h in view.get("holds", [])
-            ],
+            [(h["hold"], h["reason"], h["placed_at"], h["released_at"]) for h in view["holds"]],
         ),
         (
             "Retention",
             ["scope", "deadline", "held", "shredded"],
-            [
-                (r["scope"], r["deadline"], yes_no(r["held"]), r["shredded_at"])
-                for r in view["retention"]
-            ],
+            [(r["scope"], r["deadline"], r["held"], r["shredded_at"]) for r in view["retention"]],
         ),
         (
             "Requests",
@@ -255,8 +249,8 @@ def show_subject(view: dict[str, Any], *, revealed: bool) -> None:
                     r["received_at"],
                     r["due"],
                     r["status"],
-                    yes_no(r.get("extended", False)),
-                    r.get("outcome"),
+                    r["extended"],
+                    r["outcome"],
                 )
                 for r in view["requests"]
             ],
