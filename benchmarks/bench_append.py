@@ -31,9 +31,9 @@ from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
 from benchmarks.common import fresh_settings, median, postgres_reachable, report, timed
-from ledger.app import application_env
 from ledger.config import Settings
 from ledger.facade import Ledger
+from ledger.persistence import application_env
 
 
 class PlainSubject(Aggregate):

@@ -43,9 +43,10 @@ import psycopg
 
 from benchmarks.bench_append import onboarding
 from benchmarks.common import MASTER_KEY, PG_URL, fresh_settings, postgres_reachable, report
-from ledger.app import LedgerApplication, application_env
+from ledger.app import LedgerApplication
 from ledger.config import DatabaseURL, Settings
 from ledger.facade import Ledger
+from ledger.persistence import application_env
 from ledger.projections import ReadModels
 from ledger.queries import subject_view
 

@@ -41,9 +41,9 @@ from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
 from benchmarks.common import fresh_settings, median, postgres_reachable, report, timed
-from ledger.app import application_env
 from ledger.config import Settings
 from ledger.facade import Ledger
+from ledger.persistence import application_env
 
 CA = "customer_administration"
 LONG_AGO = "2024-01-10T09:00:00+01:00"  # registration: customer_data due on 10 March 2024

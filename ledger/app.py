@@ -1,81 +1,49 @@
 """LedgerApplication: executes commands against DataSubject aggregates (DESIGN 3).
 
-A command travels: parse (`commands`) → load aggregates → the aggregate checks the rules
-and, through the sealer, encrypts personal values with the subject's scope keys → one
-transaction saves every event of the unit of work → keys of shredded scopes are destroyed
-(after the `ScopeShredded` event is safe, DESIGN 4.3).
+A command travels: parse (`commands`) → load aggregates → its handler (`handlers`) calls
+the aggregate, which checks the rules and, through the sealer, encrypts personal values
+with the subject's scope keys → one transaction saves every event of the unit of work
+(`unit_of_work`), with any idempotency receipts (`receipts`) → keys of shredded scopes
+are destroyed and index rows written (after the events are safe, DESIGN 4.3).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import hmac
 import random
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 from uuid import UUID
 
-import orjson
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Recording, Transcoder
 from eventsourcing.utils import EnvType
 
-from ledger.canonical import canonical_json
 from ledger.clock import Clock, SystemClock
 from ledger.collector import collector_paused
 from ledger.commands import Command, parse_command
-from ledger.config import Settings
-from ledger.crypto.keystore import KeyConflict, KeySession, KeyStore
-from ledger.crypto.lookup import LOOKUP_KINDS, lookup_digest, normalise_identifier
-from ledger.crypto.sealing import seal
-from ledger.domain.calendar import local_date
+from ledger.crypto.keystore import KeyConflict, KeyStore
 from ledger.domain.policy import PolicyCatalogue
-from ledger.domain.subject import DataSubject, check_cpr
+from ledger.domain.subject import DataSubject
 from ledger.errors import LedgerError, unknown_subject
 from ledger.eventstore import EventStoreQueries
+from ledger.handlers import CommandHandlers
 from ledger.logs import get_logger
+from ledger.persistence import OrjsonTranscoder
 from ledger.policies import load_policy
+from ledger.receipts import RECEIPTS_HONOURED, CommandReceipt, payload_hash, receipt_period
+from ledger.unit_of_work import ScopeSealer, UnitOfWork
 
 log = get_logger("ledger.app")
 
 CLOCK_SKEW = timedelta(minutes=1)
 MAX_ATTEMPTS = 30  # a writer racing a busy one on the same subject may lose many times
 BATCH_LOG_THRESHOLD = 20
-RECEIPT_NAMESPACE = UUID("6f1c1a52-4d1e-4bb5-9a57-0c9b1c1ad0e5")
-
-
-class OrjsonTranscoder(Transcoder):
-    """Events hold plain JSON values; only the library's own times are datetimes.
-
-    Those are an event's `timestamp` and, inside a snapshot's `state`, the aggregate's
-    `_created_on` and `_modified_on`.
-    """
-
-    def encode(self, obj: Any) -> bytes:
-        return orjson.dumps(obj)
-
-    def decode(self, data: bytes) -> Any:
-        state = orjson.loads(data)
-        _to_datetime(state, "timestamp")
-        inner = state.get("state")
-        if isinstance(inner, dict) and "topic" in state:
-            _to_datetime(inner, "_created_on")
-            _to_datetime(inner, "_modified_on")
-        return state
-
-
-def _to_datetime(state: dict[str, Any], key: str) -> None:
-    value = state.get(key)
-    if isinstance(value, str):
-        state[key] = datetime.fromisoformat(value)
 
 
 def project(aggregate: Any, events: Iterable[Any]) -> Any:
@@ -87,160 +55,6 @@ def project(aggregate: Any, events: Iterable[Any]) -> Any:
     for event in events:
         aggregate = event.mutate(aggregate)
     return aggregate
-
-
-class CommandReceipt(Aggregate):
-    """The first result of a command sent with an idempotency key.
-
-    Saved in the same transaction as the command's events; its id is derived from the key,
-    so a concurrent repeat collides on the event store's unique constraint.
-    """
-
-    class Received(Aggregate.Created):
-        payload_hash: str
-        result: dict[str, Any]
-        period: str | None = None  # whose receipt key made the hash (None: the lookup key)
-
-    def __init__(
-        self, payload_hash: str, result: dict[str, Any], period: str | None = None
-    ) -> None:
-        self.payload_hash = payload_hash
-        self.result = result
-        self.period = period
-
-    @staticmethod
-    def id_for(key: str) -> UUID:
-        return uuid.uuid5(RECEIPT_NAMESPACE, key)
-
-    @classmethod
-    def issue(
-        cls, key: str, payload_hash: str, result: dict[str, Any], period: str
-    ) -> CommandReceipt:
-        return cls._create(
-            cls.Received,
-            id=cls.id_for(key),
-            payload_hash=payload_hash,
-            result=result,
-            period=period,
-        )
-
-
-RECEIPTS_HONOURED = timedelta(days=7)
-"""How long an idempotency key is honoured at least; its receipt key goes within 14 days."""
-
-
-def receipt_period(moment: datetime) -> str:
-    """The ISO week (Copenhagen) whose receipt key hashes a command received at `moment`."""
-    year, week, _ = local_date(moment).isocalendar()
-    return f"{year}-W{week:02d}"
-
-
-def payload_hash(raw: dict[str, Any], key: bytes) -> str:
-    """Keyed (HMAC under a key-store key): the command holds personal values, and a plain
-    hash in a receipt would let the event store alone confirm a guessed CPR number. The
-    key is the receipt key of the week (`KeyStore.receipt_key`), destroyed when the week's
-    receipts are no longer honoured, so no receipt confirms anything for long, not even
-    to whoever holds the key store (receipts made before these keys used the lookup key)."""
-    body = {k: v for k, v in raw.items() if k != "idempotency_key"}
-    message = b"ledger/v1/receipt\x00" + canonical_json(body)
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
-
-
-def _shredding_pending(subject: DataSubject, kid: str) -> bool:
-    """Whether this key's shredding is among the subject's events not yet saved."""
-    return any(
-        isinstance(event, DataSubject.ScopeShredded) and kid in event.kids
-        for event in subject.pending_events
-    )
-
-
-class ScopeSealer:
-    """Seals values for one unit of work with the keys of its key session."""
-
-    def __init__(self, session: KeySession, uow: UnitOfWork | None = None) -> None:
-        self.session = session
-        self.uow = uow
-
-    def seal(self, subject: str, scope: str, category: str, value: Any) -> dict[str, str]:
-        key = self.session.key_for_sealing(subject, scope)
-        loaded = self.uow.subjects.get(subject) if self.uow is not None else None
-        if loaded is not None and key.kid in loaded.scopes.get(scope, {}).get("shredded", {}):
-            if _shredding_pending(loaded, key.kid):
-                # An earlier command of this unit of work shredded the scope (an erasure,
-                # then a bookkeeping entry for the same year): a new generation, as for a
-                # returning customer. Retrying could never help: the erasure comes again.
-                key = self.session.renew(subject, scope)
-            else:
-                # The session read its keys before the subject was loaded, and another
-                # process shredded the scope in between: retry with freshly read keys.
-                raise KeyConflict("the scope was shredded while this unit of work ran")
-        sealed = seal(
-            key.key, subject=subject, scope=scope, kid=key.kid, category=category, value=value
-        )
-        return sealed.to_dict()
-
-
-@dataclass
-class Checkpoint:
-    """The state of a unit of work before one command of a group."""
-
-    subject_id: str | None
-    subject: DataSubject | None  # a copy, unless `unchanged`
-    unchanged: bool  # loaded and not changed yet: reload instead of copying
-    receipts: int
-    lookups: dict[str, bytes] | None
-
-
-@dataclass
-class UnitOfWork:
-    """Everything one transaction will write."""
-
-    registered: set[str] = field(default_factory=set)  # chosen ids already in the store
-    subjects: dict[str, DataSubject] = field(default_factory=dict)
-    receipts: list[CommandReceipt] = field(default_factory=list)
-    lookups: dict[str, dict[str, bytes]] = field(default_factory=dict)
-    # read once per unit of work, not per command, and never kept beyond it: the sweeper
-    # destroys a week's key when its receipts are no longer honoured
-    receipt_keys: dict[str, bytes] = field(default_factory=dict)
-
-    def checkpoint(self, subject_id: str | None) -> Checkpoint:
-        """What one command may change, so a rejected command can be undone in a group.
-
-        A subject this unit of work has not changed yet is not copied: undoing means
-        loading it again.
-        """
-        subject = self.subjects.get(subject_id) if subject_id else None
-        lookups = dict(self.lookups.get(subject_id, {})) if subject_id else None
-        unchanged = subject is not None and not subject.pending_events
-        copied = None if unchanged else copy.deepcopy(subject)
-        return Checkpoint(subject_id, copied, unchanged, len(self.receipts), lookups)
-
-    def restore(self, saved: Checkpoint | None, load: Callable[[str], DataSubject]) -> None:
-        if saved is None:
-            return
-        del self.receipts[saved.receipts :]
-        subject_id = saved.subject_id
-        if subject_id is None:
-            return
-        if saved.unchanged:
-            self.subjects[subject_id] = load(subject_id)
-        elif saved.subject is None:
-            self.subjects.pop(subject_id, None)
-        else:
-            self.subjects[subject_id] = saved.subject
-        if not saved.lookups:
-            self.lookups.pop(subject_id, None)
-        else:
-            self.lookups[subject_id] = saved.lookups
-
-    def shredded_keys(self) -> list[tuple[str, str, list[str]]]:
-        """The keys that the pending `ScopeShredded` events say must be destroyed."""
-        return [
-            (subject_id, event.scope, list(event.kids))
-            for subject_id, subject in self.subjects.items()
-            for event in subject.pending_events
-            if isinstance(event, DataSubject.ScopeShredded)
-        ]
 
 
 class LedgerApplication(Application[UUID]):
@@ -267,6 +81,9 @@ class LedgerApplication(Application[UUID]):
         self._keystore = keystore
         self.clock: Clock = clock or SystemClock()
         self.queries = EventStoreQueries(self.recorder)
+        self.handlers = CommandHandlers(
+            self.policy, lambda: self.keystore.lookup_key(), self.load_subject
+        )
         # Held while a unit of work changes cached subjects in place, and while a reader
         # copies one out of the cache: a copy is never taken of a half-applied command.
         self._writing = threading.RLock()
@@ -514,8 +331,7 @@ class LedgerApplication(Application[UUID]):
         occurred_at = command.occurred_at or now
         if occurred_at > now + CLOCK_SKEW:
             raise LedgerError("invalid_command", "field 'occurred_at' is in the future")
-        handler = getattr(self, f"_do_{command.type}")
-        extra: dict[str, Any] = handler(uow, sealer, command, occurred_at)
+        extra = self.handlers.handler(command.type)(uow, sealer, command, occurred_at)
         result = {"ok": True, **extra}
         if command.idempotency_key is not None:
             receipt = CommandReceipt.issue(command.idempotency_key, digest, result, period)
@@ -661,361 +477,6 @@ class LedgerApplication(Application[UUID]):
             return False
         return True
 
-    def _subject(self, uow: UnitOfWork, command: Command) -> DataSubject:
-        subject_id = command.subject
-        assert subject_id is not None
-        found = uow.subjects.get(subject_id)
-        if found is None:
-            found = self.load_subject(subject_id)
-            uow.subjects[subject_id] = found
-        return found
-
-    # -- index ------------------------------------------------------------------------
-
-    def _digest(self, kind: str, value: Any) -> bytes | None:
-        """The lookup digest of an identifier category (validating its form), else None."""
-        if kind not in LOOKUP_KINDS:
-            return None
-        if not isinstance(value, str):
-            raise LedgerError("invalid_command", f"a {kind} identifier must be a string")
-        try:
-            normalised = normalise_identifier(kind, value)
-        except ValueError:
-            code = "invalid_cpr" if kind == "cpr" else "invalid_command"
-            raise LedgerError(code, f"not a valid {kind}") from None
-        return lookup_digest(self.keystore.lookup_key(), kind, normalised)
-
-    def _index(
-        self, uow: UnitOfWork, subject: DataSubject, kind: str, digest: bytes | None
-    ) -> None:
-        if digest is not None:
-            uow.lookups.setdefault(subject.subject_id, {})[kind] = digest
-
-    # -- handlers: one per command type (DESIGN 5.1) ----------------------------------
-
-    def _do_register_subject(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        subject_id = c.get("subject") or str(uuid.uuid4())
-        if subject_id in uow.subjects or subject_id in uow.registered:
-            raise LedgerError("duplicate", f"subject {subject_id} is already registered")
-        provided_by = c.get("provided_by")
-        if provided_by is not None and provided_by not in uow.subjects:
-            self.load_subject(provided_by)
-        identifiers: dict[str, str] = c.get("identifiers") or {}
-        if c.get("cpr_ground") and "cpr" not in identifiers:
-            raise LedgerError("invalid_command", "cpr_ground given without a cpr identifier")
-        subject = DataSubject.register(
-            UUID(subject_id),
-            policy=self.policy,
-            kind=c.fields["kind"],
-            purpose=c.fields["purpose"],
-            legal_basis=c.fields["legal_basis"],
-            provided_by=provided_by,
-            occurred_at=at,
-            actor=c.actor,
-        )
-        digests = {kind: self._digest(kind, value) for kind, value in identifiers.items()}
-        if "cpr" in identifiers:
-            check_cpr(identifiers["cpr"], c.get("cpr_ground"))
-        for kind in ("cpr", "email", "phone", "customer_number", "cvr"):
-            if kind not in identifiers:
-                continue
-            subject.collect(
-                policy=self.policy,
-                sealer=sealer,
-                category=kind,
-                value=identifiers[kind],
-                purpose=c.fields["purpose"],
-                legal_basis=c.fields["legal_basis"],
-                source="third_party" if provided_by else "subject",
-                occurred_at=at,
-                actor=c.actor,
-                cpr_ground=c.get("cpr_ground") if kind == "cpr" else None,
-            )
-        uow.subjects[subject_id] = subject
-        for kind, digest in digests.items():
-            if digest is not None:
-                uow.lookups.setdefault(subject_id, {})[kind] = digest
-        return {"subject": subject_id}
-
-    def _do_collect(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        subject = self._subject(uow, c)
-        category = c.fields["category"]
-        value = c.fields["value"]
-        digest = self._digest(category, value) if category != "cpr" else None
-        subject.collect(
-            policy=self.policy,
-            sealer=sealer,
-            category=category,
-            value=value,
-            purpose=c.fields["purpose"],
-            legal_basis=c.fields["legal_basis"],
-            source=c.fields["source"],
-            occurred_at=at,
-            actor=c.actor,
-            competition=c.get("competition"),
-            cpr_ground=c.get("cpr_ground"),
-        )
-        if category == "cpr":
-            digest = self._digest(category, value)
-        self._index(uow, subject, category, digest)
-        return {}
-
-    def _do_rectify(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        subject = self._subject(uow, c)
-        digest = self._digest(c.fields["category"], c.fields["value"])
-        subject.rectify(
-            policy=self.policy,
-            sealer=sealer,
-            category=c.fields["category"],
-            value=c.fields["value"],
-            request=c.get("request"),
-            occurred_at=at,
-            actor=c.actor,
-        )
-        self._index(uow, subject, c.fields["category"], digest)
-        return {}
-
-    def _do_give_consent(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        self._subject(uow, c).give_consent(
-            policy=self.policy,
-            purpose=c.fields["purpose"],
-            notice_version=c.fields["notice_version"],
-            method=c.fields["method"],
-            channels=c.get("channels") or [],
-            explicit=bool(c.get("explicit", False)),
-            categories=c.get("categories") or [],
-            occurred_at=at,
-            actor=c.actor,
-        )
-        return {}
-
-    def _do_withdraw_consent(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        self._subject(uow, c).withdraw_consent(
-            policy=self.policy,
-            purpose=c.fields["purpose"],
-            channels=c.get("channels") or [],
-            occurred_at=at,
-            actor=c.actor,
-        )
-        return {}
-
-    def _do_object(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        self._subject(uow, c).object(
-            policy=self.policy, purpose=c.fields["purpose"], occurred_at=at, actor=c.actor
-        )
-        return {}
-
-    def _do_restrict(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        self._subject(uow, c).restrict(reason=c.get("reason"), occurred_at=at, actor=c.actor)
-        return {}
-
-    def _do_lift_restriction(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        self._subject(uow, c).lift_restriction(
-            reason=c.get("reason"), occurred_at=at, actor=c.actor
-        )
-        return {}
-
-    def _do_agree_disclosure(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        agreement = str(uuid.uuid4())
-        recipient = c.fields["recipient"]
-        self._subject(uow, c).agree_disclosure(
-            policy=self.policy,
-            sealer=sealer,
-            agreement=agreement,
-            recipient_kind=recipient["kind"],
-            recipient_name=recipient["name"],
-            country=recipient["country"],
-            categories=c.fields["categories"],
-            purpose=c.fields["purpose"],
-            valid_until=c.get("valid_until"),
-            occurred_at=at,
-            actor=c.actor,
-        )
-        return {"agreement": agreement}
-
-    def _do_revoke_disclosure_agreement(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        self._subject(uow, c).revoke_disclosure_agreement(
-            agreement=c.fields["agreement"], occurred_at=at, actor=c.actor
-        )
-        return {}
-
-    def _do_disclose(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        self._subject(uow, c).disclose(
-            policy=self.policy,
-            agreement=c.fields["agreement"],
-            categories=c.fields["categories"],
-            occurred_at=at,
-            actor=c.actor,
-        )
-        return {}
-
-    def _do_transfer(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        self._subject(uow, c).transfer(
-            policy=self.policy,
-            categories=c.fields["categories"],
-            country=c.fields["country"],
-            recipient=c.fields["recipient"],
-            occurred_at=at,
-            actor=c.actor,
-        )
-        return {}
-
-    def _do_process(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        self._subject(uow, c).process(
-            policy=self.policy,
-            purpose=c.fields["purpose"],
-            activity=c.fields["activity"],
-            channel=c.get("channel"),
-            categories=c.get("categories") or [],
-            occurred_at=at,
-            actor=c.actor,
-            legal_basis=c.get("legal_basis"),
-        )
-        return {}
-
-    def _do_start_relationship(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        self._subject(uow, c).start_relationship(
-            policy=self.policy,
-            relationship=c.fields["relationship"],
-            occurred_at=at,
-            actor=c.actor,
-        )
-        return {}
-
-    def _do_end_relationship(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        self._subject(uow, c).end_relationship(
-            relationship=c.fields["relationship"], occurred_at=at, actor=c.actor
-        )
-        return {}
-
-    def _do_record_dialogue(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        self._subject(uow, c).record_dialogue(occurred_at=at, actor=c.actor)
-        return {}
-
-    def _do_enter_competition(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        self._subject(uow, c).enter_competition(
-            policy=self.policy,
-            competition=c.fields["competition"],
-            ends_on=c.fields["competition_ends_on"],
-            occurred_at=at,
-            actor=c.actor,
-        )
-        return {}
-
-    def _do_notify_subject(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        self._subject(uow, c).notify(
-            policy=self.policy,
-            notice=c.fields["notice"],
-            policy_version=c.fields["policy_version"],
-            purpose=c.get("purpose"),
-            occurred_at=at,
-            actor=c.actor,
-        )
-        return {}
-
-    def _do_place_legal_hold(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        hold = str(uuid.uuid4())
-        self._subject(uow, c).place_legal_hold(
-            hold=hold, reason=c.fields["reason"], occurred_at=at, actor=c.actor
-        )
-        return {"hold": hold}
-
-    def _do_release_legal_hold(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        self._subject(uow, c).release_legal_hold(
-            hold=c.fields["hold"], occurred_at=at, actor=c.actor
-        )
-        return {}
-
-    def _do_open_request(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        request = str(uuid.uuid4())
-        due = self._subject(uow, c).open_request(
-            request=request,
-            right=c.fields["right"],
-            received_at=c.get("received_at") or at,
-            occurred_at=at,
-            actor=c.actor,
-        )
-        return {"request": request, "due": due}
-
-    def _do_verify_identity(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        self._subject(uow, c).verify_identity(
-            request=c.fields["request"], occurred_at=at, actor=c.actor
-        )
-        return {}
-
-    def _do_extend_request(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        due = self._subject(uow, c).extend_request(
-            request=c.fields["request"], reason=c.fields["reason"], occurred_at=at, actor=c.actor
-        )
-        return {"due": due}
-
-    def _do_complete_request(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        self._subject(uow, c).complete_request(
-            request=c.fields["request"],
-            outcome=c.fields["outcome"],
-            note=c.get("note"),
-            occurred_at=at,
-            actor=c.actor,
-        )
-        return {}
-
-    def _do_erase(
-        self, uow: UnitOfWork, sealer: ScopeSealer, c: Command, at: datetime
-    ) -> dict[str, Any]:
-        subject = self._subject(uow, c)
-        outcome = subject.erase(
-            policy=self.policy, request=c.get("request"), occurred_at=at, actor=c.actor
-        )
-        return {"shredded": outcome.shredded, "retained": outcome.retained}
-
     # -- logging ----------------------------------------------------------------------
 
     def _log(
@@ -1081,36 +542,3 @@ class _Rejected(Exception):
         super().__init__(error.message)
         self.index = index
         self.error = error
-
-
-def application_env(settings: Settings) -> dict[str, str]:
-    """The eventsourcing environment for the configured database."""
-    db = settings.database
-    if db.backend == "sqlite":
-        assert db.sqlite_path is not None
-        db.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-        return {
-            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-            "SQLITE_DBNAME": str(db.sqlite_path),
-            "SQLITE_LOCK_TIMEOUT": "30",
-            "CREATE_TABLE": "y",
-            "AGGREGATE_CACHE_MAXSIZE": "1000",
-            "AGGREGATE_CACHE_FASTFORWARD": "n",
-        }
-    env = {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
-        "POSTGRES_DBNAME": db.dbname,
-        "POSTGRES_HOST": db.host,
-        "POSTGRES_PORT": str(db.port),
-        "POSTGRES_USER": db.user,
-        "POSTGRES_PASSWORD": db.password,
-        "POSTGRES_POOL_SIZE": "5",
-        "POSTGRES_MAX_OVERFLOW": "10",
-        "CREATE_TABLE": "y",
-        "AGGREGATE_CACHE_MAXSIZE": "1000",
-        "AGGREGATE_CACHE_FASTFORWARD": "n",
-        "APPLICATION_RECORDER_TOPIC": "ledger.pgrecorder:CopyingPostgresRecorder",
-    }
-    if db.schema:
-        env["POSTGRES_SCHEMA"] = db.schema
-    return env

@@ -14,7 +14,7 @@ from uuid import UUID
 from eventsourcing.persistence import Notification
 from eventsourcing.utils import get_topic
 
-from ledger.app import LedgerApplication, application_env
+from ledger.app import LedgerApplication
 from ledger.clock import Clock, SystemClock
 from ledger.commands import free_text
 from ledger.config import Settings
@@ -27,6 +27,7 @@ from ledger.domain.policy import PolicyCatalogue
 from ledger.domain.subject import DataSubject
 from ledger.errors import LedgerError, canonical_subject_id
 from ledger.logs import configure_logging, get_logger
+from ledger.persistence import application_env
 from ledger.policies import load_policy
 from ledger.projections import ReadModels
 from ledger.queries import event_summary, request_is_late

@@ -160,7 +160,7 @@ def test_a_command_the_code_cannot_handle_fails_alone(
         settings, ServerOptions(sweep_every=None, tick=0, group_commit=group_commit)
     ) as server:
         app = server.app.state.ledger.app
-        real_save, real_register = app.save, app._do_register_subject
+        real_save, real_register = app.save, app.handlers._do_register_subject
         calls = {"n": 0}
         queued, saving = threading.Event(), threading.Event()
         first, poisoned = str(uuid.uuid4()), str(uuid.uuid4())
@@ -178,7 +178,7 @@ def test_a_command_the_code_cannot_handle_fails_alone(
                 raise TypeError("injected: a value the code cannot handle")
             return real_register(uow, sealer, command, occurred_at)
 
-        app.save, app._do_register_subject = save, register
+        app.save, app.handlers._do_register_subject = save, register
         group = [*neighbours[:3], poisoned, *neighbours[3:]]
 
         head, tail = asyncio.run(

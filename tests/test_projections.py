@@ -23,11 +23,12 @@ import orjson
 import pytest
 from eventsourcing.utils import get_topic
 
-from ledger.app import LedgerApplication, application_env
+from ledger.app import LedgerApplication
 from ledger.clock import FixedClock
 from ledger.config import Settings
 from ledger.domain.subject import DataSubject
 from ledger.facade import Ledger
+from ledger.persistence import application_env
 from ledger.projections import ReadModels
 from ledger.projections.readmodels import construct_recorder, projection_env
 from ledger.projections.replay import replay_as_of

@@ -1256,7 +1256,7 @@ def test_idempotency_receipts_confirm_nothing_once_their_week_is_over(
     least 7 days, at most 14): after that no one, not even whoever holds the key store,
     can test a guessed CPR number against it (the never-shredded lookup key once could,
     also after the subject's erasure)."""
-    from ledger.app import CommandReceipt, payload_hash, receipt_period
+    from ledger.receipts import CommandReceipt, payload_hash, receipt_period
 
     subject = str(uuid.uuid4())
     registering = {
@@ -1283,6 +1283,47 @@ def test_idempotency_receipts_confirm_nothing_once_their_week_is_over(
     assert ledger.sweep()["receipt_keys_destroyed"] == 1
     assert ledger.keystore.receipt_key(week, create=False) is None
     assert fails(ledger, registering, "duplicate")
+
+
+def test_receipts_stored_under_their_old_module_still_answer(
+    ledger: Ledger, settings: Settings, clock: FixedClock
+) -> None:
+    """Receipts lived in `ledger.app` until the application was split into modules; the
+    topics of the events already stored name it for good, and must still load."""
+    command = {
+        "type": "register_subject",
+        "subject": str(uuid.uuid4()),
+        "kind": "customer",
+        "purpose": CA,
+        "legal_basis": "contract",
+        "idempotency_key": "moved-1",
+    }
+    first = ok(ledger, command)
+    recorder: Any = ledger.app.recorder
+    table = recorder.events_table_name
+    mark = "?"
+    if settings.database.backend == "postgres":
+        mark, table = "%s", f'"{recorder.datastore.schema}"."{table}"'
+    with recorder.datastore.transaction(commit=True) as cur:
+        cur.execute(
+            f"SELECT originator_id, topic, state FROM {table} WHERE topic LIKE 'ledger.receipts:%'"
+        )
+        rows = [(r["originator_id"], r["topic"], bytes(r["state"])) for r in cur.fetchall()]
+        assert len(rows) == 1
+        for originator, topic, state in rows:
+            assert b'"ledger.receipts:CommandReceipt"' in state
+            cur.execute(
+                f"UPDATE {table} SET topic = {mark}, state = {mark} WHERE originator_id = {mark}",
+                (
+                    topic.replace("ledger.receipts:", "ledger.app:"),
+                    state.replace(b'"ledger.receipts:', b'"ledger.app:'),
+                    originator,
+                ),
+            )
+    before = ledger.max_position()
+    with Ledger.open(settings, clock=clock) as fresh:  # nothing cached: read from the store
+        assert fresh.execute(command) == first
+        assert fresh.max_position() == before
 
 
 def test_idempotency_key_of_a_rejected_command_is_not_used_up(ledger: Ledger) -> None:

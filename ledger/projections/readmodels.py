@@ -24,11 +24,11 @@ from eventsourcing.application import Application
 from eventsourcing.persistence import InfrastructureFactory, Notification
 from eventsourcing.utils import Environment, EnvType
 
-from ledger.app import OrjsonTranscoder
 from ledger.collector import collector_paused
 from ledger.domain.policy import PolicyCatalogue
 from ledger.eventstore import EventStoreQueries, PageReader, RawNotification
 from ledger.logs import get_logger
+from ledger.persistence import OrjsonTranscoder
 from ledger.projections.recorder import (
     FINGERPRINT,
     INDEXES_PENDING,

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from eventsourcing.persistence import IntegrityError
 
-from ledger.app import RECEIPTS_HONOURED, receipt_period
 from ledger.domain.calendar import local_date
 from ledger.domain.retention import due_scopes
 from ledger.domain.subject import DataSubject
 from ledger.errors import LedgerError
 from ledger.logs import get_logger
+from ledger.receipts import RECEIPTS_HONOURED, receipt_period
 from ledger.sweepers.keys import reconcile_keys
 
 if TYPE_CHECKING:
