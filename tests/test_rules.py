@@ -668,6 +668,25 @@ def test_r8_withdrawing_every_channel_one_by_one_withdraws_the_consent(ledger: L
     assert consents["competition"]["active"] is True
 
 
+def test_r5_a_consent_given_again_widens_the_active_one_and_starts_afresh_after_withdrawal(
+    ledger: Ledger,
+) -> None:
+    """The rule the aggregate, the read models and the audit's replay share
+    (`consent_widened`), seen from the outside: the aggregate's rules and the shown
+    consent agree."""
+    subject = register(ledger)
+    ok(ledger, consent(subject, "marketing", channels=["email"]))
+    ok(ledger, consent(subject, "marketing", channels=["sms"]))
+    ok(ledger, process(subject, "marketing", channel="email"))  # the first channel stays
+    shown = {c["purpose"]: c for c in ledger.subject(subject)["consents"]}["marketing"]
+    assert shown["channels"] == ["email", "sms"] and shown["active"] is True
+    ok(ledger, simple("withdraw_consent", subject, purpose="marketing"))
+    ok(ledger, consent(subject, "marketing", channels=["sms"]))
+    fails(ledger, process(subject, "marketing", channel="email"), "consent_required")
+    shown = {c["purpose"]: c for c in ledger.subject(subject)["consents"]}["marketing"]
+    assert shown["channels"] == ["sms"] and shown["withdrawn_at"] is None
+
+
 def test_r6_the_consent_report_sets_aside_consents_of_people_who_objected(
     ledger: Ledger,
 ) -> None:

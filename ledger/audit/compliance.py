@@ -41,7 +41,7 @@ from ledger.audit.store import AuditError, derive
 from ledger.domain.calendar import add_months, local_date, request_due_date
 from ledger.domain.policy import PolicyCatalogue
 from ledger.domain.retention import scope_deadline
-from ledger.domain.subject import later, withdraws_all
+from ledger.domain.subject import consent_widened, later, withdraws_all
 from ledger.errors import LedgerError
 
 __all__ = ["SWEEP_ALLOWANCE", "HistoryChecker", "check_checkpoints"]
@@ -273,20 +273,17 @@ class HistoryChecker:
 
     def _on_ConsentGiven(self, s: _Subject, ref: _Ref, e: dict[str, Any]) -> None:
         purpose = e["purpose"]
-        current = s.consents.get(purpose)
-        channels = set(e.get("channels") or [])
-        categories = set(e.get("categories") or [])
-        explicit = bool(e.get("explicit"))
-        if current and current["active"]:
-            channels |= current["channels"]
-            if current["explicit"]:
-                categories |= current["categories"]
-            explicit = explicit or current["explicit"]
+        channels, explicit, categories = consent_widened(
+            s.consents.get(purpose),
+            e.get("channels") or [],
+            bool(e.get("explicit")),
+            e.get("categories") or [],
+        )
         s.consents[purpose] = {
             "active": True,
-            "channels": channels,
+            "channels": set(channels),
             "explicit": explicit,
-            "categories": categories,
+            "categories": set(categories),
             "ref": ref,
         }
         # an objection stands: a later consent does not lift it (R6)

@@ -8,6 +8,7 @@ auditor reads.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Protocol
@@ -76,6 +77,27 @@ def withdraws_all(given: list[str], withdrawn: list[str]) -> bool:
     none of the channels the consent was given for (consent by channel, then withdrawn
     channel by channel, is withdrawn consent: R5, R8)."""
     return not withdrawn or (bool(given) and set(given) <= set(withdrawn))
+
+
+def consent_widened(
+    current: Mapping[str, Any] | None,
+    channels: Iterable[str],
+    explicit: bool,
+    categories: Iterable[str],
+) -> tuple[list[str], bool, list[str]]:
+    """The channels, explicitness and categories of a consent just given for a purpose.
+
+    A consent given while one is active adds to it: its channels stay, and so do the
+    categories of an explicit one. After a full withdrawal a new consent starts afresh.
+    The aggregate, the read models and the audit's replay all keep consents by this rule.
+    """
+    channels_now, categories_now = set(channels), set(categories)
+    if current and current["active"]:
+        channels_now |= set(current["channels"])
+        if current["explicit"]:
+            categories_now |= set(current["categories"])
+        explicit = explicit or bool(current["explicit"])
+    return sorted(channels_now), explicit, sorted(categories_now)
 
 
 def retention_class_of(scope: str) -> str:
@@ -167,20 +189,15 @@ class DataSubject(Aggregate):
         categories: list[str]
 
         def apply(self, subject: DataSubject) -> None:
-            current = subject.consents.get(self.purpose)
-            channels = set(self.channels)
-            categories = set(self.categories)
-            explicit = self.explicit
-            if current and current["active"]:
-                channels |= set(current["channels"])
-                categories |= set(current["categories"]) if current["explicit"] else set()
-                explicit = explicit or current["explicit"]
+            channels, explicit, categories = consent_widened(
+                subject.consents.get(self.purpose), self.channels, self.explicit, self.categories
+            )
             subject.consents[self.purpose] = {
                 "purpose": self.purpose,
                 "active": True,
-                "channels": sorted(channels),
+                "channels": channels,
                 "explicit": explicit,
-                "categories": sorted(categories),
+                "categories": categories,
                 "notice_version": self.notice_version,
                 "method": self.method,
                 "given_at": self.occurred_at,

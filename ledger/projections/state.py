@@ -19,7 +19,13 @@ from eventsourcing.utils import get_topic
 
 from ledger.domain.policy import PolicyCatalogue
 from ledger.domain.retention import scope_due_date
-from ledger.domain.subject import DataSubject, later, retention_class_of, withdraws_all
+from ledger.domain.subject import (
+    DataSubject,
+    consent_widened,
+    later,
+    retention_class_of,
+    withdraws_all,
+)
 from ledger.projections.schema import (
     AGREEMENTS,
     COMPETITIONS,
@@ -310,13 +316,9 @@ def on_consent_given(b: BatchState, st: SubjectState, r: EventRecord) -> None:
     s = r.state
     consents = st.rows(CONSENTS)
     current = consents.get(s["purpose"])
-    channels = set(s["channels"])
-    categories = set(s["categories"])
-    explicit = bool(s["explicit"])
-    if current and current["active"]:
-        channels |= set(current["channels"])
-        categories |= set(current["categories"]) if current["explicit"] else set()
-        explicit = explicit or bool(current["explicit"])
+    channels, explicit, categories = consent_widened(
+        current, s["channels"], bool(s["explicit"]), s["categories"]
+    )
     st.put(
         CONSENTS,
         s["purpose"],
@@ -324,9 +326,9 @@ def on_consent_given(b: BatchState, st: SubjectState, r: EventRecord) -> None:
             "sid": st.sid,
             "purpose": s["purpose"],
             "active": True,
-            "channels": sorted(channels),
+            "channels": channels,
             "explicit": explicit,
-            "categories": sorted(categories),
+            "categories": categories,
             "notice_version": s["notice_version"],
             "method": s["method"],
             "given_at": s["occurred_at"],
