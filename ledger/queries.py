@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from ledger.crypto.sealing import SealedValue, SealError, unseal
-from ledger.domain.calendar import local_date
+from ledger.domain.calendar import local_date, parse_iso
 from ledger.domain.policy import PolicyCatalogue
 from ledger.domain.retention import scope_due_date
-from ledger.domain.subject import RECIPIENT_NAME, DataSubject, parse_iso
+from ledger.domain.subject import RECIPIENT_NAME, DataSubject
 
 # Fields of events that are never shown in a history: they hold sealed values.
 SEALED_FIELDS = frozenset({"value", "recipient_name"})

@@ -24,8 +24,10 @@ __all__ = [
     "danish_holidays",
     "easter_sunday",
     "is_working_day",
+    "iso",
     "local_date",
     "next_working_day",
+    "parse_iso",
     "request_due_date",
 ]
 
@@ -152,6 +154,16 @@ def request_due_date(received: date, months: int = 1) -> date:
     if months < 1:
         raise ValueError("a request period must be at least one month")
     return next_working_day(add_months(received, months))
+
+
+def iso(moment: datetime) -> str:
+    """A moment as events hold it: RFC 3339 text with its offset."""
+    return moment.isoformat()
+
+
+def parse_iso(text: str) -> datetime:
+    """A moment from an event's text (`iso`)."""
+    return datetime.fromisoformat(text)
 
 
 def local_date(ts: datetime) -> date:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ledger.domain.calendar import add_months, add_years, local_date
+from ledger.domain.calendar import add_months, add_years, local_date, parse_iso
 from ledger.domain.policy import PolicyCatalogue, RetentionClass
 
 if TYPE_CHECKING:
@@ -58,8 +58,6 @@ def _after(klass: RetentionClass, anchor: date) -> date:
 
 
 def _date_of(text: str | None) -> date | None:
-    from ledger.domain.subject import parse_iso
-
     return local_date(parse_iso(text)) if text else None
 
 

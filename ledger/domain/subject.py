@@ -17,9 +17,10 @@ from uuid import UUID
 import orjson
 from eventsourcing.domain import Aggregate
 
-from ledger.domain.calendar import local_date, request_due_date
+from ledger.domain.calendar import iso, local_date, parse_iso, request_due_date
 from ledger.domain.cpr import InvalidCPR, normalise_cpr
 from ledger.domain.policy import PolicyCatalogue, Purpose
+from ledger.domain.retention import scope_deadline
 from ledger.errors import LedgerError
 
 CPR_GROUNDS = ("law", "consent", "identification")
@@ -44,14 +45,6 @@ class Sealer(Protocol):
     """Port: seal one personal value into a subject's scope (the application provides it)."""
 
     def seal(self, subject: str, scope: str, category: str, value: Any) -> dict[str, str]: ...
-
-
-def iso(moment: datetime) -> str:
-    return moment.isoformat()
-
-
-def parse_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text)
 
 
 def scope_for(
@@ -1255,8 +1248,6 @@ class DataSubject(Aggregate):
                     f"request {request} is a request for {found['right']}, not for erasure",
                 )
             self._not_before_receipt(found, occurred_at, "answered by an erasure")
-        from ledger.domain.retention import scope_deadline
-
         held = self.active_holds()
         shredded: list[str] = []
         retained: list[dict[str, str | None]] = []

@@ -25,8 +25,8 @@ from typing import Any
 
 from eventsourcing.application import Application
 
+from ledger.domain.calendar import parse_iso
 from ledger.domain.policy import PolicyCatalogue
-from ledger.domain.subject import parse_iso
 from ledger.projections.readmodels import ReadModels, construct_recorder, projection_env
 from ledger.projections.state import EventRecord
 
