@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+import pytest
 from eventsourcing.persistence import StoredEvent
 
 from ledger import reports
@@ -17,7 +18,9 @@ from ledger.audit import service
 from ledger.audit.note import Checkpoint, Signer, format_checkpoint, sign_note
 from ledger.clock import FixedClock
 from ledger.config import Settings
+from ledger.errors import LedgerError
 from ledger.facade import Ledger
+from ledger.projections.replay import replay_as_of
 from tests.audit_support import CA, Raw, audit, story
 
 TOPIC = "ledger.domain.subject:DataSubject."
@@ -60,6 +63,20 @@ def test_a_clean_history_holds_every_assertion(ledger: Ledger) -> None:
     assert report["checkpoints"]["signatures_checked"] is True
     assert report["controller"]["name"] == "CEKURA A/S"
     assert report["events_recorded"] == ledger.max_position() >= report["events_checked"]
+
+
+def test_the_compliance_report_is_not_made_from_a_replay(ledger: Ledger) -> None:
+    """A replay's temporary store holds read models only: the report reads the live event
+    log, in the same read as the read models, and says so instead of failing on a table."""
+    story(ledger)
+    moment = ledger.clock.now()
+    with (
+        replay_as_of(ledger.app, ledger.policy, moment) as models,
+        pytest.raises(LedgerError) as raised,
+    ):
+        reports.produce(models, "compliance", now=moment, as_of=moment, current=False)
+    assert raised.value.code == "invalid_command"
+    assert "live event log" in raised.value.message
 
 
 def test_violations_are_found_with_their_events(ledger: Ledger) -> None:

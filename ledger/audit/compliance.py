@@ -753,16 +753,18 @@ def _verifier_from_environment() -> Verifier | None:
 # --------------------------------------------------------------------------------------
 
 
-def _events(query: Any, dialect: str, position: int) -> Iterator[tuple[int, str, int, str, bytes]]:
+def _events(
+    query: Any, dialect: str, table: str, position: int
+) -> Iterator[tuple[int, str, int, str, bytes]]:
     if dialect == "sqlite":
         sql = (
             "SELECT rowid AS nid, originator_id AS oid, originator_version AS v, topic, state "
-            "FROM stored_events WHERE rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?"
+            f"FROM {table} WHERE rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?"
         )
     else:
         sql = (
             "SELECT notification_id AS nid, originator_id::text AS oid, originator_version AS v, "
-            "topic, state FROM ledger_events WHERE notification_id > ? AND notification_id <= ? "
+            f"topic, state FROM {table} WHERE notification_id > ? AND notification_id <= ? "
             "ORDER BY notification_id LIMIT ?"
         )
     after = 0
@@ -780,6 +782,7 @@ def _events(query: Any, dialect: str, position: int) -> Iterator[tuple[int, str,
 def check_history(
     query: Any,
     dialect: str,
+    table: str,
     policy: PolicyCatalogue,
     now: datetime,
     position: int,
@@ -791,7 +794,7 @@ def check_history(
     checker = HistoryChecker(policy, allowance)
     recorded = 0
     try:
-        for nid, subject, version, topic, state in _events(query, dialect, position):
+        for nid, subject, version, topic, state in _events(query, dialect, table, position):
             recorded += 1
             checker.add(nid, subject, version, topic, orjson.loads(state))
     except LedgerError:
@@ -850,7 +853,7 @@ def _register() -> None:
         "every finding, and the Merkle log's consistency",
     )
     def compliance(ctx: ReportContext) -> Report:
-        if ctx.as_of is not None:
+        if ctx.as_of is not None or ctx.events_table is None:
             raise LedgerError(
                 "invalid_command",
                 "the compliance report reads the live event log; use --now, not a replay",
@@ -858,6 +861,7 @@ def _register() -> None:
         data = check_history(
             ctx.query,
             ctx.cursor.dialect,
+            ctx.events_table,
             ctx.policy,
             ctx.now,
             ctx.position,

@@ -134,6 +134,7 @@ def produce(
             position=read_models.recorder.position_in(cursor),
             as_of=as_of,
             basis=basis,
+            events_table=None if as_of is not None else read_models.events.table,
         )
         report = spec.build(context)
     return render(report, context, fmt)

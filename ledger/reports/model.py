@@ -42,7 +42,9 @@ class ReportContext:
     """What a report builder reads: one consistent read of the read models, and the moment.
 
     `now` is the moment the report speaks of (`--now`, or the replay's `--as-of`);
-    `position` is the last event the read models include.
+    `position` is the last event the read models include. `events_table` names the event
+    store's table where it shares the read models' database (None in a replay's
+    temporary store), for a report that reads the events themselves in the same read.
     """
 
     cursor: Cursor
@@ -51,6 +53,7 @@ class ReportContext:
     position: int
     as_of: datetime | None = None
     basis: str | None = None
+    events_table: str | None = None
 
     @property
     def today(self) -> date:
