@@ -105,3 +105,20 @@ def test_show_prints_every_part_whole(tmp_path: Path) -> None:
     assert SUBJECT in found.stdout
     nobody = cli(env, "subject", "find", "--email", "nobody@example.dk")
     assert nobody.returncode == 0 and nobody.stdout.strip() == "No subject has this email."
+
+
+def test_show_of_an_erased_subject_says_its_consents_are_not_in_force(tmp_path: Path) -> None:
+    """The consent stays on record as given (the JSON keeps it), but an officer reading
+    the table must not take it as something marketing may rest on (R17)."""
+    env = {"LEDGER_HOME": str(tmp_path / "home"), "LEDGER_MASTER_KEY": MASTER_KEY}
+    lines = "\n".join(json.dumps(c) for c in _commands()[:3])
+    assert all(json.loads(r)["ok"] for r in cli(env, "exec", "-", stdin=lines).stdout.split())
+    before = cli({**env, "COLUMNS": "200"}, "subject", "show", SUBJECT).stdout
+    assert "│ marketing │ yes " in before
+    erased = cli(env, "exec", "-", stdin=json.dumps({"type": "erase", "subject": SUBJECT}))
+    assert json.loads(erased.stdout)["ok"] is True
+    after = cli({**env, "COLUMNS": "200"}, "subject", "show", SUBJECT).stdout
+    marketing = next(line for line in after.splitlines() if "│ marketing" in line)
+    assert "no: the subject was erased" in marketing and "│ yes" not in marketing
+    shown = json.loads(cli(env, "subject", "show", SUBJECT, "--json").stdout)
+    assert shown["status"] == "erased" and shown["consents"][0]["active"] is True

@@ -118,6 +118,14 @@ def subject_show(
     show_subject(view, revealed=reveal)
 
 
+def _in_force(consent: dict[str, Any], *, erased: bool) -> Any:
+    """After an erasure nothing may rest on a consent given before it (R17). The view keeps
+    the consent as it was given, but "in force: yes" would tell an officer the opposite."""
+    if consent["active"] and erased:
+        return "no: the subject was erased"
+    return consent["active"]
+
+
 def show_subject(view: dict[str, Any], *, revealed: bool) -> None:
     """`subject show` for a person: every part of the view an officer acts on, each as a
     table (the parts that are empty are left out), nothing cut short; `print_table` and
@@ -157,7 +165,7 @@ def show_subject(view: dict[str, Any], *, revealed: bool) -> None:
             [
                 (
                     c["purpose"],
-                    c["active"],
+                    _in_force(c, erased=bool(view["erased_at"])),
                     ", ".join(c["channels"]),
                     c["explicit"],
                     ", ".join(c["categories"]),
