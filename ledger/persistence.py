@@ -54,6 +54,7 @@ def application_env(settings: Settings) -> dict[str, str]:
             "CREATE_TABLE": "y",
             "AGGREGATE_CACHE_MAXSIZE": "1000",
             "AGGREGATE_CACHE_FASTFORWARD": "n",
+            "APPLICATION_RECORDER_TOPIC": "ledger.sqliterecorder:SQLiteEventRecorder",
         }
     env = {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",

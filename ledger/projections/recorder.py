@@ -39,14 +39,13 @@ from ledger.projections.schema import (
     index_statements,
 )
 from ledger.projections.state import BatchState, EventRecord, SubjectState, subjects_to_load
+from ledger.sqliterecorder import WAL_CHECKPOINT_PAGES
 
 Row = dict[str, Any]
 Write = tuple[Table, str, Sequence[tuple[Any, ...]]]  # table, mode, rows
 CHUNK = 400  # ids per IN (...) list: well under SQLite's bound-parameter limit
 FINGERPRINT = "fingerprint"  # rm_meta: what code and catalogue built the tables
 INDEXES_PENDING = "indexes_pending"  # rm_meta: a rebuild has not created its indexes yet
-WAL_CHECKPOINT_PAGES = 1000  # SQLite's default
-WAL_CHECKPOINT_PAGES_BULK = 10_000
 
 
 class Cursor:
@@ -404,7 +403,6 @@ class SQLiteReadModelRecorder(ReadModelRecorder, SQLiteTrackingRecorder):
 
     def __init__(self, datastore: SQLiteDatastore, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
-        self._checkpoint_pages = WAL_CHECKPOINT_PAGES
         # The library's statements name a shared `tracking` table; the read models keep
         # theirs apart, like the PostgreSQL factory does (`<projection>_tracking`).
         t = TRACKING_TABLE
@@ -446,7 +444,11 @@ class SQLiteReadModelRecorder(ReadModelRecorder, SQLiteTrackingRecorder):
             # sealed values (unreadable once their key is shredded) and metadata for good.
             # `FAST` still clears freed cells where that costs no extra writes.
             raw.execute("PRAGMA secure_delete=FAST")
-            raw.execute(f"PRAGMA wal_autocheckpoint={self._checkpoint_pages}")
+            # The file's write-ahead log is copied back every 40 MB, as by the connections
+            # that write events (`ledger.sqliterecorder`): at SQLite's 4 MB a rebuild spent
+            # a sixth of its time on the copies' fsyncs, and a catch-up after each write
+            # would copy back what the event store's setting let grow.
+            raw.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             raw.execute("BEGIN IMMEDIATE")
             try:
                 yield Cursor(raw, "sqlite")
@@ -457,16 +459,12 @@ class SQLiteReadModelRecorder(ReadModelRecorder, SQLiteTrackingRecorder):
 
     @contextmanager
     def rebuilding(self) -> Iterator[None]:
-        """Also copy the write-ahead log into the database every 40 MB instead of every
-        4 MB: each copy costs two fsyncs, and in a rebuild the default size spent a sixth
-        of the time on them. The log is copied back once at the end.
-        """
-        self._checkpoint_pages = WAL_CHECKPOINT_PAGES_BULK
+        """Also copy the write-ahead log back once at the end, where a rebuild leaves up to
+        40 MB of it."""
         try:
             with super().rebuilding():
                 yield
         finally:
-            self._checkpoint_pages = WAL_CHECKPOINT_PAGES
             with self.datastore.get_connection(commit=True) as conn:
                 conn.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)")
 

@@ -1,0 +1,58 @@
+"""SQLite copies a write-ahead log back into its file every 10,000 pages (40 MB), not every
+1,000: the connections that write events, the read models' and the key store's.
+
+With SQLite's default a grown ledger paid for a checkpoint and its fsync at nearly every
+1,000-command batch (the pages a batch changes lie all over the keys' and the primary
+key's B-trees), a sixth of the batch's time at 300k events (`benchmarks/bench_append.py`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ledger.clock import FixedClock
+from ledger.config import Settings
+from ledger.facade import Ledger
+from tests.conftest import MASTER_KEY
+
+
+def _customers(count: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "register_subject",
+            "subject": str(uuid.uuid4()),
+            "kind": "customer",
+            "purpose": "customer_administration",
+            "legal_basis": "contract",
+            "identifiers": {"email": f"kunde{i}@example.dk", "phone": f"+45{30000000 + i}"},
+        }
+        for i in range(count)
+    ]
+
+
+def _frames_in_log(path: Path) -> int:
+    """How many pages the file's write-ahead log holds (a passive checkpoint reports it)."""
+    with sqlite3.connect(path) as conn:
+        busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert busy == 0
+    return int(frames)
+
+
+def test_the_logs_grow_past_a_thousand_pages_before_they_are_copied_back(
+    tmp_path: Path, clock: FixedClock
+) -> None:
+    env = {"LEDGER_HOME": str(tmp_path / "home"), "LEDGER_MASTER_KEY": MASTER_KEY}
+    settings = Settings.from_env(env)
+    with Ledger.open(settings, clock=clock) as ledger:
+        for _ in range(4):
+            results = ledger.execute_many(_customers(1000))
+            assert all(r["ok"] for r in results)
+        ledger.subject(results[0]["subject"])  # the read models catch up and commit too
+        assert settings.database.sqlite_path is not None
+        events = _frames_in_log(settings.database.sqlite_path)
+        keys = _frames_in_log(Path(env["LEDGER_HOME"]) / "keys.db")
+    assert 1000 < events < 10_000, events
+    assert 1000 < keys < 10_000, keys
