@@ -1,5 +1,6 @@
 """SQLite copies a write-ahead log back into its file every 10,000 pages (40 MB), not every
-1,000: the connections that write events, the read models' and the key store's.
+1,000: the connections that write events, the read models', the audit log's and the key
+store's.
 
 With SQLite's default a grown ledger paid for a checkpoint and its fsync at nearly every
 1,000-command batch (the pages a batch changes lie all over the keys' and the primary
@@ -13,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ledger.audit import service
 from ledger.clock import FixedClock
 from ledger.config import Settings
 from ledger.facade import Ledger
@@ -51,6 +53,7 @@ def test_the_logs_grow_past_a_thousand_pages_before_they_are_copied_back(
             results = ledger.execute_many(_customers(1000))
             assert all(r["ok"] for r in results)
         ledger.subject(results[0]["subject"])  # the read models catch up and commit too
+        service.seal(ledger)  # and the audit log
         assert settings.database.sqlite_path is not None
         events = _frames_in_log(settings.database.sqlite_path)
         keys = _frames_in_log(Path(env["LEDGER_HOME"]) / "keys.db")

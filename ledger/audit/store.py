@@ -25,6 +25,7 @@ from uuid import UUID
 
 from ledger.audit.merkle import HASH_SIZE
 from ledger.config import DatabaseURL
+from ledger.sqliterecorder import WAL_CHECKPOINT_PAGES
 
 __all__ = ["AuditError", "AuditStore", "EventRow", "StoredCheckpoint"]
 
@@ -156,6 +157,9 @@ class AuditStore:
         conn.execute("PRAGMA busy_timeout=30000")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
+        # Every connection writing the file copies its write-ahead log back every 40 MB
+        # (`ledger.sqliterecorder`); one left at SQLite's 4 MB would do it at each sealing.
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         return cls(conn, "sqlite", events_table, 0)
 
     def close(self) -> None:
