@@ -721,3 +721,31 @@ def test_a_reader_holding_an_old_snapshot_only_delays_the_wal_truncation(
         assert _traces(_raw_files(path), doomed_bytes) == []
     finally:
         store.close()
+
+
+def test_sqlite_key_files_forget_an_erased_subjects_index_rows(sqlite_settings: Settings) -> None:
+    """Index rows of an erased subject removed other than by the shredding itself (by
+    `reindex`, or by a late index write that finds the key gone) leave no digest in the
+    files either: the write-ahead log, which may grow to 40 MB, is emptied at once."""
+    path = sqlite_settings.keystore.sqlite_path
+    assert path is not None
+    store = KeyStore.open(sqlite_settings.keystore, MASTER)
+    try:
+        late, reindexed = new_subject(), new_subject()
+        digests = {late: os.urandom(32), reindexed: os.urandom(32)}
+        for subject, digest in digests.items():
+            store.ensure_key(subject, SCOPE)
+            store.replace_lookups([(subject, "email", digest)])
+        assert all(_traces(_raw_files(path), d) for d in digests.values())
+        # another process destroys the keys, and crashes before it removes the rows
+        with sqlite3.connect(path, isolation_level=None) as other:
+            other.execute("UPDATE ledger_keys SET wrapped = NULL, shredded_at = 'x'")
+        other.close()
+        store.compact()
+        store.replace_lookups([(late, "email", digests[late])])  # finds the key gone
+        assert _traces(_raw_files(path), digests[late]) == []
+        store.remove_lookups(reindexed)  # what `reindex` does for an erased subject
+        assert _traces(_raw_files(path), digests[reindexed]) == []
+        assert store.find("email", digests[reindexed]) == []
+    finally:
+        store.close()

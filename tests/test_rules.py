@@ -7,6 +7,8 @@ without the values the command gave. Runs on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -1343,6 +1345,21 @@ def test_receipts_stored_under_their_old_module_still_answer(
     with Ledger.open(settings, clock=clock) as fresh:  # nothing cached: read from the store
         assert fresh.execute(command) == first
         assert fresh.max_position() == before
+
+
+def test_the_old_receipt_topic_is_registered_by_the_receipts_module_itself() -> None:
+    """Not only found because `ledger.app` happens to import the class: the alias holds in a
+    process that has imported nothing else of the ledger."""
+    script = (
+        "import sys\n"
+        "from eventsourcing.utils import resolve_topic\n"
+        "from ledger.receipts import CommandReceipt\n"
+        "found = resolve_topic('ledger.app:CommandReceipt.Received')\n"
+        "assert found is CommandReceipt.Received, found\n"
+        "assert 'ledger.app' not in sys.modules\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
 
 
 def test_idempotency_key_of_a_rejected_command_is_not_used_up(ledger: Ledger) -> None:
