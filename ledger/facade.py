@@ -6,7 +6,6 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 from uuid import UUID
@@ -31,7 +30,7 @@ from ledger.persistence import application_env
 from ledger.policies import load_policy
 from ledger.projections import ReadModels
 from ledger.queries import event_summary, request_is_late
-from ledger.storage import creation_lock
+from ledger.storage import creation_lock, private_file
 
 log = get_logger("ledger")
 
@@ -112,14 +111,6 @@ def _views_of(events: Iterable[object]) -> list[dict[str, Any]]:
         for event in events
         if isinstance(event, DataSubject.DataViewed)
     ]
-
-
-def private_file(path: Path | None) -> None:
-    """Create a SQLite database file readable by its owner only, before SQLite does (with
-    the umask's mode, 0644 as a rule); its WAL and shared-memory files take its mode."""
-    if path is not None and not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
 
 
 class Ledger:

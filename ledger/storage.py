@@ -1,4 +1,5 @@
-"""Creating tables safely when several processes start at once on one PostgreSQL database.
+"""Creating the ledger's storage: SQLite files readable by their owner only, and tables
+created safely when several processes start at once on one PostgreSQL database.
 
 `CREATE TABLE IF NOT EXISTS` and `CREATE OR REPLACE FUNCTION` are idempotent, but
 PostgreSQL refuses two of them at the same moment on one catalogue row ("tuple
@@ -8,12 +9,23 @@ advisory lock per database; SQLite needs nothing (its writers are serialised alr
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from ledger.config import DatabaseURL
 
 LOCK_ID = 0x4C45444745520001  # "LEDGER" + 1: the ledger's table-creation lock
+
+
+def private_file(path: Path | None) -> None:
+    """Create a SQLite database file readable by its owner only, before SQLite does (with
+    the umask's mode, 0644 as a rule); its WAL and shared-memory files take its mode. An
+    existing file is left as it is."""
+    if path is not None and not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
 
 
 @contextmanager

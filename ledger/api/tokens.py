@@ -9,7 +9,6 @@ its role and its name (the actor recorded in every event the token writes).
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import secrets
 import sqlite3
@@ -24,6 +23,7 @@ from typing import Any, Final
 from ledger.config import DatabaseURL, Settings
 from ledger.domain.screening import personal_data_in
 from ledger.errors import LedgerError
+from ledger.storage import private_file
 
 ROLES: Final = ("service", "officer", "auditor", "admin")
 PREFIX: Final = "ldg_"
@@ -115,10 +115,7 @@ class TokenStore:
         if self._url.backend == "sqlite":
             path = self._url.sqlite_path
             assert path is not None
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # made here first, readable by its owner only (SQLite gives its -wal and -shm
-            # files the database file's mode); an existing file is left as it is
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            private_file(path)  # `token create` may be the first to make it
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA busy_timeout=30000")
