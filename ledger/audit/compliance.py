@@ -38,10 +38,10 @@ import orjson
 from ledger.audit.merkle import ProofError, consistency_proof, verify_consistency
 from ledger.audit.note import NoteError, Verifier, open_checkpoint
 from ledger.audit.store import AuditError, derive
-from ledger.domain.calendar import add_months, local_date, request_due_date
+from ledger.domain.calendar import add_months, later, local_date, request_due_date
 from ledger.domain.policy import PolicyCatalogue
 from ledger.domain.retention import scope_deadline
-from ledger.domain.subject import consent_widened, later, withdraws_all
+from ledger.domain.subject import consent_widened, withdraws_all
 from ledger.errors import LedgerError
 
 __all__ = ["SWEEP_ALLOWANCE", "HistoryChecker", "check_checkpoints"]

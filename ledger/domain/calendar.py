@@ -3,7 +3,9 @@
 Deadlines for answering data-subject requests are counted in calendar months
 (EU Regulation 1182/71 as applied in the design) and pushed past weekends and
 Danish public holidays.  Everything here is pure and works on ``date`` values in
-the Copenhagen calendar; :func:`local_date` is the one bridge from timestamps.
+the Copenhagen calendar; :func:`local_date` is the one bridge from timestamps. Times as
+events hold them (RFC 3339 text) are written, read and compared here too (:func:`iso`,
+:func:`parse_iso`, :func:`later`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ __all__ = [
     "easter_sunday",
     "is_working_day",
     "iso",
+    "later",
     "local_date",
     "next_working_day",
     "parse_iso",
@@ -164,6 +167,18 @@ def iso(moment: datetime) -> str:
 def parse_iso(text: str) -> datetime:
     """A moment from an event's text (`iso`)."""
     return datetime.fromisoformat(text)
+
+
+def later(current: str | None, candidate: str) -> str:
+    """The later of two times as events hold them, compared as instants; the aggregate,
+    the read models and the audit's replay keep their anchors with it.
+
+    Times written alike (same length, same offset) compare as text, without parsing."""
+    if current is None:
+        return candidate
+    if len(current) == len(candidate) and current[-6:] == candidate[-6:]:
+        return candidate if candidate > current else current
+    return candidate if parse_iso(candidate) > parse_iso(current) else current
 
 
 def local_date(ts: datetime) -> date:

@@ -17,7 +17,7 @@ from uuid import UUID
 import orjson
 from eventsourcing.domain import Aggregate
 
-from ledger.domain.calendar import iso, local_date, parse_iso, request_due_date
+from ledger.domain.calendar import iso, later, local_date, parse_iso, request_due_date
 from ledger.domain.cpr import InvalidCPR, normalise_cpr
 from ledger.domain.policy import PolicyCatalogue, Purpose
 from ledger.domain.retention import scope_deadline
@@ -1320,18 +1320,6 @@ class DataSubject(Aggregate):
             occurred_at=iso(occurred_at),
             actor=actor,
         )
-
-
-def later(current: str | None, candidate: str) -> str:
-    """The later of two RFC 3339 times, compared as instants; the aggregate, the read
-    models and the audit's replay keep their anchors with it.
-
-    Times written alike (same length, same offset) compare as text, without parsing."""
-    if current is None:
-        return candidate
-    if len(current) == len(candidate) and current[-6:] == candidate[-6:]:
-        return candidate if candidate > current else current
-    return candidate if parse_iso(candidate) > parse_iso(current) else current
 
 
 def _purpose_allows(purpose: Purpose, categories: list[str]) -> None:

@@ -17,15 +17,10 @@ from typing import Any
 
 from eventsourcing.utils import get_topic
 
+from ledger.domain.calendar import later
 from ledger.domain.policy import PolicyCatalogue
 from ledger.domain.retention import scope_due_date
-from ledger.domain.subject import (
-    DataSubject,
-    consent_widened,
-    later,
-    retention_class_of,
-    withdraws_all,
-)
+from ledger.domain.subject import DataSubject, consent_widened, retention_class_of, withdraws_all
 from ledger.projections.schema import (
     AGREEMENTS,
     COMPETITIONS,
