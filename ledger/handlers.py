@@ -118,8 +118,7 @@ class CommandHandlers:
             )
         uow.subjects[subject_id] = subject
         for kind, digest in digests.items():
-            if digest is not None:
-                uow.lookups.setdefault(subject_id, {})[kind] = digest
+            self._index(uow, subject, kind, digest)
         return {"subject": subject_id}
 
     def _do_collect(
