@@ -18,13 +18,19 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from eventsourcing.persistence import StoredEvent
-from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
+
+from ledger.sqlitetypes import register_adapters
 
 WAL_CHECKPOINT_PAGES: Final = 10_000
 
 
 class SQLiteEventRecorder(SQLiteApplicationRecorder):
     """`SQLiteApplicationRecorder`; a connection that writes events checkpoints every 40 MB."""
+
+    def __init__(self, datastore: SQLiteDatastore, **kwargs: Any) -> None:
+        register_adapters()
+        super().__init__(datastore, **kwargs)
 
     def _insert_events(
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any

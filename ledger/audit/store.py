@@ -26,6 +26,7 @@ from uuid import UUID
 from ledger.audit.merkle import HASH_SIZE
 from ledger.config import DatabaseURL
 from ledger.sqliterecorder import WAL_CHECKPOINT_PAGES
+from ledger.sqlitetypes import register_adapters
 
 __all__ = ["AuditError", "AuditStore", "EventRow", "StoredCheckpoint"]
 
@@ -152,6 +153,7 @@ class AuditStore:
 
     @classmethod
     def open_sqlite(cls, path: Path, events_table: str = "stored_events") -> AuditStore:
+        register_adapters()
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA busy_timeout=30000")

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ledger.canonical import canonical_json
 from ledger.config import DatabaseURL
+from ledger.sqlitetypes import register_adapters
 
 CUSTOMER_DATA = "customer_data"
 _MASTER_CHECK = b"ledger/v1/master-check"
@@ -205,6 +206,7 @@ class _SQLite(_Database):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
+        register_adapters()
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)

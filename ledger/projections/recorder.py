@@ -40,6 +40,7 @@ from ledger.projections.schema import (
 )
 from ledger.projections.state import BatchState, EventRecord, SubjectState, subjects_to_load
 from ledger.sqliterecorder import WAL_CHECKPOINT_PAGES
+from ledger.sqlitetypes import register_adapters
 
 Row = dict[str, Any]
 Write = tuple[Table, str, Sequence[tuple[Any, ...]]]  # table, mode, rows
@@ -217,11 +218,9 @@ def writes_of(batch: BatchState) -> list[Write]:
         fresh: list[tuple[Any, ...]] = []
         changed: list[tuple[Any, ...]] = []
         for s in states:
-            keys = s.dirty.get(name)
-            if not keys:
-                continue
-            rows = s.tables[name]
-            (fresh if s.new else changed).extend(encode(rows[k]) for k in keys if k in rows)
+            rows = s.changed_rows(name)
+            if rows:
+                (fresh if s.new else changed).extend(map(encode, rows))
         out.append((table, "insert", fresh))
         out.append((table, "upsert", changed))
     for name, log_rows in batch.logs.items():
@@ -402,6 +401,7 @@ class SQLiteReadModelRecorder(ReadModelRecorder, SQLiteTrackingRecorder):
     datastore: SQLiteDatastore
 
     def __init__(self, datastore: SQLiteDatastore, **kwargs: Any) -> None:
+        register_adapters()
         super().__init__(datastore, **kwargs)
         # The library's statements name a shared `tracking` table; the read models keep
         # theirs apart, like the PostgreSQL factory does (`<projection>_tracking`).

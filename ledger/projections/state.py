@@ -62,7 +62,12 @@ _KEYED_NAMES = tuple(t.name for t in KEYED)
 
 @dataclass(slots=True)
 class SubjectState:
-    """Every keyed row of one subject, as loaded plus this batch's changes."""
+    """Every keyed row of one subject, as loaded plus this batch's changes.
+
+    A subject registered in this batch (`new`) has every row inserted, so only a stored
+    subject keeps track of which rows changed or went (in a rebuild that is almost none:
+    skipping the bookkeeping for the rest saves a tenth of applying a batch).
+    """
 
     row: Row
     tables: dict[str, dict[str, Row]]
@@ -84,19 +89,29 @@ class SubjectState:
     def put(self, table: Table, key: str, row: Row) -> None:
         name = table.name
         self.tables[name][key] = row
+        if self.new:
+            return
         gone = self.deleted.get(name)
         if gone:
             gone.discard(key)
         self.dirty.setdefault(name, set()).add(key)
 
     def touch(self, table: Table, key: str) -> None:
-        self.dirty.setdefault(table.name, set()).add(key)
+        if not self.new:
+            self.dirty.setdefault(table.name, set()).add(key)
 
     def remove(self, table: Table, key: str) -> None:
         name = table.name
-        if self.tables[name].pop(key, None) is not None:
+        if self.tables[name].pop(key, None) is not None and not self.new:
             self.dirty.get(name, set()).discard(key)
             self.deleted.setdefault(name, set()).add(key)
+
+    def changed_rows(self, name: str) -> list[Row]:
+        """The rows of a table to write: all of a new subject's, a stored one's changed."""
+        rows = self.tables[name]
+        if self.new:
+            return list(rows.values())
+        return [rows[k] for k in self.dirty.get(name, ()) if k in rows]
 
 
 class _Anchors:
