@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ledger.domain.calendar import add_months, add_years, local_date, parse_iso
@@ -54,7 +55,14 @@ class DueScope:
 
 
 def _after(klass: RetentionClass, anchor: date) -> date:
-    return add_years(add_months(anchor, klass.months), klass.years)
+    return _shifted(anchor, klass.months, klass.years)
+
+
+@lru_cache(maxsize=4096)
+def _shifted(anchor: date, months: int, years: int) -> date:
+    """Cached: the read models ask for the same few (a financial year's end, the days
+    customers signed up on) for every subject."""
+    return add_years(add_months(anchor, months), years)
 
 
 def _date_of(text: str | None) -> date | None:
