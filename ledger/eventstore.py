@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from functools import lru_cache
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -51,6 +52,17 @@ _PAGE_POSTGRES = (
 )
 _NEXT_SQLITE = "SELECT MIN(rowid) AS next_id FROM {table} WHERE rowid > ?"
 _NEXT_POSTGRES = "SELECT MIN(notification_id) AS next_id FROM {table} WHERE notification_id > %s"
+
+
+@lru_cache(maxsize=8192)
+def _dashed(hex_id: str) -> str:
+    """A subject id as the read models name it (as `str(UUID)` does), from SQLite's 32 hex
+    digits. Cached: a page of the log holds each subject's events several times, and a
+    hit costs a sixth of the formatting."""
+    h = hex_id
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 #: One notification: (id, originator id as text, version, topic, state).
 RawNotification = tuple[int, str, int, str, bytes]
 
@@ -97,11 +109,7 @@ class EventStoreQueries:
             with self.recorder.datastore.transaction(commit=False) as cursor:
                 cursor.execute(self._page, (start, stop))
                 found = cursor.fetchall()
-            # the read models name subjects as `str(UUID)` does
-            return [
-                (i, f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", v, t, s)
-                for i, h, v, t, s in found
-            ]
+            return [(i, _dashed(h), v, t, s) for i, h, v, t, s in found]
         with self.recorder.datastore.get_connection() as conn:
             return _taken(_page_cursor(conn, self._page, start, stop))
 
