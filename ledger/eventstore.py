@@ -55,11 +55,10 @@ _NEXT_POSTGRES = "SELECT MIN(notification_id) AS next_id FROM {table} WHERE noti
 
 
 @lru_cache(maxsize=8192)
-def _dashed(hex_id: str) -> str:
+def _dashed(h: str) -> str:
     """A subject id as the read models name it (as `str(UUID)` does), from SQLite's 32 hex
     digits. Cached: a page of the log holds each subject's events several times, and a
     hit costs a sixth of the formatting."""
-    h = hex_id
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 

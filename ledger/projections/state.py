@@ -65,8 +65,8 @@ class SubjectState:
     """Every keyed row of one subject, as loaded plus this batch's changes.
 
     A subject registered in this batch (`new`) has every row inserted, so only a stored
-    subject keeps track of which rows changed or went (in a rebuild that is almost none:
-    skipping the bookkeeping for the rest saves a tenth of applying a batch).
+    subject keeps track of which rows changed or went (in a rebuild that is almost none;
+    skipping the bookkeeping for the rest saves 1 % of a rebuild's instructions).
     """
 
     row: Row
