@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.persistence import IntegrityError, Recording, Transcoder
+from eventsourcing.persistence import EventStore, IntegrityError, Recording, Transcoder
 from eventsourcing.utils import EnvType
 
 from ledger.clock import Clock, SystemClock
@@ -34,7 +34,7 @@ from ledger.errors import LedgerError, unknown_subject
 from ledger.eventstore import EventStoreQueries
 from ledger.handlers import CommandHandlers
 from ledger.logs import get_logger
-from ledger.persistence import OrjsonTranscoder
+from ledger.persistence import OrjsonTranscoder, StreamingEventStore
 from ledger.policies import load_policy
 from ledger.receipts import RECEIPTS_HONOURED, CommandReceipt, payload_hash, receipt_period
 from ledger.unit_of_work import ScopeSealer, UnitOfWork
@@ -96,6 +96,9 @@ class LedgerApplication(Application[UUID]):
 
     def construct_transcoder(self) -> Transcoder:
         return OrjsonTranscoder()
+
+    def construct_event_store(self) -> EventStore[UUID]:
+        return StreamingEventStore(mapper=self.mapper, recorder=self.recorder)
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         """Save the pending events of these aggregates in one transaction.

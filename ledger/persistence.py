@@ -6,11 +6,20 @@ recorder class and the aggregate cache for the configured database.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
+from uuid import UUID
 
 import orjson
-from eventsourcing.persistence import Transcoder
+from eventsourcing.persistence import (
+    EventStore,
+    Mapper,
+    Notification,
+    Recording,
+    StoredEvent,
+    Transcoder,
+)
 
 from ledger.config import Settings
 
@@ -73,3 +82,63 @@ def application_env(settings: Settings) -> dict[str, str]:
     if db.schema:
         env["POSTGRES_SCHEMA"] = db.schema
     return env
+
+
+class MappedOnDemand(Sequence[StoredEvent]):
+    """Domain events, each mapped to its stored form when a recorder first reads it.
+
+    A recorder that streams its rows (COPY) then sends the first while later ones are
+    still being encoded, and the database works on them meanwhile: the server's share of
+    a large save overlaps the client's, where it used to follow it.
+    """
+
+    def __init__(self, mapper: Mapper[UUID], events: Sequence[Any]) -> None:
+        self._mapper = mapper
+        self._events = events
+        self._mapped: list[StoredEvent] = []
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def __iter__(self) -> Iterator[StoredEvent]:
+        mapped = self._mapped
+        for index, event in enumerate(self._events):
+            if index == len(mapped):
+                mapped.append(self._mapper.to_stored_event(event))
+            yield mapped[index]
+
+    @overload
+    def __getitem__(self, index: int) -> StoredEvent: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[StoredEvent]: ...
+    def __getitem__(self, index: int | slice) -> StoredEvent | Sequence[StoredEvent]:
+        if len(self._mapped) < len(self._events):
+            for _ in self:
+                pass
+        return self._mapped[index]
+
+
+class StreamingEventStore(EventStore[UUID]):
+    """The library's event store, handing the recorder events mapped on demand."""
+
+    def put(self, domain_events: Sequence[Any], **kwargs: Any) -> list[Recording[UUID]]:
+        stored_events = MappedOnDemand(self.mapper, domain_events)
+        notification_ids = self.recorder.insert_events(stored_events, **kwargs)
+        if not notification_ids:
+            return []
+        assert len(notification_ids) == len(stored_events)
+        return [
+            Recording(
+                event,
+                Notification(
+                    originator_id=stored.originator_id,
+                    originator_version=stored.originator_version,
+                    topic=stored.topic,
+                    state=stored.state,
+                    id=notification_id,
+                ),
+            )
+            for event, stored, notification_id in zip(
+                domain_events, stored_events, notification_ids, strict=True
+            )
+        ]

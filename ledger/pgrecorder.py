@@ -13,6 +13,11 @@ sequence caches none (the library creates it so); the unique index on `notificat
 would refuse a duplicate anyway. Small saves (one command) keep the library's pipelined
 insert, which is quicker for a handful of rows.
 
+The rows go in COPY's binary format (about half the client's CPU of the text format,
+which spells every byte of `state` in hex), each mapped from its domain event as it is
+written (`ledger.persistence.MappedOnDemand`): the server inserts one chunk of rows while
+the client encodes the next, instead of waiting for all of them.
+
 The database role needs UPDATE on the notification id sequence (`setval`), beside the
 USAGE the library's inserts need (the owner of the schema, the usual case, has both):
 
@@ -44,8 +49,9 @@ class CopyingPostgresRecorder(PostgresApplicationRecorder):
         ).format(Literal(f'"{schema}"."{table}"'))
         self._copy_rows = SQL(
             "COPY {0}.{1} (notification_id, originator_id, originator_version, topic, state) "
-            "FROM STDIN"
+            "FROM STDIN (FORMAT BINARY)"
         ).format(Identifier(schema), Identifier(table))
+        self._copy_types = ["int8", datastore.originator_id_type, "int8", "text", "bytea"]
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -75,6 +81,7 @@ class CopyingPostgresRecorder(PostgresApplicationRecorder):
             last = int(row["last"])
             ids = list(range(last - len(stored_events) + 1, last + 1))
             with curs.copy(self._copy_rows) as copy:
+                copy.set_types(self._copy_types)
                 for notification_id, event in zip(ids, stored_events, strict=True):
                     copy.write_row(
                         (

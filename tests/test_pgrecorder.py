@@ -135,3 +135,20 @@ def test_a_large_save_notifies_listeners(pg_ledger: Ledger, pg_schema: str) -> N
         assert all(r["ok"] for r in pg_ledger.execute_many(registrations(COPY_FROM)))
         heard = list(listener.notifies(timeout=10, stop_after=1))
     assert heard and heard[0].channel == recorder.channel_name
+
+
+def test_copied_rows_hold_exactly_what_the_mapper_made(pg_ledger: Ledger) -> None:
+    """Binary COPY stores the stored events byte for byte (and the ids as UUIDs)."""
+    commands = registrations(COPY_FROM * 2)
+    assert all(r["ok"] for r in pg_ledger.execute_many(commands))
+    mapper = pg_ledger.app.mapper
+    notifications = pg_ledger.app.recorder.select_notifications(start=1, limit=1000)
+    assert [str(n.originator_id) for n in notifications] == [c["subject"] for c in commands]
+    for notification in notifications:
+        again = mapper.to_stored_event(mapper.to_domain_event(notification))
+        assert (again.originator_id, again.originator_version, again.topic, again.state) == (
+            notification.originator_id,
+            notification.originator_version,
+            notification.topic,
+            notification.state,
+        )

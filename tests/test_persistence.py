@@ -1,0 +1,66 @@
+"""`MappedOnDemand`: a save's events are mapped once each, as a recorder reads them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from eventsourcing.persistence import Mapper
+
+from ledger.domain.subject import DataSubject
+from ledger.persistence import MappedOnDemand, OrjsonTranscoder
+from ledger.policies import load_policy
+
+NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+
+
+class CountingMapper(Mapper[uuid.UUID]):
+    def __init__(self) -> None:
+        super().__init__(transcoder=OrjsonTranscoder())
+        self.mapped: list[Any] = []
+
+    def to_stored_event(self, domain_event: Any) -> Any:
+        self.mapped.append(domain_event)
+        return super().to_stored_event(domain_event)
+
+
+def _events(count: int) -> list[Any]:
+    policy = load_policy(None)
+    events = []
+    for _ in range(count):
+        subject = DataSubject.register(
+            uuid.uuid4(),
+            policy=policy,
+            kind="customer",
+            purpose="customer_administration",
+            legal_basis="contract",
+            provided_by=None,
+            occurred_at=NOW,
+            actor=None,
+        )
+        events.extend(subject.collect_events())
+    return events
+
+
+def test_nothing_is_mapped_until_read_and_each_event_once() -> None:
+    mapper = CountingMapper()
+    events = _events(5)
+    stored = MappedOnDemand(mapper, events)
+    assert len(stored) == 5 and mapper.mapped == []
+    first = next(iter(stored))
+    assert mapper.mapped == events[:1]
+    everything = list(stored)
+    assert everything[0] is first and list(stored) == everything  # not mapped again
+    assert mapper.mapped == events
+    assert [s.originator_id for s in everything] == [e.originator_id for e in events]
+
+
+def test_indexing_and_slicing_see_the_events_mapped_once() -> None:
+    mapper = CountingMapper()
+    events = _events(4)
+    stored = MappedOnDemand(mapper, events)
+    assert stored[2].originator_id == events[2].originator_id
+    assert [s.originator_id for s in stored[1:3]] == [e.originator_id for e in events[1:3]]
+    assert stored[-1] is list(stored)[-1]
+    assert len(mapper.mapped) == 4
