@@ -35,6 +35,7 @@ from ledger.eventstore import EventStoreQueries
 from ledger.handlers import CommandHandlers
 from ledger.logs import get_logger
 from ledger.persistence import OrjsonTranscoder, StreamingEventStore
+from ledger.pgrecorder import CopyingPostgresRecorder
 from ledger.policies import load_policy
 from ledger.receipts import RECEIPTS_HONOURED, CommandReceipt, payload_hash, receipt_period
 from ledger.unit_of_work import ScopeSealer, UnitOfWork
@@ -98,7 +99,11 @@ class LedgerApplication(Application[UUID]):
         return OrjsonTranscoder()
 
     def construct_event_store(self) -> EventStore[UUID]:
-        return StreamingEventStore(mapper=self.mapper, recorder=self.recorder)
+        """On PostgreSQL, events are mapped as the recorder's COPY sends them (the server
+        works meanwhile); SQLite works in this process, where that would only add steps."""
+        if isinstance(self.recorder, CopyingPostgresRecorder):
+            return StreamingEventStore(mapper=self.mapper, recorder=self.recorder)
+        return super().construct_event_store()
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         """Save the pending events of these aggregates in one transaction.

@@ -370,14 +370,15 @@ class Command:
     actor: str | None = None
     idempotency_key: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
+    # the field `subject`, a canonical UUID (`uuid`): kept beside `fields`, where a unit
+    # of work asks for it several times per command
+    subject: str | None = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "subject", self.fields.get("subject"))
 
     def get(self, name: str, default: Any = None) -> Any:
         return self.fields.get(name, default)
-
-    @property
-    def subject(self) -> str | None:
-        value: str | None = self.fields.get("subject")  # a canonical UUID (`uuid`)
-        return value
 
 
 def parse_command(data: Any) -> Command:

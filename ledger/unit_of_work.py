@@ -47,7 +47,7 @@ class ScopeSealer:
                 # process shredded the scope in between: retry with freshly read keys.
                 raise KeyConflict("the scope was shredded while this unit of work ran")
         sealed = seal(
-            key.key, subject=subject, scope=scope, kid=key.kid, category=category, value=value
+            key.cipher, subject=subject, scope=scope, kid=key.kid, category=category, value=value
         )
         return sealed.to_dict()
 

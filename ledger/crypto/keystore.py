@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -86,6 +87,11 @@ class DataKey:
     generation: int
     kid: str
     key: bytes
+
+    @cached_property
+    def cipher(self) -> AESGCM:
+        """The key set up for sealing, once per key rather than once per value."""
+        return AESGCM(self.key)
 
 
 @dataclass(frozen=True)

@@ -52,13 +52,18 @@ def commitment(salt: bytes, canonical_value: bytes) -> str:
 
 
 def seal(
-    key: bytes, *, subject: str, scope: str, kid: str, category: str, value: Any
+    key: bytes | AESGCM, *, subject: str, scope: str, kid: str, category: str, value: Any
 ) -> SealedValue:
-    """Encrypt one value: plaintext = salt || canonical JSON; commit over the same bytes."""
-    salt = os.urandom(SALT_BYTES)
+    """Encrypt one value: plaintext = salt || canonical JSON; commit over the same bytes.
+
+    `key` is the key's bytes, or an `AESGCM` of them for a caller that seals many values
+    with one key (setting up the cipher is a third of sealing a short value).
+    """
+    fresh = os.urandom(SALT_BYTES + NONCE_BYTES)
+    salt, nonce = fresh[:SALT_BYTES], fresh[SALT_BYTES:]
     body = canonical_json(value)
-    nonce = os.urandom(NONCE_BYTES)
-    ct = AESGCM(key).encrypt(nonce, salt + body, associated_data(subject, scope, kid, category))
+    cipher = key if isinstance(key, AESGCM) else AESGCM(key)
+    ct = cipher.encrypt(nonce, salt + body, associated_data(subject, scope, kid, category))
     return SealedValue(
         scope=scope,
         kid=kid,

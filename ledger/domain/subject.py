@@ -509,6 +509,19 @@ class DataSubject(Aggregate):
             actor=actor,
         )
 
+    def trigger_event(self, event_class: type[Any], **kwargs: Any) -> None:
+        """The library's `trigger_event` without the steps this aggregate does not need:
+        a check for explicitly registered topics (it has none) and a copy of the
+        arguments. Every command triggers at least one event."""
+        new_event = event_class(
+            originator_id=self.id,
+            originator_version=self.version + 1,
+            timestamp=event_class.create_timestamp(),
+            **kwargs,
+        )
+        new_event.mutate(self)
+        self._pending_events.append(new_event)
+
     def __deepcopy__(self, memo: dict[int, Any]) -> DataSubject:
         """A fast deep copy (the repository's cache copies on every load).
 
