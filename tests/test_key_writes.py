@@ -1,0 +1,115 @@
+"""A unit of work's new keys are written on the key store's writer thread while its
+events are sent, and committed before the events commit (DESIGN 4.3: keys first).
+
+If writing the keys fails, the events' transaction is abandoned: nothing is written;
+a key conflict (another writer made the same generation) is retried like any race.
+Both sizes of save are held to it: a handful of events (the library's insert) and a
+batch (COPY on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ledger.clock import FixedClock
+from ledger.config import Settings
+from ledger.crypto.keystore import KeyConflict, KeySession, KeyStoreError
+from ledger.facade import Ledger
+
+SIZES = [1, 40]  # commands: below and above the PostgreSQL recorder's COPY threshold
+
+
+def _register(i: int) -> dict[str, Any]:
+    return {
+        "type": "register_subject",
+        "subject": str(uuid.uuid4()),
+        "kind": "customer",
+        "purpose": "customer_administration",
+        "legal_basis": "contract",
+        "identifiers": {"email": f"kunde{i}@example.dk"},
+    }
+
+
+def _events(ledger: Ledger) -> int:
+    return sum(1 for _ in ledger.notifications())
+
+
+@pytest.fixture
+def watcher(settings: Settings, clock: FixedClock) -> Iterator[Ledger]:
+    """A second ledger on the same store: it sees only what has committed."""
+    with Ledger.open(settings, clock=clock) as other:
+        yield other
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_no_event_commits_before_its_keys(
+    ledger: Ledger, watcher: Ledger, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    write = ledger.keystore._write_session
+    seen: list[tuple[int, int]] = []
+
+    def slow(session: KeySession) -> None:
+        time.sleep(0.3)  # the events have long been sent
+        seen.append((watcher.max_position(), len(watcher.keystore.records(subjects[0]))))
+        write(session)
+
+    monkeypatch.setattr(ledger.keystore, "_write_session", slow)
+    commands = [_register(i) for i in range(size)]
+    subjects = [c["subject"] for c in commands]
+    assert all(r["ok"] for r in ledger.execute_many(commands))
+    assert seen == [(0, 0)]  # neither the events nor the keys were visible yet
+    assert watcher.max_position() == 2 * size  # registered, e-mail collected
+    assert watcher.keystore.records(subjects[0])  # and now both are
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_keys_that_cannot_be_written_leave_nothing_written(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    def refused(session: KeySession) -> None:
+        raise KeyStoreError("the master key was rotated")
+
+    monkeypatch.setattr(ledger.keystore, "_write_session", refused)
+    commands = [_register(i) for i in range(size)]
+    with pytest.raises(KeyStoreError):
+        ledger.execute_many(commands)
+    assert ledger.max_position() == 0
+    assert ledger.keystore.records(commands[0]["subject"]) == []
+    monkeypatch.undo()  # the same commands go through once the key store is back
+    assert all(r["ok"] for r in ledger.execute_many(commands))
+    assert _events(ledger) == 2 * size  # (a sequence is not rolled back: ids may skip)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_a_key_conflict_is_retried_and_written_once(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    write = ledger.keystore._write_session
+    attempts: list[int] = []
+
+    def first_loses(session: KeySession) -> None:
+        attempts.append(len(session.new_keys))
+        if len(attempts) == 1:
+            raise KeyConflict("a key generation was created concurrently")
+        write(session)
+
+    monkeypatch.setattr(ledger.keystore, "_write_session", first_loses)
+    commands = [_register(i) for i in range(size)]
+    assert all(r["ok"] for r in ledger.execute_many(commands))
+    assert len(attempts) == 2
+    assert _events(ledger) == 2 * size  # each event once
+    assert len(ledger.keystore.records(commands[-1]["subject"])) == 1
+
+
+def test_the_writer_thread_ends_with_the_ledger(settings: Settings, clock: FixedClock) -> None:
+    import threading
+
+    with Ledger.open(settings, clock=clock) as ledger:
+        ledger.execute_many([_register(i) for i in range(3)])
+        assert any(t.name.startswith("key-writer") for t in threading.enumerate())
+    assert not any(t.name.startswith("key-writer") for t in threading.enumerate())
