@@ -14,7 +14,6 @@ import random
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from concurrent import futures
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -275,24 +274,17 @@ class LedgerApplication(Application[UUID]):
                     uow.restore(saved, self._reload)
                     session.rollback_to(keys)
                     results.append(error.to_result())
-            # New keys are written while the events are sent, and committed before them:
-            # the recorder waits for them just before the events' transaction commits.
-            keys_written = session.commit_in_background()
+            session.commit()
         finally:
             session.forget()
-        try:
-            shreds = uow.shredded_keys()
-            registered_now = {
-                subject_id
-                for subject_id, subject in uow.subjects.items()
-                if subject.pending_events and subject.pending_events[0].originator_version == 1
-            }
-            if any(s.pending_events for s in uow.subjects.values()) or uow.receipts:
-                self.save(*uow.subjects.values(), *uow.receipts, before_commit=keys_written.result)
-            else:
-                keys_written.result()
-        finally:
-            futures.wait([keys_written])  # no key write goes on behind a failed save
+        shreds = uow.shredded_keys()
+        registered_now = {
+            subject_id
+            for subject_id, subject in uow.subjects.items()
+            if subject.pending_events and subject.pending_events[0].originator_version == 1
+        }
+        if any(s.pending_events for s in uow.subjects.values()) or uow.receipts:
+            self.save(*uow.subjects.values(), *uow.receipts)
         self._after_save(uow, registered_now, shreds)
         return results
 

@@ -26,7 +26,7 @@ USAGE the library's inserts need (the owner of the schema, the usual case, has b
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
@@ -54,15 +54,8 @@ class CopyingPostgresRecorder(PostgresApplicationRecorder):
         self._copy_types = ["int8", datastore.originator_id_type, "int8", "text", "bytea"]
 
     def insert_events(
-        self,
-        stored_events: Sequence[StoredEvent],
-        *,
-        before_commit: Callable[[], object] | None = None,
-        **kwargs: Any,
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        """`before_commit` runs in the events' transaction just before it commits (the
-        application waits there for the keys the events were sealed with); if it raises,
-        nothing is written."""
         ids: Sequence[int] | None
         if (
             len(stored_events) < COPY_FROM
@@ -72,17 +65,13 @@ class CopyingPostgresRecorder(PostgresApplicationRecorder):
             # A handful of events, tracking records (which this application never writes),
             # or the library's database functions, which insert without the table lock
             # that makes a reserved block of ids safe: the library's own insert.
-            if before_commit is not None:
-                before_commit()
             ids = super().insert_events(stored_events, **kwargs)
         else:
-            ids = self._copy_events(stored_events, before_commit)
+            ids = self._copy_events(stored_events)
         return ids
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
-    def _copy_events(
-        self, stored_events: Sequence[StoredEvent], before_commit: Callable[[], object] | None
-    ) -> list[int]:
+    def _copy_events(self, stored_events: Sequence[StoredEvent]) -> list[int]:
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
             self._lock_table(curs)
             self._notify_channel(curs)
@@ -103,6 +92,4 @@ class CopyingPostgresRecorder(PostgresApplicationRecorder):
                             event.state,
                         )
                     )
-            if before_commit is not None:
-                before_commit()
         return ids

@@ -14,7 +14,7 @@ is longer between checkpoints, that is all.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 from eventsourcing.persistence import StoredEvent
@@ -33,20 +33,9 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder):
         super().__init__(datastore, **kwargs)
 
     def _insert_events(
-        self,
-        c: SQLiteCursor,
-        stored_events: Sequence[StoredEvent],
-        *,
-        before_commit: Callable[[], object] | None = None,
-        **kwargs: Any,
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        """`before_commit` runs in the events' transaction just before it commits (the
-        application waits there for the keys the events were sealed with); if it raises,
-        nothing is written."""
         # A setting of the connection, which the library's pool creates and reuses: set
         # on the connection that is about to commit (a no-op after the first time).
         c.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
-        ids = super()._insert_events(c, stored_events, **kwargs)
-        if before_commit is not None:
-            before_commit()
-        return ids
+        return super()._insert_events(c, stored_events, **kwargs)

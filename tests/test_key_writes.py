@@ -1,10 +1,11 @@
-"""A unit of work's new keys are written on the key store's writer thread while its
-events are sent, and committed before the events commit (DESIGN 4.3: keys first).
+"""A unit of work's new keys commit before its events (DESIGN 4.3: keys first).
 
-If writing the keys fails, the events' transaction is abandoned: nothing is written;
-a key conflict (another writer made the same generation) is retried like any race.
-Both sizes of save are held to it: a handful of events (the library's insert) and a
-batch (COPY on PostgreSQL).
+If writing the keys fails, no event is written; a key conflict (another writer made the
+same generation) is retried like any race. Both sizes of save are held to it: a handful
+of events (the library's insert) and a batch (COPY on PostgreSQL).
+
+(Writing the keys on a thread of their own while the events were sent was tried: on two
+cores it was no quicker, 1 % on PostgreSQL and 5 % slower on SQLite.)
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def test_no_event_commits_before_its_keys(
     seen: list[tuple[int, int]] = []
 
     def slow(session: KeySession) -> None:
-        time.sleep(0.3)  # the events have long been sent
+        time.sleep(0.3)  # were the events written meanwhile, they would show
         seen.append((watcher.max_position(), len(watcher.keystore.records(subjects[0]))))
         write(session)
 
@@ -104,12 +105,3 @@ def test_a_key_conflict_is_retried_and_written_once(
     assert len(attempts) == 2
     assert _events(ledger) == 2 * size  # each event once
     assert len(ledger.keystore.records(commands[-1]["subject"])) == 1
-
-
-def test_the_writer_thread_ends_with_the_ledger(settings: Settings, clock: FixedClock) -> None:
-    import threading
-
-    with Ledger.open(settings, clock=clock) as ledger:
-        ledger.execute_many([_register(i) for i in range(3)])
-        assert any(t.name.startswith("key-writer") for t in threading.enumerate())
-    assert not any(t.name.startswith("key-writer") for t in threading.enumerate())

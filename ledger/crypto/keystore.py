@@ -15,7 +15,6 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -503,11 +502,6 @@ class KeySession:
         """Write the new keys in one transaction (before the events that use them)."""
         self._store._write_session(self)
 
-    def commit_in_background(self) -> Future[None]:
-        """`commit` on the key store's writer thread, while the caller goes on to write
-        the events; the caller waits for it before the events commit."""
-        return self._store._write_in_background(self)
-
     def forget(self) -> None:
         self._open.clear()
         self._top.clear()
@@ -524,7 +518,6 @@ class KeyStore:
         self._master_key = master_key
         self._lock = threading.RLock()
         self._lookup_key: bytes | None = None
-        self._writer: ThreadPoolExecutor | None = None  # started on first use
         with self._lock:
             try:
                 for statement in _SCHEMA:
@@ -543,9 +536,6 @@ class KeyStore:
         return cls(_Postgres(url), master_key)
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.shutdown(wait=True)
-            self._writer = None
         with self._lock:
             self._db.close()
 
@@ -639,23 +629,6 @@ class KeyStore:
         self._db.commit()
         if erased:  # an erased subject's digests leave the files as after a shredding
             self._db.compact()
-
-    def _write_in_background(self, session: KeySession) -> Future[None]:
-        """Write a session's new keys on a thread of the key store's own.
-
-        The database does the writing, so the thread mostly waits, without the GIL: a
-        unit of work encodes and sends its events meanwhile (a tenth of a batch of new
-        customers, on PostgreSQL, went to waiting for their keys). One thread, so key
-        writes keep the order they were started in.
-        """
-        if not session.new_keys:
-            done: Future[None] = Future()
-            done.set_result(None)
-            return done
-        with self._lock:
-            if self._writer is None:
-                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="key-writer")
-            return self._writer.submit(self._write_session, session)
 
     def _write_session(self, session: KeySession) -> None:
         if not session.new_keys:
