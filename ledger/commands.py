@@ -340,6 +340,13 @@ _TAKES: dict[str, frozenset[str]] = {
     kind: frozenset({"type", *spec, *COMMON}) for kind, spec in COMMANDS.items()
 }
 
+# Each command's own fields and their validators, and the common fields' validators.
+_VALIDATORS: dict[str, dict[str, Validator]] = {
+    kind: {name: validator for name, (validator, _) in spec.items()}
+    for kind, spec in COMMANDS.items()
+}
+_COMMON_VALIDATORS: dict[str, Validator] = {name: v for name, (v, _) in COMMON.items()}
+
 # The fields each command requires, in the order they are reported missing.
 _REQUIRED: dict[str, tuple[str, ...]] = {
     kind: tuple(name for name, (_, required) in spec.items() if required)
@@ -391,23 +398,24 @@ def parse_command(data: Any) -> Command:
             "invalid_command",
             "field 'type' must be one of: " + ", ".join(sorted(COMMANDS)),
         )
-    spec = COMMANDS[kind]
     if not data.keys() <= _TAKES[kind]:
         unknown = set(data) - _TAKES[kind]
-        raise _unknown_fields(kind, unknown, ["type", *spec, *COMMON])
+        raise _unknown_fields(kind, unknown, ["type", *COMMANDS[kind], *COMMON])
     for name in _REQUIRED[kind]:
         if data.get(name) is None:
             raise _fail(name, f"is required for '{kind}'")
     # only the fields given are looked at (a command names few of the optional ones)
+    validators = _VALIDATORS[kind]
     fields: dict[str, Any] = {}
     common: dict[str, Any] = {}
     for name, value in data.items():
         if value is None or name == "type":
             continue
-        if name in spec:
-            fields[name] = spec[name][0](name, value)
+        validator = validators.get(name)
+        if validator is not None:
+            fields[name] = validator(name, value)
         else:
-            common[name] = COMMON[name][0](name, value)
+            common[name] = _COMMON_VALIDATORS[name](name, value)
     return Command(
         type=kind,
         fields=fields,
