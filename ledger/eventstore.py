@@ -106,8 +106,10 @@ class EventStoreQueries:
         """
         if self.sqlite:
             with self.recorder.datastore.transaction(commit=False) as cursor:
-                cursor.execute(self._page, (start, stop))
-                found = cursor.fetchall()
+                raw = cursor.sqlite_cursor
+                raw.row_factory = None  # plain tuples: the library's `Row`s took a third longer
+                raw.execute(self._page, (start, stop))
+                found = raw.fetchall()
             return [(i, _dashed(h), v, t, s) for i, h, v, t, s in found]
         with self.recorder.datastore.get_connection() as conn:
             return _taken(_page_cursor(conn, self._page, start, stop))

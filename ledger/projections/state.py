@@ -74,14 +74,14 @@ class SubjectState:
     dirty: dict[str, set[str]] = field(default_factory=dict)
     deleted: dict[str, set[str]] = field(default_factory=dict)
     new: bool = False
+    sid: int = field(init=False)  # the row's key, which every other row of it names
+
+    def __post_init__(self) -> None:
+        self.sid = int(self.row["sid"])
 
     @classmethod
     def empty(cls, row: Row) -> SubjectState:
         return cls(row=row, tables={name: {} for name in _KEYED_NAMES}, new=True)
-
-    @property
-    def sid(self) -> int:
-        return int(self.row["sid"])
 
     def rows(self, table: Table) -> dict[str, Row]:
         return self.tables[table.name]
@@ -240,7 +240,9 @@ class BatchState:
                     "live": live,
                     "shredded_at": shredded_at,
                 }
-                if any(scope.get(k) != v for k, v in derived.items()):
+                if state.new:  # every row of it is written: nothing to compare
+                    scope.update(derived)
+                elif any(scope.get(k) != v for k, v in derived.items()):
                     scope.update(derived)
                     state.touch(SCOPES_T, key)
 
