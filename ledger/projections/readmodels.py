@@ -43,7 +43,10 @@ from ledger.projections.views import subject_document
 log = get_logger("ledger.projections")
 
 BATCH = 1000
-REBUILD_BATCH = 3000  # fewer, larger transactions: a rebuild keeps no reader waiting
+# Events per batch in a rebuild, as measured (26 Nov, alternating runs at 100k events):
+# on SQLite 1,000 was 7 % quicker than 3,000 (a batch's rows stay in the CPU's caches),
+# on PostgreSQL 3,000 was 8 % quicker than 1,000 (fewer round trips to the server).
+REBUILD_BATCH = {"sqlite": 1000, "postgres": 3000}
 ABANDONED_AFTER = 60.0  # seconds without a batch after which a rebuild counts as dead
 Progress = Callable[[int, int], None]
 EventFilter = Callable[[EventRecord], bool]
@@ -147,7 +150,7 @@ class ReadModels:
         self.keep_ciphertext = keep_ciphertext
         self.event_filter = event_filter
         self.batch_size = batch_size
-        self.rebuild_batch_size = max(batch_size, REBUILD_BATCH)
+        self.rebuild_batch_size = max(batch_size, REBUILD_BATCH[recorder.dialect])
         self.decode = Decoder(app)
         self.events = EventStoreQueries(app.recorder)  # type: ignore[arg-type]
         self._lock = threading.RLock()
