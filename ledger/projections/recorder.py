@@ -206,22 +206,24 @@ def writes_of(batch: BatchState) -> list[Write]:
     """What a batch changes, as rows for `Cursor.write`: new subjects' rows are inserted,
     stored subjects' rows deleted or upserted, log rows inserted, counters added."""
     out: list[Write] = []
-    states = list(batch.subjects.values())
+    new = [s for s in batch.subjects.values() if s.new]
+    stored = [s for s in batch.subjects.values() if not s.new]
     encode = _ENCODE[SUBJECTS.name]
-    out.append((SUBJECTS, "insert", [encode(s.row) for s in states if s.new]))
-    out.append((SUBJECTS, "upsert", [encode(s.row) for s in states if not s.new]))
+    out.append((SUBJECTS, "insert", [encode(s.row) for s in new]))
+    out.append((SUBJECTS, "upsert", [encode(s.row) for s in stored]))
+    # a new subject has rows in a few of the keyed tables: visit only those
+    fresh: dict[str, list[tuple[Any, ...]]] = {table.name: [] for table in KEYED}
+    for s in new:
+        for name, rows in s.tables.items():
+            if rows:
+                fresh[name].extend(map(_ENCODE[name], rows.values()))
     for table in KEYED:
         name = table.name
-        deletes = [(s.sid, key) for s in states if not s.new for key in s.deleted.get(name, ())]
-        out.append((table, "delete", deletes))
+        deletes = [(s.sid, key) for s in stored for key in s.deleted.get(name, ())]
         encode = _ENCODE[name]
-        fresh: list[tuple[Any, ...]] = []
-        changed: list[tuple[Any, ...]] = []
-        for s in states:
-            rows = s.changed_rows(name)
-            if rows:
-                (fresh if s.new else changed).extend(map(encode, rows))
-        out.append((table, "insert", fresh))
+        changed = [encode(row) for s in stored for row in s.changed_rows(name)]
+        out.append((table, "delete", deletes))
+        out.append((table, "insert", fresh[name]))
         out.append((table, "upsert", changed))
     for name, log_rows in batch.logs.items():
         encode = _ENCODE[name]

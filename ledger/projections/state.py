@@ -276,35 +276,36 @@ def _add_kid(b: BatchState, st: SubjectState, scope: str, kid: str, position: in
 
 
 def on_collected(b: BatchState, st: SubjectState, r: EventRecord) -> None:
+    # the most frequent event of all: its fields are read once each
     s = r.state
-    items = st.rows(DATA_ITEMS)
-    previous = items.get(s["category"])
+    category, value, scope, occurred_at = s["category"], s["value"], s["scope"], s["occurred_at"]
+    previous = st.rows(DATA_ITEMS).get(category)
     st.put(
         DATA_ITEMS,
-        s["category"],
+        category,
         {
             "sid": st.sid,
-            "category": s["category"],
-            "value": b.sealed(s["value"]),
-            "kid": s["value"]["kid"],
-            "scope": s["scope"],
+            "category": category,
+            "value": b.sealed(value),
+            "kid": value["kid"],
+            "scope": scope,
             "purpose": s["purpose"],
             "legal_basis": s["legal_basis"],
             "source": s["source"],
-            "collected_at": s["occurred_at"],
+            "collected_at": occurred_at,
             "cpr_ground": s.get("cpr_ground"),
             "rectified": False,
             "erased": False,
             "seq": previous["seq"] if previous else r.position,
         },
     )
+    row = st.row
     if s["source"] == "subject":  # contact, as the aggregate counts it
-        st.row["last_dialogue_at"] = later(st.row["last_dialogue_at"], s["occurred_at"])
-    _add_kid(b, st, s["scope"], s["value"]["kid"], r.position)
-    if s["scope"] == "marketing":
-        newest = later(st.row["marketing_registered_at"], s["occurred_at"])
-        st.row["marketing_registered_at"] = newest
-    b.counters[("collected", s["purpose"], s["category"])] += 1
+        row["last_dialogue_at"] = later(row["last_dialogue_at"], occurred_at)
+    _add_kid(b, st, scope, value["kid"], r.position)
+    if scope == "marketing":
+        row["marketing_registered_at"] = later(row["marketing_registered_at"], occurred_at)
+    b.counters[("collected", s["purpose"], category)] += 1
 
 
 def on_rectified(b: BatchState, st: SubjectState, r: EventRecord) -> None:
