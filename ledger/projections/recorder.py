@@ -90,6 +90,16 @@ class Cursor:
         self.execute(sql, params)
         return self.fetchall()
 
+    @contextmanager
+    def pipelined(self) -> Iterator[None]:
+        """Statements sent together: on PostgreSQL one round trip for all of them (pipeline
+        mode; a result asked for inside sends what is queued), on SQLite as they come."""
+        if self.dialect == "sqlite":
+            yield
+            return
+        with self.raw.connection.pipeline():
+            yield
+
     def write_all(self, writes: Sequence[Write]) -> None:
         """Several writes; on PostgreSQL the COPYs first, then every statement in one
         pipeline (one round trip, where each `executemany` waited for its own)."""
@@ -353,9 +363,10 @@ class ReadModelRecorder(TrackingRecorder):
                 batch.apply(record)
             batch.finish()
             self._flush(cur, batch)
-            self._track(cur, position)
-            if self.in_rebuild:
-                _mark_rebuild(cur)
+            with cur.pipelined():
+                self._track(cur, position)
+                if self.in_rebuild:
+                    _mark_rebuild(cur)
         return True
 
     def load_subjects(self, cur: Cursor, subject_ids: Sequence[str]) -> dict[str, SubjectState]:
@@ -507,11 +518,13 @@ class PostgresReadModelRecorder(ReadModelRecorder, PostgresTrackingRecorder):
     def writer(self) -> Iterator[Cursor]:
         with self.datastore.get_connection() as conn, conn.transaction():
             raw = conn.cursor()
-            raw.execute(self._search_path)
-            # Like synchronous=NORMAL on SQLite: a crash may lose the newest batches, and
-            # their tracking position with them, so they are applied again; never half.
-            raw.execute("SET LOCAL synchronous_commit TO OFF")
-            raw.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
+            with conn.pipeline():  # one round trip for the three
+                raw.execute(self._search_path)
+                # Like synchronous=NORMAL on SQLite: a crash may lose the newest batches,
+                # and their tracking position with them, so they are applied again; never
+                # half.
+                raw.execute("SET LOCAL synchronous_commit TO OFF")
+                raw.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
             yield Cursor(raw, "postgres")
 
     @contextmanager
