@@ -29,6 +29,10 @@ CHUNK = 400  # ids per statement: well under SQLite's bound-parameter limit
 _REGISTERED = (
     "SELECT originator_id FROM {table} WHERE originator_id {ids} AND originator_version = 1"
 )
+_REGISTRATIONS = (
+    "SELECT originator_id, {id} AS position FROM {table} "
+    "WHERE originator_id {ids} AND originator_version = 1"
+)
 _AFTER_ONE = (
     "SELECT originator_id, originator_version, topic, state FROM {table} "
     "WHERE originator_id = {p} AND originator_version > {p} ORDER BY originator_version"
@@ -86,6 +90,9 @@ class EventStoreQueries:
         p = "?" if self.sqlite else "%s"
         self._after_one = _AFTER_ONE.format(table=self.table, p=p)
         self._registered_pg = _REGISTERED.format(table=self.table, ids="= ANY(%s)")
+        self._registrations_pg = _REGISTRATIONS.format(
+            table=self.table, ids="= ANY(%s)", id="notification_id"
+        )
         self._after_many_pg = _AFTER_MANY_POSTGRES.format(table=self.table)
         self._page = (_PAGE_SQLITE if self.sqlite else _PAGE_POSTGRES).format(table=self.table)
         self._next = (_NEXT_SQLITE if self.sqlite else _NEXT_POSTGRES).format(table=self.table)
@@ -136,6 +143,21 @@ class EventStoreQueries:
                     reader.drain()
                 raise
             reader.drain()
+
+    def registrations(self, subject_ids: Sequence[str]) -> dict[str, int]:
+        """The notification id of each of these subjects' first event (those that have
+        one), by subject id: a read model's key for the subject."""
+        found: dict[str, int] = {}
+        for chunk in _chunks(list(subject_ids)):
+            if self.sqlite:
+                marks = ", ".join("?" for _ in chunk)
+                sql = _REGISTRATIONS.format(table=self.table, ids=f"IN ({marks})", id="rowid")
+                rows = self._rows(sql, [UUID(s).hex for s in chunk])
+                found.update((_dashed(r["originator_id"]), int(r["position"])) for r in rows)
+            else:
+                rows = self._rows(self._registrations_pg, ([UUID(s) for s in chunk],))
+                found.update((str(r["originator_id"]), int(r["position"])) for r in rows)
+        return found
 
     def registered_among(self, ids: Sequence[UUID]) -> set[UUID]:
         """Which of these aggregate ids have a first event."""

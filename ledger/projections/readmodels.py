@@ -301,7 +301,7 @@ class ReadModels:
             self.recorder.reset(fingerprint(self.policy), indexes=False)
             self._checked = True
             try:
-                with self.recorder.rebuilding():
+                with self.recorder.rebuilding(self.events.registrations):
                     done = self.catch_up(progress=progress, batch_size=self.rebuild_batch_size)
             except BaseException:
                 with contextlib.suppress(Exception):  # else the mark stays for another process

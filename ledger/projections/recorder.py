@@ -44,6 +44,8 @@ from ledger.sqlitetypes import register_adapters
 
 Row = dict[str, Any]
 Write = tuple[Table, str, Sequence[tuple[Any, ...]]]  # table, mode, rows
+# subject ids -> the notification id of each one's registration (those registered)
+Registrations = Callable[[Sequence[str]], dict[str, int]]
 CHUNK = 400  # ids per IN (...) list: well under SQLite's bound-parameter limit
 FINGERPRINT = "fingerprint"  # rm_meta: what code and catalogue built the tables
 INDEXES_PENDING = "indexes_pending"  # rm_meta: a rebuild has not created its indexes yet
@@ -248,6 +250,7 @@ class ReadModelRecorder(TrackingRecorder):
     dialect: str = ""
     application_name = "Ledger"
     in_rebuild = False  # True inside `rebuilding()`
+    _registered_at: Registrations | None = None  # set inside `rebuilding()`
 
     # -- transactions (per backend) ---------------------------------------------------
 
@@ -262,15 +265,20 @@ class ReadModelRecorder(TrackingRecorder):
         """A read transaction that sees one consistent state of every table."""
 
     @contextmanager
-    def rebuilding(self) -> Iterator[None]:
+    def rebuilding(self, registered_at: Registrations) -> Iterator[None]:
         """While a rebuild applies its batches: each batch also renews the rebuild's mark in
-        `rm_meta` (see `reset`), so other processes can tell a live rebuild from a dead one.
-        Backends add settings for writing many batches in a row."""
+        `rm_meta` (see `reset`), so other processes can tell a live rebuild from a dead one,
+        and stored subjects are found by their key, the position of their registration
+        (`registered_at` reads it from the event store), as the index on subject ids comes
+        with the other indexes at the end. Backends add settings for writing many batches
+        in a row."""
         self.in_rebuild = True
+        self._registered_at = registered_at
         try:
             yield
         finally:
             self.in_rebuild = False
+            self._registered_at = None
 
     @abstractmethod
     def _tracking_position(self, cursor: Cursor) -> int:
@@ -374,9 +382,15 @@ class ReadModelRecorder(TrackingRecorder):
         found: dict[str, SubjectState] = {}
         for start in range(0, len(subject_ids), CHUNK):
             chunk = subject_ids[start : start + CHUNK]
-            marks = ", ".join("?" * len(chunk))
+            keys: Sequence[Any] = chunk
+            column = "subject"
+            if self._registered_at is not None:  # a rebuild, before the index on subject ids
+                keys, column = list(self._registered_at(chunk).values()), "sid"
+                if not keys:
+                    continue
+            marks = ", ".join("?" * len(keys))
             by_sid: dict[int, SubjectState] = {}
-            for row in cur.query(f"SELECT * FROM rm_subjects WHERE subject IN ({marks})", chunk):
+            for row in cur.query(f"SELECT * FROM rm_subjects WHERE {column} IN ({marks})", keys):
                 state = SubjectState(row=decode_row(SUBJECTS, row), tables={})
                 state.tables = {t.name: {} for t in KEYED}
                 found[row["subject"]] = state
@@ -471,11 +485,11 @@ class SQLiteReadModelRecorder(ReadModelRecorder, SQLiteTrackingRecorder):
             conn.commit()
 
     @contextmanager
-    def rebuilding(self) -> Iterator[None]:
+    def rebuilding(self, registered_at: Registrations) -> Iterator[None]:
         """Also copy the write-ahead log back once at the end, where a rebuild leaves up to
         40 MB of it."""
         try:
-            with super().rebuilding():
+            with super().rebuilding(registered_at):
                 yield
         finally:
             with self.datastore.get_connection(commit=True) as conn:

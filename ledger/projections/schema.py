@@ -236,9 +236,11 @@ def column_types(dialect: str, table: Table) -> list[str]:
 def create_statements(dialect: str, qualify: str = "", *, indexes: bool = True) -> list[str]:
     """DDL for every table and index; `qualify` is a schema prefix like '"s".'.
 
-    `indexes=False` leaves out the secondary indexes but the subject lookup, which applying
-    events needs: a rebuild creates them last, since one sort per index costs far less
-    than keeping it through a million inserts.
+    `indexes=False` leaves out the secondary indexes, the subject lookup too: a rebuild
+    creates them last, since one sort per index costs far less than keeping it through a
+    million inserts (and the lookup's keys, random ids, put each insert on another page).
+    Meanwhile a rebuild finds stored subjects by their key, the position of their
+    registration, which the event store's own index gives (`ReadModels.rebuild`).
     """
     types = _TYPES[dialect]
     statements = []
@@ -250,13 +252,13 @@ def create_statements(dialect: str, qualify: str = "", *, indexes: bool = True) 
         statements.append(
             f"CREATE TABLE IF NOT EXISTS {name} ({cols}, PRIMARY KEY ({key})){suffix}"
         )
-    statements.append(_index(SUBJECT_LOOKUP, qualify))
     return statements + index_statements(qualify) if indexes else statements
 
 
 def index_statements(qualify: str = "") -> list[str]:
-    """DDL for the secondary indexes (but the subject lookup, which is always there)."""
-    return [_index(i, qualify) for i in _INDEXES if i != SUBJECT_LOOKUP]
+    """DDL for the secondary indexes, the subject lookup first."""
+    others = [_index(i, qualify) for i in _INDEXES if i != SUBJECT_LOOKUP]
+    return [_index(SUBJECT_LOOKUP, qualify), *others]
 
 
 SUBJECT_LOOKUP = (SUBJECTS, ("subject",))
