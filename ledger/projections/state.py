@@ -151,7 +151,6 @@ class BatchState:
         self.subjects: dict[str, SubjectState] = {}
         self.logs: dict[str, list[Row]] = {}
         self.counters: Counter[tuple[str, str, str]] = Counter()
-        self.applied = 0
 
     # -- applying ---------------------------------------------------------------------
 
@@ -170,7 +169,6 @@ class BatchState:
         if record.version > row["version"]:  # notifications of a subject come in order
             row["version"] = record.version
         row["position"] = record.position
-        self.applied += 1
 
     def log(self, table: Table, row: Row) -> None:
         self.logs.setdefault(table.name, []).append(row)
@@ -210,7 +208,6 @@ class BatchState:
             "position": r.position,
         }
         self.subjects[r.subject] = SubjectState.empty(row)
-        self.applied += 1
 
     # -- derived columns --------------------------------------------------------------
 
