@@ -73,10 +73,11 @@ class CopyingPostgresRecorder(PostgresApplicationRecorder):
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def _copy_events(self, stored_events: Sequence[StoredEvent]) -> list[int]:
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
-            self._lock_table(curs)
-            self._notify_channel(curs)
-            curs.execute(self._reserve_ids, (len(stored_events),))
-            row = curs.fetchone()
+            with conn.pipeline():  # the lock, the notice and the ids in one round trip
+                self._lock_table(curs)
+                self._notify_channel(curs)
+                curs.execute(self._reserve_ids, (len(stored_events),))
+                row = curs.fetchone()
             assert row is not None
             last = int(row["last"])
             ids = list(range(last - len(stored_events) + 1, last + 1))
