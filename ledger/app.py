@@ -475,8 +475,7 @@ class LedgerApplication(Application[UUID]):
         key; one registered concurrently after this read is caught by the event store's
         unique constraint, and the retry reads again.
         """
-        found = self.queries.registered_among([UUID(s) for s in subject_ids])
-        return {str(uid) for uid in found}
+        return set(self.queries.registrations(subject_ids))
 
     def subject_exists(self, subject_id: str) -> bool:
         try:

@@ -2,8 +2,8 @@
 
 The library reads one aggregate at a time; a group of commands touches many. These two
 questions are asked of a whole group at once, on the library's own tables and connections:
-which of these ids are registered already, and which events are newer than the versions a
-process holds in its cache. Statements are built once and, on PostgreSQL, prepared.
+which of these ids are registered already, and where in the log (a rebuild keys subjects by
+that), and which events are newer than the versions a process holds in its cache. Statements are built once and, on PostgreSQL, prepared.
 
 A third read serves the read models: a page of the notification log as plain tuples, the
 originator id already as text, where the library builds a `UUID` and a `Notification` for
@@ -26,9 +26,6 @@ from psycopg.rows import tuple_row
 
 CHUNK = 400  # ids per statement: well under SQLite's bound-parameter limit
 
-_REGISTERED = (
-    "SELECT originator_id FROM {table} WHERE originator_id {ids} AND originator_version = 1"
-)
 _REGISTRATIONS = (
     "SELECT originator_id, {id} AS position FROM {table} "
     "WHERE originator_id {ids} AND originator_version = 1"
@@ -89,7 +86,6 @@ class EventStoreQueries:
         self.table = name if self.sqlite else f'"{library.datastore.schema}"."{name}"'
         p = "?" if self.sqlite else "%s"
         self._after_one = _AFTER_ONE.format(table=self.table, p=p)
-        self._registered_pg = _REGISTERED.format(table=self.table, ids="= ANY(%s)")
         self._registrations_pg = _REGISTRATIONS.format(
             table=self.table, ids="= ANY(%s)", id="notification_id"
         )
@@ -145,8 +141,9 @@ class EventStoreQueries:
             reader.drain()
 
     def registrations(self, subject_ids: Sequence[str]) -> dict[str, int]:
-        """The notification id of each of these subjects' first event (those that have
-        one), by subject id: a read model's key for the subject."""
+        """The notification id of each of these subjects' first event, by subject id, for
+        those registered: which are (a batch of commands asks), and the key a read model
+        gives each (a rebuild asks)."""
         found: dict[str, int] = {}
         for chunk in _chunks(list(subject_ids)):
             if self.sqlite:
@@ -157,19 +154,6 @@ class EventStoreQueries:
             else:
                 rows = self._rows(self._registrations_pg, ([UUID(s) for s in chunk],))
                 found.update((str(r["originator_id"]), int(r["position"])) for r in rows)
-        return found
-
-    def registered_among(self, ids: Sequence[UUID]) -> set[UUID]:
-        """Which of these aggregate ids have a first event."""
-        found: set[UUID] = set()
-        for chunk in _chunks(list(ids)):
-            if self.sqlite:
-                marks = ", ".join("?" for _ in chunk)
-                sql = _REGISTERED.format(table=self.table, ids=f"IN ({marks})")
-                rows = self._rows(sql, [u.hex for u in chunk])
-            else:
-                rows = self._rows(self._registered_pg, (chunk,))
-            found.update(UUID(str(row["originator_id"])) for row in rows)
         return found
 
     def events_after(self, versions: Mapping[UUID, int]) -> dict[UUID, list[StoredEvent]]:
