@@ -15,6 +15,7 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -440,46 +441,54 @@ def _index_names(models: ReadModels) -> set[str]:
     return {str(r["name"]) for r in rows if not str(r["name"]).endswith("_pkey")}
 
 
-def test_a_stopped_rebuild_still_creates_its_indexes(backend: str) -> None:
+@pytest.fixture
+def kept(backend: str) -> Iterator[tuple[Ledger, dict[str, Any], set[str]]]:
+    """A story of 40 customers with its read models kept incrementally: the ledger (set to
+    rebuild in batches of 50 events, so most subjects' events span several), the tables
+    and the index names, as a rebuild must leave them."""
+    with fresh_ledger(backend, FixedClock(NOW)) as ledger:
+        run_story(ledger, 40, views=False)
+        models = ledger.read_models
+        models.catch_up()
+        expected = tables(ledger)
+        indexes = _index_names(models)
+        models.rebuild_batch_size = 50
+        yield ledger, expected, indexes
+
+
+def test_a_stopped_rebuild_still_creates_its_indexes(
+    kept: tuple[Ledger, dict[str, Any], set[str]],
+) -> None:
     """A rebuild creates the secondary indexes last, also when it is stopped half-way."""
-    with fresh_ledger(backend, FixedClock(NOW)) as ledger:
-        run_story(ledger, 40, views=False)
-        models = ledger.read_models
-        models.catch_up()
-        expected = tables(ledger)
-        indexes = _index_names(models)
-        assert len(indexes) >= 10, indexes
-        models.rebuild_batch_size = 50
+    ledger, expected, indexes = kept
+    models = ledger.read_models
+    assert len(indexes) >= 10, indexes
 
-        def stop(position: int, target: int) -> None:
-            raise KeyboardInterrupt  # an operator's Ctrl-C after the first batch
+    def stop(position: int, target: int) -> None:
+        raise KeyboardInterrupt  # an operator's Ctrl-C after the first batch
 
-        with pytest.raises(KeyboardInterrupt):
-            models.rebuild(progress=stop)
-        assert 0 < models.position() < ledger.max_position()
-        assert _index_names(models) == indexes
-        assert "indexes_pending" not in models.recorder.stored_meta()
-        models.catch_up()
-        assert canonical(tables(ledger)) == canonical(expected)
+    with pytest.raises(KeyboardInterrupt):
+        models.rebuild(progress=stop)
+    assert 0 < models.position() < ledger.max_position()
+    assert _index_names(models) == indexes
+    assert "indexes_pending" not in models.recorder.stored_meta()
+    models.catch_up()
+    assert canonical(tables(ledger)) == canonical(expected)
 
 
-def test_a_rebuild_finds_earlier_subjects_by_their_registration(backend: str) -> None:
+def test_a_rebuild_finds_earlier_subjects_by_their_registration(
+    kept: tuple[Ledger, dict[str, Any], set[str]],
+) -> None:
     """Until its indexes come, at the end, a rebuild finds the subjects that earlier
-    batches stored by the position of their registration in the log: in batches of 50
-    events, most subjects' events span several, and the tables end as when kept
-    incrementally."""
-    with fresh_ledger(backend, FixedClock(NOW)) as ledger:
-        run_story(ledger, 40, views=False)
-        models = ledger.read_models
-        models.catch_up()
-        expected = tables(ledger)
-        indexes = _index_names(models)
-        models.rebuild_batch_size = 50
-        seen: list[set[str]] = []
-        models.rebuild(progress=lambda position, target: seen.append(_index_names(models)))
-        assert len(seen) > 5 and all(not found for found in seen)  # no index meanwhile
-        assert _index_names(models) == indexes
-        assert canonical(tables(ledger)) == canonical(expected)
+    batches stored by the position of their registration in the log, and the tables end
+    as when kept incrementally."""
+    ledger, expected, indexes = kept
+    models = ledger.read_models
+    seen: list[set[str]] = []
+    models.rebuild(progress=lambda position, target: seen.append(_index_names(models)))
+    assert len(seen) > 5 and all(not found for found in seen)  # no index meanwhile
+    assert _index_names(models) == indexes
+    assert canonical(tables(ledger)) == canonical(expected)
 
 
 def test_a_killed_rebuild_gets_its_indexes_once_it_is_clearly_dead(backend: str) -> None:
