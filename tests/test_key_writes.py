@@ -11,9 +11,7 @@ cores it was no quicker, 1 % on PostgreSQL and 5 % slower on SQLite.)
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -21,19 +19,9 @@ from ledger.clock import FixedClock
 from ledger.config import Settings
 from ledger.crypto.keystore import KeyConflict, KeySession, KeyStoreError
 from ledger.facade import Ledger
+from tests.command_support import customers
 
 SIZES = [1, 40]  # commands: below and above the PostgreSQL recorder's COPY threshold
-
-
-def _register(i: int) -> dict[str, Any]:
-    return {
-        "type": "register_subject",
-        "subject": str(uuid.uuid4()),
-        "kind": "customer",
-        "purpose": "customer_administration",
-        "legal_basis": "contract",
-        "identifiers": {"email": f"kunde{i}@example.dk"},
-    }
 
 
 def _events(ledger: Ledger) -> int:
@@ -60,7 +48,7 @@ def test_no_event_commits_before_its_keys(
         write(session)
 
     monkeypatch.setattr(ledger.keystore, "_write_session", slow)
-    commands = [_register(i) for i in range(size)]
+    commands = customers(size, "email")
     subjects = [c["subject"] for c in commands]
     assert all(r["ok"] for r in ledger.execute_many(commands))
     assert seen == [(0, 0)]  # neither the events nor the keys were visible yet
@@ -76,7 +64,7 @@ def test_keys_that_cannot_be_written_leave_nothing_written(
         raise KeyStoreError("the master key was rotated")
 
     monkeypatch.setattr(ledger.keystore, "_write_session", refused)
-    commands = [_register(i) for i in range(size)]
+    commands = customers(size, "email")
     with pytest.raises(KeyStoreError):
         ledger.execute_many(commands)
     assert ledger.max_position() == 0
@@ -100,7 +88,7 @@ def test_a_key_conflict_is_retried_and_written_once(
         write(session)
 
     monkeypatch.setattr(ledger.keystore, "_write_session", first_loses)
-    commands = [_register(i) for i in range(size)]
+    commands = customers(size, "email")
     assert all(r["ok"] for r in ledger.execute_many(commands))
     assert len(attempts) == 2
     assert _events(ledger) == 2 * size  # each event once

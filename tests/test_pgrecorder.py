@@ -23,6 +23,7 @@ from ledger.clock import FixedClock
 from ledger.config import Settings
 from ledger.facade import Ledger
 from ledger.pgrecorder import COPY_FROM, CopyingPostgresRecorder
+from tests.command_support import customers
 from tests.conftest import MASTER_KEY, PG_URL, _conninfo
 
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
@@ -39,19 +40,6 @@ def pg_ledger(pg_schema: str, tmp_path: Any) -> Iterator[Ledger]:
         yield ledger
 
 
-def registrations(count: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "type": "register_subject",
-            "subject": str(uuid.uuid4()),
-            "kind": "customer",
-            "purpose": "customer_administration",
-            "legal_basis": "contract",
-        }
-        for _ in range(count)
-    ]
-
-
 def _log(ledger: Ledger) -> list[tuple[int, str, int]]:
     return [
         (n.id, str(n.originator_id), n.originator_version)
@@ -64,11 +52,11 @@ def test_the_ledger_uses_it(pg_ledger: Ledger) -> None:
 
 
 def test_a_large_save_gets_the_next_ids_in_order(pg_ledger: Ledger) -> None:
-    small = registrations(3)
+    small = customers(3)
     assert all(r["ok"] for r in pg_ledger.execute_many(small))  # the library's insert
-    large = registrations(COPY_FROM * 3)
+    large = customers(COPY_FROM * 3)
     assert all(r["ok"] for r in pg_ledger.execute_many(large))  # COPY
-    after = registrations(2)
+    after = customers(2)
     assert all(r["ok"] for r in pg_ledger.execute_many(after))
     log = _log(pg_ledger)
     subjects = [c["subject"] for c in (*small, *large, *after)]
@@ -85,7 +73,7 @@ def test_concurrent_large_saves_share_the_log_without_gaps_or_repeats(
         "LEDGER_MASTER_KEY": MASTER_KEY,
         "LEDGER_DATABASE_URL": f"{PG_URL}?schema={pg_schema}",
     }
-    batches = [registrations(COPY_FROM * 2) for _ in range(8)]
+    batches = [customers(COPY_FROM * 2) for _ in range(8)]
     failures: list[BaseException] = []
 
     def write(ledger: Ledger, mine: list[list[dict[str, Any]]]) -> None:
@@ -115,7 +103,7 @@ def test_concurrent_large_saves_share_the_log_without_gaps_or_repeats(
 
 
 def test_a_duplicate_version_is_refused_and_nothing_is_written(pg_ledger: Ledger) -> None:
-    assert all(r["ok"] for r in pg_ledger.execute_many(registrations(COPY_FROM)))
+    assert all(r["ok"] for r in pg_ledger.execute_many(customers(COPY_FROM)))
     taken = pg_ledger.app.recorder.select_notifications(start=1, limit=1)[0]
     recorder = pg_ledger.app.recorder
     fresh = [StoredEvent(uuid.uuid4(), 1, taken.topic, taken.state) for _ in range(COPY_FROM - 1)]
@@ -132,14 +120,14 @@ def test_a_large_save_notifies_listeners(pg_ledger: Ledger, pg_schema: str) -> N
     assert isinstance(recorder, CopyingPostgresRecorder)
     with psycopg.connect(_conninfo(PG_URL), autocommit=True) as listener:
         listener.execute(f'LISTEN "{recorder.channel_name}"')
-        assert all(r["ok"] for r in pg_ledger.execute_many(registrations(COPY_FROM)))
+        assert all(r["ok"] for r in pg_ledger.execute_many(customers(COPY_FROM)))
         heard = list(listener.notifies(timeout=10, stop_after=1))
     assert heard and heard[0].channel == recorder.channel_name
 
 
 def test_copied_rows_hold_exactly_what_the_mapper_made(pg_ledger: Ledger) -> None:
     """Binary COPY stores the stored events byte for byte (and the ids as UUIDs)."""
-    commands = registrations(COPY_FROM * 2)
+    commands = customers(COPY_FROM * 2)
     assert all(r["ok"] for r in pg_ledger.execute_many(commands))
     mapper = pg_ledger.app.mapper
     notifications = pg_ledger.app.recorder.select_notifications(start=1, limit=1000)

@@ -12,29 +12,14 @@ erasure empties its log, and a bigger one made erasures slower than their goal.
 from __future__ import annotations
 
 import sqlite3
-import uuid
 from pathlib import Path
-from typing import Any
 
 from ledger.audit import service
 from ledger.clock import FixedClock
 from ledger.config import Settings
 from ledger.facade import Ledger
+from tests.command_support import customers
 from tests.conftest import MASTER_KEY
-
-
-def _customers(count: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "type": "register_subject",
-            "subject": str(uuid.uuid4()),
-            "kind": "customer",
-            "purpose": "customer_administration",
-            "legal_basis": "contract",
-            "identifiers": {"email": f"kunde{i}@example.dk", "phone": f"+45{30000000 + i}"},
-        }
-        for i in range(count)
-    ]
 
 
 def _frames_in_log(path: Path) -> int:
@@ -54,7 +39,7 @@ def test_the_logs_grow_past_a_thousand_pages_before_they_are_copied_back(
         database = settings.database.sqlite_path
         assert database is not None
         for _ in range(4):
-            results = ledger.execute_many(_customers(1000))
+            results = ledger.execute_many(customers(1000, "email", "phone"))
             assert all(r["ok"] for r in results)
         written = _frames_in_log(database)  # by the event store's connections alone
         ledger.subject(results[0]["subject"])  # the read models catch up and commit
