@@ -107,10 +107,9 @@ class SubjectState:
             self.deleted.setdefault(name, set()).add(key)
 
     def changed_rows(self, name: str) -> list[Row]:
-        """The rows of a table to write: all of a new subject's, a stored one's changed."""
+        """A stored subject's rows of a table that this batch changed (a new subject's rows
+        are all written: `writes_of` takes them from `tables`)."""
         rows = self.tables[name]
-        if self.new:
-            return list(rows.values())
         return [rows[k] for k in self.dirty.get(name, ()) if k in rows]
 
 
