@@ -2,8 +2,9 @@
 
 The library reads one aggregate at a time; a group of commands touches many. These two
 questions are asked of a whole group at once, on the library's own tables and connections:
-which of these ids are registered already, and where in the log (a rebuild keys subjects by
-that), and which events are newer than the versions a process holds in its cache. Statements are built once and, on PostgreSQL, prepared.
+which of these ids are registered already, and where in the log (a rebuild keys subjects
+by that), and which events are newer than the versions a process holds in its cache.
+Statements are built once and, on PostgreSQL, prepared.
 
 A third read serves the read models: a page of the notification log as plain tuples, the
 originator id already as text, where the library builds a `UUID` and a `Notification` for
