@@ -22,6 +22,7 @@ from eventsourcing.persistence import (
 )
 
 from ledger.config import Settings
+from ledger.sqliterecorder import SQLITE_FACTORY
 
 
 class OrjsonTranscoder(Transcoder):
@@ -57,7 +58,7 @@ def application_env(settings: Settings) -> dict[str, str]:
         assert db.sqlite_path is not None
         db.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
         return {
-            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "PERSISTENCE_MODULE": SQLITE_FACTORY,
             "SQLITE_DBNAME": str(db.sqlite_path),
             "SQLITE_LOCK_TIMEOUT": "30",
             "CREATE_TABLE": "y",

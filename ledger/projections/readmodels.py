@@ -87,9 +87,8 @@ def projection_env(app_env: Mapping[str, str]) -> Environment:
 def construct_recorder(env: EnvType) -> ReadModelRecorder:
     """The read-model recorder for an application environment, built by the library's factory."""
     environment = env if isinstance(env, Environment) else projection_env(env)
-    module = environment.get("PERSISTENCE_MODULE") or "eventsourcing.sqlite"
     factory = InfrastructureFactory[Any].construct(env=environment)
-    recorder = factory.tracking_recorder(recorder_class(module))
+    recorder = factory.tracking_recorder(recorder_class(factory))
     assert isinstance(recorder, ReadModelRecorder)
     recorder.factory = factory  # type: ignore[attr-defined]  # closed with the recorder
     return recorder

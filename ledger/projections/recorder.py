@@ -20,9 +20,9 @@ from operator import itemgetter
 from typing import Any
 
 import orjson
-from eventsourcing.persistence import Tracking, TrackingRecorder
-from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
-from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
+from eventsourcing.persistence import InfrastructureFactory, Tracking, TrackingRecorder
+from eventsourcing.postgres import PostgresDatastore, PostgresFactory, PostgresTrackingRecorder
+from eventsourcing.sqlite import SQLiteDatastore, SQLiteFactory, SQLiteTrackingRecorder
 
 from ledger.domain.policy import PolicyCatalogue
 from ledger.projections.schema import (
@@ -569,10 +569,10 @@ class PostgresReadModelRecorder(ReadModelRecorder, PostgresTrackingRecorder):
         )
 
 
-def recorder_class(persistence_module: str) -> type[ReadModelRecorder]:
-    """The read-model recorder for the event store's persistence module."""
-    if persistence_module.endswith("postgres"):
+def recorder_class(factory: InfrastructureFactory[Any]) -> type[ReadModelRecorder]:
+    """The read-model recorder for the event store's persistence (its factory)."""
+    if isinstance(factory, PostgresFactory):
         return PostgresReadModelRecorder
-    if persistence_module.endswith("sqlite"):
+    if isinstance(factory, SQLiteFactory):
         return SQLiteReadModelRecorder
-    raise ValueError(f"read models need SQLite or PostgreSQL, not {persistence_module}")
+    raise ValueError(f"read models need SQLite or PostgreSQL, not {type(factory).__name__}")

@@ -29,6 +29,7 @@ from ledger.domain.calendar import parse_iso
 from ledger.domain.policy import PolicyCatalogue
 from ledger.projections.readmodels import ReadModels, construct_recorder, projection_env
 from ledger.projections.state import EventRecord
+from ledger.sqliterecorder import SQLITE_FACTORY
 
 BASES = ("recorded", "occurred")
 
@@ -72,7 +73,7 @@ def replay_as_of(
     keep = _recorded_by(as_of) if basis == "recorded" else _occurred_by(as_of)
     folder = Path(tempfile.mkdtemp(prefix="ledger-asof-"))
     env = {
-        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+        "PERSISTENCE_MODULE": SQLITE_FACTORY,
         "SQLITE_DBNAME": str(folder / "asof.db"),
         "SQLITE_LOCK_TIMEOUT": "30",
         "CREATE_TABLE": "y",
