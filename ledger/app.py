@@ -34,7 +34,7 @@ from ledger.errors import LedgerError, unknown_subject
 from ledger.eventstore import EventStoreQueries
 from ledger.handlers import CommandHandlers
 from ledger.logs import get_logger
-from ledger.persistence import OrjsonTranscoder, StreamingEventStore
+from ledger.persistence import LedgerEventStore, OrjsonTranscoder
 from ledger.pgrecorder import CopyingPostgresRecorder
 from ledger.policies import load_policy
 from ledger.receipts import RECEIPTS_HONOURED, CommandReceipt, payload_hash, receipt_period
@@ -101,31 +101,49 @@ class LedgerApplication(Application[UUID]):
     def construct_event_store(self) -> EventStore[UUID]:
         """On PostgreSQL, events are mapped as the recorder's COPY sends them (the server
         works meanwhile); SQLite works in this process, where that would only add steps."""
-        if isinstance(self.recorder, CopyingPostgresRecorder):
-            return StreamingEventStore(mapper=self.mapper, recorder=self.recorder)
-        return super().construct_event_store()
+        streaming = isinstance(self.recorder, CopyingPostgresRecorder)
+        return LedgerEventStore(mapper=self.mapper, recorder=self.recorder, streaming=streaming)
 
-    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+    def save(self, *objs: Any, recordings: bool = True, **kwargs: Any) -> list[Recording[UUID]]:
         """Save the pending events of these aggregates in one transaction.
 
         The library's `save` accepts aggregates or events and tells them apart with
         runtime Protocol checks (two per object, ~50 µs on Python 3.11); this application
         only ever saves aggregates, so it collects their events directly. Once saved, an
         aggregate is what the cache holds (see `load_subjects`): callers do not change it
-        after saving.
+        after saving. `recordings=False` returns none (`LedgerEventStore.write`): the
+        commands' unit of work reads none of them.
         """
         processing: ProcessingEvent[UUID] = ProcessingEvent()
         for aggregate in objs:
             processing.events.extend(aggregate.collect_events())
             processing.aggregates[aggregate.id] = aggregate
         processing.saved_kwargs.update(kwargs)
-        recordings = self._record(processing)
+        if recordings:
+            made = self._record(processing)
+        else:
+            self._write(processing)
+            made = []
         try:  # the events are written: a snapshot is only a shortcut for reading them
             self._take_snapshots(processing)
         except Exception as exc:
             log.error("snapshots_not_written", error=type(exc).__name__)
-        self._notify(recordings)
-        return recordings
+        self._notify(made)
+        return made
+
+    def _write(self, processing_event: ProcessingEvent[UUID]) -> None:
+        """The library's `_record` (write the events, cache the aggregates as saved),
+        without a `Recording` of each event."""
+        events = self.events
+        assert isinstance(events, LedgerEventStore)
+        events.write(
+            processing_event.events,
+            tracking=processing_event.tracking,
+            **processing_event.saved_kwargs,
+        )
+        if self.repository.cache and not self.repository.fastforward:
+            for aggregate_id, aggregate in processing_event.aggregates.items():
+                self.repository.cache.put(aggregate_id, aggregate)
 
     def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
         """Snapshot each aggregate whose saved events crossed its interval, as saved.
@@ -284,7 +302,7 @@ class LedgerApplication(Application[UUID]):
             if subject.pending_events and subject.pending_events[0].originator_version == 1
         }
         if any(s.pending_events for s in uow.subjects.values()) or uow.receipts:
-            self.save(*uow.subjects.values(), *uow.receipts)
+            self.save(*uow.subjects.values(), *uow.receipts, recordings=False)
         self._after_save(uow, registered_now, shreds)
         return results
 

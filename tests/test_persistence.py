@@ -1,4 +1,5 @@
-"""`MappedOnDemand`: a save's events are mapped once each, as a recorder reads them."""
+"""`MappedOnDemand`: a save's events are mapped once each, as a recorder reads them.
+`LedgerEventStore`: `write` stores events without recordings, `put` with them."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from typing import Any
 
 from eventsourcing.persistence import Mapper
 
+from ledger.app import LedgerApplication
 from ledger.domain.subject import DataSubject
-from ledger.persistence import MappedOnDemand, OrjsonTranscoder
+from ledger.facade import Ledger
+from ledger.persistence import LedgerEventStore, MappedOnDemand, OrjsonTranscoder
 from ledger.policies import load_policy
 
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
@@ -64,3 +67,33 @@ def test_indexing_and_slicing_see_the_events_mapped_once() -> None:
     assert [s.originator_id for s in stored[1:3]] == [e.originator_id for e in events[1:3]]
     assert stored[-1] is list(stored)[-1]
     assert len(mapper.mapped) == 4
+
+
+def _registered(app: LedgerApplication) -> DataSubject:
+    return DataSubject.register(
+        uuid.uuid4(),
+        policy=app.policy,
+        kind="customer",
+        purpose="customer_administration",
+        legal_basis="contract",
+        provided_by=None,
+        occurred_at=NOW,
+        actor=None,
+    )
+
+
+def test_a_save_without_recordings_stores_the_same_events(ledger: Ledger) -> None:
+    """The commands' unit of work saves with `recordings=False`; the library's `save`
+    contract (a `Recording` per event, with its notification id) still holds."""
+    app = ledger.app
+    assert isinstance(app.events, LedgerEventStore)
+    assert app.events.streaming == (ledger.settings.database.backend == "postgres")
+    recorded, quiet = _registered(app), _registered(app)
+    recordings = app.save(recorded)
+    assert [r.domain_event.originator_id for r in recordings] == [recorded.id]
+    assert recordings[0].notification.id == ledger.max_position()
+    assert app.save(quiet, recordings=False) == []
+    assert ledger.max_position() == recordings[0].notification.id + 1
+    for subject in (recorded, quiet):  # stored, and cached as saved
+        assert app.repository.get(subject.id).version == 1
+        assert [e.originator_version for e in app.events.get(subject.id)] == [1]
