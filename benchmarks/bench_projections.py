@@ -1,16 +1,16 @@
 """Read models: rebuild throughput and memory, `subject show` and `subject find` latency.
 
     python -m benchmarks.bench_projections [--events 100000] [--big 1000000]
-        [--backends sqlite,postgres] [--pg-big 0] [--repeat 3] [--reuse]
+        [--backends sqlite,postgres] [--pg-big 0] [--repeat 3] [--big-repeat 3] [--reuse]
 
 1. Rebuild: `ReadModels.rebuild()` (drop, replay every notification into the tables)
    beside plain eventsourcing reading and decoding the same notifications
    (`select_notifications` pages of 1,000 and `mapper.to_domain_event`), alternately in
-   child processes of the same run, best of `--repeat`. The ratio is of events/s (goal
-   >= 0.5), by wall clock and by CPU time of the process (CPU time is steadier on a
-   shared machine), and as the median of each rebuild beside the read just before it
-   (`paired_median_ratio`: the steadiest when the machine's speed drifts). Peak RSS is
-   each child's own maximum, at `--events` and `--big`.
+   child processes of the same run, best of `--repeat` (`--big-repeat` at the big size).
+   The ratio is of events/s (goal >= 0.5), by wall clock and by CPU time of the process
+   (CPU time is steadier on a shared machine), and as the median of each rebuild beside
+   the read just before it (`paired_median_ratio`: the steadiest when the machine's
+   speed drifts). Peak RSS is each child's own maximum, at `--events` and `--big`.
 2. Latency at the big size (about 111,000 subjects for 1,000,000 events): `subject show`
    (no reveal; catch-up check included) of a subject with 1,000 events and of an ordinary
    one, beside the aggregate-based view it replaced (load + `ledger.queries.subject_view`,
@@ -311,7 +311,7 @@ def grow(settings: Settings, target: int, backend: str, *, long: bool) -> tuple[
 
 
 def bench_backend(
-    backend: str, events: int, big: int, repeat: int, reuse: bool
+    backend: str, events: int, big: int, repeat: int, reuse: bool, big_repeat: int = 1
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with dataset(backend, "small", reuse) as (settings, env):
@@ -342,7 +342,7 @@ def bench_backend(
                 print(json.dumps(rows[-1]), file=sys.stderr)
             rows.extend(latency_rows(backend, settings, ledger, subjects, LONG_SUBJECT))
             print(json.dumps(rows[-4:]), file=sys.stderr)
-        rows.append(rebuild_row(backend, env, 1))
+        rows.append(rebuild_row(backend, env, big_repeat))
         print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
 
@@ -354,6 +354,9 @@ def main() -> None:
     parser.add_argument("--pg-big", type=int, default=0, help="big size on PostgreSQL (0: skip)")
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--big-repeat", type=int, default=3, help="rounds at the big size (a minute each)"
+    )
     parser.add_argument("--child", choices=["baseline", "rebuild"])
     parser.add_argument(
         "--reuse",
@@ -370,7 +373,9 @@ def main() -> None:
             print("PostgreSQL is not reachable: skipped", file=sys.stderr)
             continue
         big = args.big if backend == "sqlite" else args.pg_big
-        rows.extend(bench_backend(backend, args.events, big, args.repeat, args.reuse))
+        rows.extend(
+            bench_backend(backend, args.events, big, args.repeat, args.reuse, args.big_repeat)
+        )
     os.environ.setdefault("COLUMNS", "200")  # a wide table, also when not on a terminal
     report(
         "projections",
