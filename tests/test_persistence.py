@@ -9,7 +9,7 @@ from typing import Any
 
 from eventsourcing.persistence import Mapper
 
-from ledger.app import LedgerApplication
+from ledger.domain.policy import PolicyCatalogue
 from ledger.domain.subject import DataSubject
 from ledger.facade import Ledger
 from ledger.persistence import LedgerEventStore, MappedOnDemand, OrjsonTranscoder
@@ -28,22 +28,23 @@ class CountingMapper(Mapper[uuid.UUID]):
         return super().to_stored_event(domain_event)
 
 
+def _registered(policy: PolicyCatalogue) -> DataSubject:
+    """A new customer, its registration pending."""
+    return DataSubject.register(
+        uuid.uuid4(),
+        policy=policy,
+        kind="customer",
+        purpose="customer_administration",
+        legal_basis="contract",
+        provided_by=None,
+        occurred_at=NOW,
+        actor=None,
+    )
+
+
 def _events(count: int) -> list[Any]:
     policy = load_policy(None)
-    events = []
-    for _ in range(count):
-        subject = DataSubject.register(
-            uuid.uuid4(),
-            policy=policy,
-            kind="customer",
-            purpose="customer_administration",
-            legal_basis="contract",
-            provided_by=None,
-            occurred_at=NOW,
-            actor=None,
-        )
-        events.extend(subject.collect_events())
-    return events
+    return [event for _ in range(count) for event in _registered(policy).collect_events()]
 
 
 def test_nothing_is_mapped_until_read_and_each_event_once() -> None:
@@ -69,26 +70,13 @@ def test_indexing_and_slicing_see_the_events_mapped_once() -> None:
     assert len(mapper.mapped) == 4
 
 
-def _registered(app: LedgerApplication) -> DataSubject:
-    return DataSubject.register(
-        uuid.uuid4(),
-        policy=app.policy,
-        kind="customer",
-        purpose="customer_administration",
-        legal_basis="contract",
-        provided_by=None,
-        occurred_at=NOW,
-        actor=None,
-    )
-
-
 def test_a_save_without_recordings_stores_the_same_events(ledger: Ledger) -> None:
     """The commands' unit of work saves with `recordings=False`; the library's `save`
     contract (a `Recording` per event, with its notification id) still holds."""
     app = ledger.app
     assert isinstance(app.events, LedgerEventStore)
     assert app.events.streaming == (ledger.settings.database.backend == "postgres")
-    recorded, quiet = _registered(app), _registered(app)
+    recorded, quiet = _registered(app.policy), _registered(app.policy)
     recordings = app.save(recorded)
     assert [r.domain_event.originator_id for r in recordings] == [recorded.id]
     assert recordings[0].notification.id == ledger.max_position()
