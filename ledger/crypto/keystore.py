@@ -684,7 +684,7 @@ class KeyStore:
         """A new data key of this generation, and its wrapped form to store.
 
         One call to the system's randomness gives its id, the key and the wrapping nonce
-        (a registration makes two keys: three calls each cost 2 % of a batch of them).
+        (a system call each before; a registration makes two keys).
         """
         fresh = os.urandom(KID_BYTES + KEY_BYTES + WRAP_NONCE_BYTES)
         kid = fresh[:KID_BYTES].hex()
