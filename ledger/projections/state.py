@@ -214,10 +214,12 @@ class BatchState:
         """Recompute what depends on several rows: status, holds, deadlines, shredding."""
         for state in self.subjects.values():
             row = state.row
-            held = any(h["released_at"] is None for h in state.tables["rm_holds"].values())
+            tables = state.tables
+            holds = tables["rm_holds"]  # most subjects have none: no generator for them
+            held = bool(holds) and any(h["released_at"] is None for h in holds.values())
             row["held"] = held
             row["relationship_active"] = any(
-                r["active"] for r in state.tables["rm_relationships"].values()
+                r["active"] for r in tables["rm_relationships"].values()
             )
             if row["erased_at"] is not None:
                 row["status"] = "erased"
@@ -225,11 +227,18 @@ class BatchState:
                 row["status"] = "partially_erased"
             else:
                 row["status"] = "active"
+            scopes = tables["rm_scopes"]
+            if not scopes:
+                continue
             anchors = _Anchors(state)
-            for key, scope in state.tables["rm_scopes"].items():
+            for key, scope in scopes.items():
                 deadline = scope_due_date(anchors, self.policy, key)
-                live = any(k not in scope["shredded"] for k in scope["kids"])
-                shredded_at = None if live else max(scope["shredded"].values(), default=None)
+                shredded = scope["shredded"]
+                if shredded:
+                    live = any(k not in shredded for k in scope["kids"])
+                    shredded_at = None if live else max(shredded.values())
+                else:  # nothing shredded yet, the usual case
+                    live, shredded_at = bool(scope["kids"]), None
                 derived = {
                     "deadline": deadline.isoformat() if deadline else None,
                     "held": held,
