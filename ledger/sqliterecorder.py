@@ -1,7 +1,7 @@
 """SQLite persistence: the library's, with compiled statements kept and the write-ahead log
 copied back in larger steps.
 
-The library opens its connections with `cached_statements=STATEMENT_CACHE`, which `sqlite3` reads as
+The library opens its connections with `cached_statements=True`, which `sqlite3` reads as
 a cache of *one* statement: each statement that differs from the one before it on the
 connection is compiled again. A batch of the read models runs some twenty in turn, an
 append half a dozen, so nearly every execution compiled its SQL (2 % of a rebuild's
