@@ -128,7 +128,7 @@ class Cursor:
             if mode == "insert":
                 self.write(table, mode, rows)
         if statements:
-            with self.raw.connection.pipeline():
+            with self.pipelined():
                 for table, mode, rows in statements:
                     self.write(table, mode, rows)
 
@@ -137,7 +137,7 @@ class Cursor:
         if self.dialect == "sqlite":
             return [self.query(sql, params) for sql, params in queries]
         connection = self.raw.connection
-        with connection.pipeline():  # nested in the reader's own pipeline: no harm
+        with self.pipelined():  # nested in the reader's own pipeline: no harm
             cursors = []
             for sql, params in queries:
                 cursor = connection.cursor()
