@@ -689,12 +689,12 @@ class KeyStore:
         fresh = os.urandom(KID_BYTES + KEY_BYTES + WRAP_NONCE_BYTES)
         kid = fresh[:KID_BYTES].hex()
         key = fresh[KID_BYTES : KID_BYTES + KEY_BYTES]
-        nonce = fresh[KID_BYTES + KEY_BYTES :]
-        wrapped = nonce + self._master.encrypt(nonce, key, self._aad(subject, scope, kid))
+        wrapped = self._wrap(key, self._aad(subject, scope, kid), fresh[KID_BYTES + KEY_BYTES :])
         return DataKey(subject, scope, generation, kid, key), wrapped
 
-    def _wrap(self, key: bytes, aad: bytes) -> bytes:
-        nonce = os.urandom(WRAP_NONCE_BYTES)
+    def _wrap(self, key: bytes, aad: bytes, nonce: bytes | None = None) -> bytes:
+        """A key sealed under the master key, its nonce first (a fresh one unless given)."""
+        nonce = os.urandom(WRAP_NONCE_BYTES) if nonce is None else nonce
         return nonce + self._master.encrypt(nonce, key, aad)
 
     def _unwrap(self, wrapped: bytes, aad: bytes) -> bytes:
