@@ -116,7 +116,11 @@ class DataSubject(Aggregate):
 
     # -- events ---------------------------------------------------------------------
 
+    # `class_version = 1` on the events' base classes: the library asks every event's class
+    # for it (`getattr(..., 1)`) when storing or reading one, and on a class a missing
+    # attribute costs a formatted AttributeError: ~1 % of an append's instructions.
     class Registered(Aggregate.Created):
+        class_version = 1
         kind: str
         purpose: str
         legal_basis: str
@@ -125,6 +129,7 @@ class DataSubject(Aggregate):
         actor: str | None
 
     class Event(Aggregate.Event):
+        class_version = 1
         occurred_at: str
         actor: str | None
 
