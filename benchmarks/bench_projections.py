@@ -177,6 +177,7 @@ def rebuild_row(backend: str, env: dict[str, str], repeat: int) -> dict[str, Any
         base.append(run_child("baseline", env))
         built.append(run_child("rebuild", env))
     events = built[0]["events"]
+    paired = [b["seconds"] / r["seconds"] for b, r in zip(base, built, strict=True)]
     b = min(base, key=lambda r: r["seconds"])
     r = min(built, key=lambda r: r["seconds"])
     b_cpu = min(x["cpu_seconds"] for x in base)
@@ -194,9 +195,9 @@ def rebuild_row(backend: str, env: dict[str, str], repeat: int) -> dict[str, Any
         / statistics.median(x["seconds"] for x in built),
         # each rebuild beside the plain read run just before it: the machine's speed
         # drifts (by up to 2x on a busy day), two neighbouring runs share its state
-        "paired_median_ratio": statistics.median(
-            b["seconds"] / r["seconds"] for b, r in zip(base, built, strict=True)
-        ),
+        "paired_median_ratio": statistics.median(paired),
+        # every round, for the spread: on this shared machine one round can differ by a fifth
+        "paired_ratios": [round(x, 3) for x in paired],
         "rebuild_peak_rss_mb": max(x["peak_rss_mb"] for x in built),
         "baseline_peak_rss_mb": max(x["peak_rss_mb"] for x in base),
         "goal": ">= 0.5",
