@@ -9,7 +9,7 @@ auditor reads.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from datetime import date, datetime
 from functools import lru_cache
 from typing import Any, Protocol
@@ -17,6 +17,7 @@ from uuid import UUID
 
 import orjson
 from eventsourcing.domain import Aggregate
+from eventsourcing.utils import get_topic
 
 from ledger.domain.calendar import iso, later, local_date, parse_iso, request_due_date
 from ledger.domain.cpr import InvalidCPR, normalise_cpr
@@ -109,6 +110,39 @@ def _text(subject_id: UUID) -> str:
     """A subject's id as text: asked for on every command, and `str(UUID)` takes a
     third of a microsecond longer than this cache."""
     return str(subject_id)
+
+
+_REQUIRED = object()
+
+
+_TEMPLATES: dict[type[Any], dict[str, Any]] = {}
+
+
+def _event_template(event_class: type[Any]) -> dict[str, Any]:
+    """An event class's fields in declared order, each with its default or `_REQUIRED`."""
+    template = _TEMPLATES.get(event_class)
+    if template is None:
+        template = {
+            f.name: _REQUIRED if f.default is MISSING else f.default for f in fields(event_class)
+        }
+        _TEMPLATES[event_class] = template
+    return template
+
+
+def _new_event(event_class: type[Any], **given: Any) -> Any:
+    """An event, built as the library's mapper builds one it reads: its `__dict__` set
+    whole, in the fields' order. The frozen dataclass's `__init__` sets every field
+    through `object.__setattr__` and checks the id's type (always this aggregate's own
+    UUID here): 3.7 µs an event where this takes under one, 5 % of a batch's
+    instructions. A field missing or unknown is still a TypeError."""
+    template = _event_template(event_class)
+    state = template.copy()
+    state.update(given)
+    if len(state) != len(template) or _REQUIRED in state.values():
+        raise TypeError(f"{event_class.__name__} takes {list(template)}, got {sorted(given)}")
+    event = object.__new__(event_class)
+    object.__setattr__(event, "__dict__", state)
+    return event
 
 
 class DataSubject(Aggregate):
@@ -511,9 +545,14 @@ class DataSubject(Aggregate):
         if kind not in SUBJECT_KINDS:
             raise LedgerError("invalid_command", f"unknown subject kind '{kind}'")
         _purpose_with_basis(policy, purpose, legal_basis)
-        return cls._create(
+        # the library's `_create`, for an aggregate with neither an explicit topic nor
+        # `create_id`, with the event built by `_new_event`
+        registered = _new_event(
             cls.Registered,
-            id=subject_id,
+            originator_topic=get_topic(cls),
+            originator_id=subject_id,
+            originator_version=cls.INITIAL_VERSION,
+            timestamp=cls.Registered.create_timestamp(),
             kind=kind,
             purpose=purpose,
             legal_basis=legal_basis,
@@ -521,12 +560,17 @@ class DataSubject(Aggregate):
             occurred_at=iso(occurred_at),
             actor=actor,
         )
+        subject: DataSubject = registered.mutate(None)
+        subject.pending_events.append(registered)
+        return subject
 
     def trigger_event(self, event_class: type[Any], **kwargs: Any) -> None:
         """The library's `trigger_event` without the steps this aggregate does not need:
         a check for explicitly registered topics (it has none) and a copy of the
-        arguments. Every command triggers at least one event."""
-        new_event = event_class(
+        arguments (`_new_event` builds the event). Every command triggers at least one
+        event."""
+        new_event = _new_event(
+            event_class,
             originator_id=self.id,
             originator_version=self.version + 1,
             timestamp=event_class.create_timestamp(),
