@@ -1,4 +1,5 @@
-"""Query shapes of DESIGN 5.3, built from a subject's state.
+"""Query shapes of DESIGN 5.3: from a subject's state, and the entries that the read
+models' `subject show` builds alike.
 
 Values stay sealed unless the caller passes the subject's live keys (a reveal, which the
 facade records as `DataViewed` first). A shredded value is null with `erased: true`.
@@ -35,25 +36,73 @@ def _open(
         return None
 
 
+# -- the entries of `subject show`, built alike from the aggregate (`subject_view`) and from
+# the read models (`ledger.projections.views`) ------------------------------------------
+
+
+def data_entry(item: Mapping[str, Any], value: Any, *, erased: bool) -> dict[str, Any]:
+    """The newest item of a category; `value` is opened, or None."""
+    return {
+        "category": item["category"],
+        "value": value,
+        "erased": erased,
+        "purpose": item["purpose"],
+        "legal_basis": item["legal_basis"],
+        "source": item["source"],
+        "scope": item["scope"],
+        "collected_at": item["collected_at"],
+    }
+
+
+def retention_entry(
+    scope: str, deadline: str | None, *, held: bool, shredded_at: str | None
+) -> dict[str, Any]:
+    return {"scope": scope, "deadline": deadline, "held": held, "shredded_at": shredded_at}
+
+
+def agreement_entry(agreement: Mapping[str, Any], name: Any) -> dict[str, Any]:
+    """A disclosure agreement; `name` is the recipient's name opened, or None."""
+    return {
+        "agreement": agreement["agreement"],
+        "recipient": {
+            "kind": agreement["recipient_kind"],
+            "name": name,
+            "country": agreement["country"],
+        },
+        "categories": agreement["categories"],
+        "purpose": agreement["purpose"],
+        "valid_until": agreement["valid_until"],
+        "agreed_at": agreement["agreed_at"],
+        "revoked_at": agreement["revoked_at"],
+    }
+
+
+def request_entry(request: Mapping[str, Any], *, right: str) -> dict[str, Any]:
+    """A data subject request (`right` is named `right_name` in the read model)."""
+    return {
+        "request": request["request"],
+        "right": right,
+        "received_at": request["received_at"],
+        "due": request["due"],
+        "status": request["status"],
+        "extended": request["extended_at"] is not None,
+        "outcome": request["outcome"],
+        "completed_at": request["completed_at"],
+    }
+
+
 def subject_view(
     subject: DataSubject, policy: PolicyCatalogue, keys: Mapping[str, bytes] | None = None
 ) -> dict[str, Any]:
     """`ledger subject show --json` (values only with keys, i.e. on a recorded reveal)."""
-    data = []
-    for item in subject.latest_items():
-        erased = subject.is_shredded(item["value"])
-        data.append(
-            {
-                "category": item["category"],
-                "value": _open(subject, item["value"], item["category"], keys),
-                "erased": erased,
-                "purpose": item["purpose"],
-                "legal_basis": item["legal_basis"],
-                "source": item["source"],
-                "scope": item["scope"],
-                "collected_at": item["collected_at"],
-            }
+    data = [
+        data_entry(
+            item,
+            _open(subject, item["value"], item["category"], keys),
+            erased=subject.is_shredded(item["value"]),
         )
+        for item in subject.latest_items()
+    ]
     held = bool(subject.active_holds())
     retention = []
     for scope, state in subject.scopes.items():
@@ -61,27 +110,15 @@ def subject_view(
         live = [k for k in state["kids"] if k not in state["shredded"]]
         shredded_at = None if live else max(state["shredded"].values(), default=None)
         retention.append(
-            {
-                "scope": scope,
-                "deadline": deadline.isoformat() if deadline else None,
-                "held": held,
-                "shredded_at": shredded_at,
-            }
+            retention_entry(
+                scope,
+                deadline.isoformat() if deadline else None,
+                held=held,
+                shredded_at=shredded_at,
+            )
         )
     agreements = [
-        {
-            "agreement": a["agreement"],
-            "recipient": {
-                "kind": a["recipient_kind"],
-                "name": _open(subject, a["recipient_name"], RECIPIENT_NAME, keys),
-                "country": a["country"],
-            },
-            "categories": a["categories"],
-            "purpose": a["purpose"],
-            "valid_until": a["valid_until"],
-            "agreed_at": a["agreed_at"],
-            "revoked_at": a["revoked_at"],
-        }
+        agreement_entry(a, _open(subject, a["recipient_name"], RECIPIENT_NAME, keys))
         for a in subject.agreements.values()
     ]
     return {
@@ -102,19 +139,7 @@ def subject_view(
         "transfers": list(subject.transfers),
         "holds": list(subject.holds.values()),
         "retention": retention,
-        "requests": [
-            {
-                "request": r["request"],
-                "right": r["right"],
-                "received_at": r["received_at"],
-                "due": r["due"],
-                "status": r["status"],
-                "extended": r["extended_at"] is not None,
-                "outcome": r["outcome"],
-                "completed_at": r["completed_at"],
-            }
-            for r in subject.requests.values()
-        ],
+        "requests": [request_entry(r, right=r["right"]) for r in subject.requests.values()],
         "erased_at": subject.erased_at,
     }
 

@@ -29,6 +29,7 @@ from ledger.projections.schema import (
     SUBJECTS,
     TRANSFERS,
 )
+from ledger.queries import agreement_entry, data_entry, request_entry, retention_entry
 
 Row = dict[str, Any]
 
@@ -94,43 +95,21 @@ def subject_document(
         for (t, _), got in zip(_TABLES, found[1:], strict=True)
     }
     data = [
-        {
-            "category": item["category"],
-            "value": None
+        data_entry(
+            item,
+            None
             if item["erased"]
             else open_sealed(subject_id, item["value"], item["category"], keys),
-            "erased": item["erased"],
-            "purpose": item["purpose"],
-            "legal_basis": item["legal_basis"],
-            "source": item["source"],
-            "scope": item["scope"],
-            "collected_at": item["collected_at"],
-        }
+            erased=item["erased"],
+        )
         for item in rows[DATA_ITEMS.name]
     ]
     retention = [
-        {
-            "scope": s["scope"],
-            "deadline": s["deadline"],
-            "held": s["held"],
-            "shredded_at": s["shredded_at"],
-        }
+        retention_entry(s["scope"], s["deadline"], held=s["held"], shredded_at=s["shredded_at"])
         for s in rows[SCOPES.name]
     ]
     agreements = [
-        {
-            "agreement": a["agreement"],
-            "recipient": {
-                "kind": a["recipient_kind"],
-                "name": open_sealed(subject_id, a["recipient_name"], RECIPIENT_NAME, keys),
-                "country": a["country"],
-            },
-            "categories": a["categories"],
-            "purpose": a["purpose"],
-            "valid_until": a["valid_until"],
-            "agreed_at": a["agreed_at"],
-            "revoked_at": a["revoked_at"],
-        }
+        agreement_entry(a, open_sealed(subject_id, a["recipient_name"], RECIPIENT_NAME, keys))
         for a in rows[AGREEMENTS.name]
     ]
     return {
@@ -183,19 +162,7 @@ def subject_document(
             for h in rows[HOLDS.name]
         ],
         "retention": retention,
-        "requests": [
-            {
-                "request": r["request"],
-                "right": r["right_name"],
-                "received_at": r["received_at"],
-                "due": r["due"],
-                "status": r["status"],
-                "extended": r["extended_at"] is not None,
-                "outcome": r["outcome"],
-                "completed_at": r["completed_at"],
-            }
-            for r in rows[REQUESTS.name]
-        ],
+        "requests": [request_entry(r, right=r["right_name"]) for r in rows[REQUESTS.name]],
         "erased_at": subject["erased_at"],
     }
 
