@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from ledger.api.tokens import TokenStore
 from ledger.audit.store import AuditStore
 from ledger.clock import FixedClock
 from ledger.config import DatabaseURL, Settings
@@ -378,6 +379,36 @@ def test_the_postgres_audit_store_reconnects(pg_url: DatabaseURL) -> None:
             s.set_meta("probe", "four")
         with store.reader() as s:
             assert s.meta("probe") == "four"
+    finally:
+        store.close()
+
+
+def test_the_postgres_token_store_reconnects(pg_url: DatabaseURL) -> None:
+    """The HTTP service's tokens: a read (`authenticate`) and a write (`create`,
+    `revoke`) each work after the server closed the connection; a write whose connection
+    goes inside its transaction fails and keeps nothing."""
+    store = TokenStore(pg_url, cache_seconds=0)
+    try:
+        token, record = store.create("officer", "officer-one")
+        pid = store.conn.info.backend_pid
+        _terminate(pg_url, pid)
+        assert store.authenticate(token) == record  # a read, on a new connection
+        _terminate(pg_url, store.conn.info.backend_pid)
+        second, _ = store.create("auditor", "auditor-one")  # a write, on a new one
+        assert {t.name for t in store.all()} == {"officer-one", "auditor-one"}
+
+        def revoke_on_a_dying_connection(cur: Any) -> Any:
+            cur.execute(
+                "UPDATE ledger_tokens SET revoked_at = ? WHERE name = ?", ("x", "auditor-one")
+            )
+            _terminate(pg_url, store.conn.info.backend_pid)
+            return cur.execute("SELECT 1")
+
+        with pytest.raises(psycopg.OperationalError):
+            store._write(revoke_on_a_dying_connection)
+        assert store.authenticate(second) is not None  # not revoked: nothing was kept
+        assert [t.name for t in store.revoke("auditor-one")] == ["auditor-one"]
+        assert store.authenticate(second) is None
     finally:
         store.close()
 

@@ -23,6 +23,7 @@ from typing import Any, Final
 from ledger.config import DatabaseURL, Settings
 from ledger.domain.screening import personal_data_in
 from ledger.errors import LedgerError
+from ledger.reconnect import Reconnecting
 from ledger.storage import private_file
 
 ROLES: Final = ("service", "officer", "auditor", "admin")
@@ -90,11 +91,14 @@ def check_role(role: str) -> str:
     return role
 
 
-class TokenStore:
+class TokenStore(Reconnecting):
     """Create, find, list and revoke tokens; thread-safe, one connection, short transactions.
 
     `authenticate` keeps answers for `cache_seconds` so a busy server does not ask the
-    database on every request; a revocation therefore takes effect within that time.
+    database on every request; a revocation therefore takes effect within that time. A
+    PostgreSQL connection the server closed is replaced at the next read or transaction
+    (`Reconnecting`): without that, one restart of the database failed every request of
+    a running server from then on.
     """
 
     def __init__(self, url: DatabaseURL, *, cache_seconds: float = 1.0) -> None:
@@ -102,7 +106,8 @@ class TokenStore:
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, Token | None]] = {}
         self._cache_seconds = cache_seconds
-        self._conn: Any = self._connect()
+        self.connect = self._connect
+        self.conn = self._connect()
         self._write(lambda cur: cur.execute(_SCHEMA))
 
     @classmethod
@@ -130,7 +135,7 @@ class TokenStore:
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self.conn.close()
 
     # -- SQL on either backend -----------------------------------------------------
 
@@ -139,26 +144,28 @@ class TokenStore:
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            rows: list[tuple[Any, ...]] = self._conn.execute(
-                self._sql(sql), tuple(params)
-            ).fetchall()
+            rows: list[tuple[Any, ...]] = self.reconnecting(
+                lambda: self.conn.execute(self._sql(sql), tuple(params)).fetchall()
+            )
             return rows
 
     def _write(self, action: Any) -> int:
         """Run `action(conn)` in one transaction; returns the affected row count."""
         with self._lock:
-            if self._url.backend == "sqlite":
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    count = action(_SQLiteCursor(self._conn)).rowcount
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-                self._conn.execute("COMMIT")
-                return int(count)
-            with self._conn.transaction(), self._conn.cursor() as cur:
-                action(_PgCursor(cur))
-                return int(cur.rowcount)
+            sqlite = self._url.backend == "sqlite"
+            self.reconnecting(lambda: self.conn.execute("BEGIN IMMEDIATE" if sqlite else "BEGIN"))
+            try:
+                if sqlite:
+                    count = action(_SQLiteCursor(self.conn)).rowcount
+                else:
+                    with self.conn.cursor() as cur:
+                        action(_PgCursor(cur))
+                        count = cur.rowcount
+            except BaseException:
+                self.rollback_if_open()
+                raise
+            self.conn.execute("COMMIT")
+            return int(count)
 
     # -- operations ------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from uuid import UUID
 
 from ledger.audit.merkle import HASH_SIZE
 from ledger.config import DatabaseURL
+from ledger.reconnect import Reconnecting
 from ledger.sqliterecorder import WAL_CHECKPOINT_PAGES
 from ledger.sqlitetypes import register_adapters
 
@@ -106,7 +107,7 @@ _SCHEMA = {
 TABLES = ("audit_tree", "audit_checkpoints", "audit_meta")
 
 
-class AuditStore:
+class AuditStore(Reconnecting):
     """SQL access to the log's tables and to the events they commit to."""
 
     def __init__(
@@ -120,7 +121,7 @@ class AuditStore:
         """`connect` makes a new connection like `conn` (search_path set), to replace one
         the server closed; without it a closed connection stays closed."""
         self.conn = conn
-        self._connect = connect
+        self.connect = connect
         self.dialect = dialect
         self.events_table = events_table
         self._lock_key = lock_key
@@ -175,29 +176,10 @@ class AuditStore:
 
     # -- transactions -----------------------------------------------------------------
 
-    def _closed(self) -> bool:
-        return bool(getattr(self.conn, "closed", False))  # psycopg only
-
     def _begin(self, statement: str) -> None:
         """BEGIN, on a new connection if the server closed this one since the last
         transaction (found before, or by, the BEGIN: nothing was done on it yet)."""
-        if self._connect is not None and self._closed():
-            self.conn = self._connect()
-        try:
-            self.conn.execute(statement)
-        except Exception:
-            if self._connect is None or not self._closed():
-                raise
-            self.conn = self._connect()
-            self.conn.execute(statement)
-
-    def _rollback(self) -> None:
-        """End a failed transaction; on a connection the server closed, it has ended."""
-        try:
-            self.conn.execute("ROLLBACK")
-        except Exception:
-            if not self._closed():
-                raise
+        self.reconnecting(lambda: self.conn.execute(statement))
 
     @contextmanager
     def writer(self) -> Iterator[AuditStore]:
@@ -213,7 +195,7 @@ class AuditStore:
                     self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
                 yield self
             except BaseException:
-                self._rollback()
+                self.rollback_if_open()
                 raise
             else:
                 self.conn.execute("COMMIT")
@@ -236,7 +218,7 @@ class AuditStore:
                 yield self
             finally:
                 self._in_tx = False
-                self._rollback()
+                self.rollback_if_open()
 
     # -- SQL --------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ledger.canonical import canonical_json
 from ledger.config import DatabaseURL
+from ledger.reconnect import Reconnecting, is_closed
 from ledger.sqlitetypes import register_adapters
 
 CUSTOMER_DATA = "customer_data"
@@ -269,20 +270,19 @@ class _SQLite(_Database):
         self.truncate_owed = bool(busy)
 
 
-class _Postgres(_Database):
-    """One psycopg connection, replaced when the server has closed it (a restart, a
-    failover, `pg_terminate_backend`, an idle timeout).
+class _Postgres(_Database, Reconnecting):
+    """One psycopg connection, replaced when the server has closed it (`Reconnecting`).
 
-    Outside a transaction a statement is a read, a BEGIN or a VACUUM, safe to send again:
-    a closed connection is replaced before it, and one found closed by it is replaced and
-    the statement sent once more. Inside a transaction a lost connection fails the unit
-    of work (its transaction went with the connection); `rollback` then has nothing to
-    undo, and the next statement reconnects.
+    Outside a transaction a statement is a read, a BEGIN or a VACUUM, safe to send again.
+    Inside a transaction a lost connection fails the unit of work (its transaction went
+    with the connection); `rollback` then has nothing to undo, and the next statement
+    reconnects.
     """
 
     def __init__(self, url: DatabaseURL) -> None:
         super().__init__()
         self.url = url
+        self.connect = self._connect
         self.conn = self._connect()
         if url.schema:
             self.conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{url.schema}"')
@@ -300,28 +300,15 @@ class _Postgres(_Database):
             try:
                 return statement()
             except Exception:
-                if self.conn.closed:  # the transaction ended with the connection
+                if is_closed(self.conn):  # the transaction ended with the connection
                     self._in_tx = False
                 raise
-        if self.conn.closed:
-            self.conn = self._connect()
-        try:
-            return statement()
-        except Exception:
-            if not self.conn.closed:
-                raise
-        self.conn = self._connect()  # closed by the server since the last statement
-        return statement()
+        return self.reconnecting(statement)
 
     def rollback(self) -> None:
-        if self._in_tx and self.conn.closed:
-            self._in_tx = False  # nothing to roll back: the server ended it
-        try:
-            super().rollback()
-        except Exception:
-            if not self.conn.closed:
-                raise
+        if self._in_tx:
             self._in_tx = False
+            self.rollback_if_open()
 
     def _run(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self.conn.cursor() as cur:
