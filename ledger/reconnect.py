@@ -7,11 +7,16 @@ it then, for statements that are safe to send again: a read, or the BEGIN of a
 transaction, before anything of the transaction was done. A connection lost inside a
 transaction fails that transaction (it went with the connection); its owner rolls back,
 which then has nothing to undo, and the next statement runs on a new connection.
+
+Workers that run for days (`ledger projections run`, `ledger sweep --every`) wait for a
+database that went away (`unavailable_errors`) and try again after a `Backoff`.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
+from functools import cache
 from typing import Any, TypeVar
 
 _T = TypeVar("_T")
@@ -49,3 +54,39 @@ class Reconnecting:
         except Exception:
             if not is_closed(self.conn):
                 raise
+
+
+@cache
+def unavailable_errors() -> tuple[type[BaseException], ...]:
+    """The errors of a database that went away or cannot be reached for now (a restart,
+    a failover, closed connections, a lock held past the timeout): a worker waits and
+    tries again. Anything else is a fault, and ends the worker with its traceback."""
+    import psycopg
+    from eventsourcing.persistence import InterfaceError, OperationalError
+
+    return (
+        OperationalError,
+        InterfaceError,
+        psycopg.OperationalError,
+        psycopg.InterfaceError,
+        sqlite3.OperationalError,
+    )
+
+
+class Backoff:
+    """The pause before trying a database that went away again: it doubles from `first`
+    up to `most` seconds, and starts from `first` again after a success."""
+
+    def __init__(self, first: float = 0.5, most: float = 30.0) -> None:
+        self.first = min(first, most)
+        self.most = most
+        self._next = self.first
+
+    def failed(self) -> float:
+        """The pause to take now."""
+        pause = self._next
+        self._next = min(self._next * 2, self.most)
+        return pause
+
+    def succeeded(self) -> None:
+        self._next = self.first

@@ -26,7 +26,11 @@ from ledger.cli.common import (
 )
 from ledger.errors import LedgerError
 from ledger.facade import Ledger
+from ledger.logs import get_logger
+from ledger.reconnect import Backoff, unavailable_errors
 from ledger.reports.text import plural
+
+log = get_logger("ledger.sweep")
 
 subject_app = typer.Typer(help="Query one data subject.", no_args_is_help=True)
 
@@ -415,14 +419,29 @@ def _print_sweep(report: dict[str, Any], as_json: bool) -> None:
 
 
 def _sweep_forever(interval: float, as_json: bool) -> None:
-    """The sweeper as a worker: sweep, sleep, repeat; stops cleanly on SIGTERM or Ctrl-C."""
+    """The sweeper as a worker: sweep, sleep, repeat; stops cleanly on SIGTERM or Ctrl-C.
+
+    A sweep that fails because the database went away (a restart, a failover) is logged
+    and tried again after a pause that doubles from 0.5 s up to 30 s (or the interval, if
+    shorter). A sweep shreds in steps that each commit, so the next one goes on where the
+    failed one stopped; what a failed sweep shredded before it failed is in the event log
+    (`ScopeShredded`), not in a report. The work after a sweep (read models, Merkle log)
+    that fails the same way is left to the next sweep's."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    backoff = Backoff(most=min(30.0, interval))
     with open_ledger() as ledger:
         while not stop.is_set():
-            report = ledger.sweep()
-            after_write(ledger)
+            try:
+                report = ledger.sweep()
+            except unavailable_errors() as exc:
+                pause = backoff.failed()
+                error = type(exc).__name__
+                log.warning("sweep_database_unavailable", error=error, retry_in_s=pause)
+                stop.wait(pause)
+                continue
+            backoff.succeeded()
             if as_json:
                 print_json(report)
             else:
@@ -430,6 +449,10 @@ def _sweep_forever(interval: float, as_json: bool) -> None:
                     f"{report['now']}: {len(report['shredded'])} scopes shredded, "
                     f"{report['reconciled_keys']} keys reconciled"
                 )
+            try:
+                after_write(ledger)
+            except unavailable_errors() as exc:
+                log.warning("after_sweep_database_unavailable", error=type(exc).__name__)
             stop.wait(interval)
 
 

@@ -21,12 +21,7 @@ from uuid import UUID
 
 import orjson
 from eventsourcing.application import Application
-from eventsourcing.persistence import (
-    InfrastructureFactory,
-    InterfaceError,
-    Notification,
-    OperationalError,
-)
+from eventsourcing.persistence import InfrastructureFactory, Notification
 from eventsourcing.utils import Environment, EnvType
 
 from ledger.collector import collector_paused
@@ -44,12 +39,9 @@ from ledger.projections.recorder import (
 from ledger.projections.schema import PROJECTION_NAME, fingerprint
 from ledger.projections.state import SUBJECT_TOPICS, EventRecord
 from ledger.projections.views import subject_document
+from ledger.reconnect import Backoff, unavailable_errors
 
 log = get_logger("ledger.projections")
-
-# `run`: pauses before trying a database that went away again (doubling up to the max)
-RETRY_FIRST_SECONDS = 0.5
-RETRY_MAX_SECONDS = 30.0
 
 BATCH = 1000
 # Events per batch in a rebuild, as measured (26 Nov, alternating runs at 100k events):
@@ -338,27 +330,24 @@ class ReadModels:
         On PostgreSQL the library's subscription (LISTEN/NOTIFY) wakes the worker when
         events are recorded; SQLite offers no subscription, so the worker polls. A
         database that goes away (a restart, a failover, its connections closed) is
-        waited for: the worker logs it, tries again after a pause that doubles up to
-        `RETRY_MAX_SECONDS`, and goes on from its tracked position (nothing is applied
-        twice: each batch commits with its position).
+        waited for: the worker logs it, tries again after a pause that doubles up to 30 s
+        (`Backoff`), and goes on from its tracked position (nothing is applied twice: each
+        batch commits with its position).
         """
-        pause = RETRY_FIRST_SECONDS
+        backoff = Backoff()
         while not stop.is_set():
             started = time.monotonic()
             try:
                 self._follow(stop, poll=poll, on_batch=on_batch)
                 return
-            except (OperationalError, InterfaceError) as exc:
-                if time.monotonic() - started > RETRY_MAX_SECONDS:
-                    pause = RETRY_FIRST_SECONDS  # it had been working: start afresh
+            except unavailable_errors() as exc:
+                if time.monotonic() - started > backoff.most:
+                    backoff.succeeded()  # it had been working since the last failure
+                pause = backoff.failed()
                 log.warning(
-                    "read_models_database_unavailable",
-                    error=type(exc).__name__,
-                    retry_in_s=pause,
+                    "read_models_database_unavailable", error=type(exc).__name__, retry_in_s=pause
                 )
-                if stop.wait(pause):
-                    return
-                pause = min(pause * 2, RETRY_MAX_SECONDS)
+                stop.wait(pause)
 
     def _follow(
         self,
