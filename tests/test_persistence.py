@@ -85,3 +85,30 @@ def test_a_save_without_recordings_stores_the_same_events(ledger: Ledger) -> Non
     for subject in (recorded, quiet):  # stored, and cached as saved
         assert app.repository.get(subject.id).version == 1
         assert [e.originator_version for e in app.events.get(subject.id)] == [1]
+
+
+def test_a_save_returns_the_notification_ids_the_events_were_stored_under(
+    ledger: Ledger,
+) -> None:
+    """On SQLite the ids are worked out from the last one after a single `executemany`
+    (`SQLiteEventRecorder`); on PostgreSQL a block of ids is drawn under the table lock.
+    Either way each returned id is the one the event is read back under."""
+    app = ledger.app
+    ledger.execute_many(
+        [
+            {
+                "type": "register_subject",
+                "subject": str(uuid.uuid4()),
+                "kind": "customer",
+                "purpose": "customer_administration",
+                "legal_basis": "contract",
+            }
+        ]
+    )
+    for count in (1, 3, 40):  # PostgreSQL COPYs a save of 32 events or more
+        subjects = [_registered(app.policy) for _ in range(count)]
+        recordings = app.save(*subjects)
+        ids = [r.notification.id for r in recordings]
+        assert ids == list(range(ids[0], ids[0] + count)) and ids[-1] == ledger.max_position()
+        stored = {n.id: n.originator_id for n in app.recorder.select_notifications(ids[0], count)}
+        assert stored == {r.notification.id: r.domain_event.originator_id for r in recordings}
