@@ -1,10 +1,15 @@
-"""Commands the tests send in numbers: registrations of new customers."""
+"""Registrations of new customers: commands the tests send in numbers, and the aggregate
+as the domain registers one."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
+
+from ledger.domain.policy import PolicyCatalogue
+from ledger.domain.subject import DataSubject
 
 _IDENTIFIERS: dict[str, Callable[[int], str]] = {
     "email": lambda i: f"kunde{i}@example.dk",
@@ -28,3 +33,19 @@ def customers(count: int, *identifiers: str) -> list[dict[str, Any]]:
             command["identifiers"] = {kind: _IDENTIFIERS[kind](i) for kind in identifiers}
         commands.append(command)
     return commands
+
+
+def registered_customer(
+    policy: PolicyCatalogue, *, at: datetime = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+) -> DataSubject:
+    """A new customer aggregate, its registration pending (not saved)."""
+    return DataSubject.register(
+        uuid.uuid4(),
+        policy=policy,
+        kind="customer",
+        purpose="customer_administration",
+        legal_basis="contract",
+        provided_by=None,
+        occurred_at=at,
+        actor=None,
+    )

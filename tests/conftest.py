@@ -49,6 +49,20 @@ def require_postgres() -> None:
     pytest.skip(reason)
 
 
+def close_connections(application_name: str) -> int:
+    """Close, from the server's side, every PostgreSQL connection of this application
+    name (what a restart or a failover does to them); how many there were. A process
+    started with `PGAPPNAME` set gives its connections that name."""
+    with psycopg.connect(_conninfo(PG_URL), autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = %s",
+            (application_name,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest) -> str:
     if request.param == "postgres":

@@ -10,12 +10,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 
 from ledger.api.process import ServerProcess
 from ledger.config import Settings
-from tests.conftest import PG_URL, _conninfo, require_postgres
+from tests.conftest import close_connections, require_postgres
 from tests.test_api_support import drop_schema, ledger_env, make_tokens, register
 
 RETRIES = 10  # sends of one request; each dead pooled connection costs at most one
@@ -36,17 +35,6 @@ def server(tmp_path: Path) -> Iterator[tuple[ServerProcess, dict[str, str], str]
     finally:
         process.stop()
         drop_schema(schema)
-
-
-def _close_connections(app_name: str) -> int:
-    with psycopg.connect(_conninfo(PG_URL), autocommit=True) as admin:
-        row = admin.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name = %s",
-            (app_name,),
-        ).fetchone()
-        assert row is not None
-        return int(row[0])
 
 
 def _until_answered(send: Callable[[], httpx.Response]) -> tuple[httpx.Response, int]:
@@ -76,7 +64,7 @@ def test_the_server_works_again_after_the_database_closed_every_connection(
         subject = register(service)
         assert officer.get(f"/v1/subjects/{subject}").status_code == 200
         for _ in range(2):  # and again, on the connections made the first time
-            assert _close_connections(app_name) >= 2
+            assert close_connections(app_name) >= 2
             collected, _ = _until_answered(
                 lambda: service.post(
                     "/v1/commands",

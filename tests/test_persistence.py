@@ -9,11 +9,10 @@ from typing import Any
 
 from eventsourcing.persistence import Mapper
 
-from ledger.domain.policy import PolicyCatalogue
-from ledger.domain.subject import DataSubject
 from ledger.facade import Ledger
 from ledger.persistence import LedgerEventStore, MappedOnDemand, OrjsonTranscoder
 from ledger.policies import load_policy
+from tests.command_support import customers, registered_customer
 
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 
@@ -28,23 +27,9 @@ class CountingMapper(Mapper[uuid.UUID]):
         return super().to_stored_event(domain_event)
 
 
-def _registered(policy: PolicyCatalogue) -> DataSubject:
-    """A new customer, its registration pending."""
-    return DataSubject.register(
-        uuid.uuid4(),
-        policy=policy,
-        kind="customer",
-        purpose="customer_administration",
-        legal_basis="contract",
-        provided_by=None,
-        occurred_at=NOW,
-        actor=None,
-    )
-
-
 def _events(count: int) -> list[Any]:
     policy = load_policy(None)
-    return [event for _ in range(count) for event in _registered(policy).collect_events()]
+    return [event for _ in range(count) for event in registered_customer(policy).collect_events()]
 
 
 def test_nothing_is_mapped_until_read_and_each_event_once() -> None:
@@ -76,7 +61,7 @@ def test_a_save_without_recordings_stores_the_same_events(ledger: Ledger) -> Non
     app = ledger.app
     assert isinstance(app.events, LedgerEventStore)
     assert app.events.streaming == (ledger.settings.database.backend == "postgres")
-    recorded, quiet = _registered(app.policy), _registered(app.policy)
+    recorded, quiet = registered_customer(app.policy), registered_customer(app.policy)
     recordings = app.save(recorded)
     assert [r.domain_event.originator_id for r in recordings] == [recorded.id]
     assert recordings[0].notification.id == ledger.max_position()
@@ -94,19 +79,9 @@ def test_a_save_returns_the_notification_ids_the_events_were_stored_under(
     (`SQLiteEventRecorder`); on PostgreSQL a block of ids is drawn under the table lock.
     Either way each returned id is the one the event is read back under."""
     app = ledger.app
-    ledger.execute_many(
-        [
-            {
-                "type": "register_subject",
-                "subject": str(uuid.uuid4()),
-                "kind": "customer",
-                "purpose": "customer_administration",
-                "legal_basis": "contract",
-            }
-        ]
-    )
+    ledger.execute_many(customers(1))
     for count in (1, 3, 40):  # PostgreSQL COPYs a save of 32 events or more
-        subjects = [_registered(app.policy) for _ in range(count)]
+        subjects = [registered_customer(app.policy) for _ in range(count)]
         recordings = app.save(*subjects)
         ids = [r.notification.id for r in recordings]
         assert ids == list(range(ids[0], ids[0] + count)) and ids[-1] == ledger.max_position()

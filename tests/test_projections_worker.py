@@ -15,12 +15,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from ledger.config import Settings
 from ledger.facade import Ledger
-from tests.conftest import PG_URL, _conninfo
+from tests.command_support import customers
+from tests.conftest import close_connections
 
 APP_NAME = f"ledger-worker-{uuid.uuid4().hex[:8]}"  # the worker's connections (PGAPPNAME)
 
@@ -46,17 +46,8 @@ def worker(ledger_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Po
 
 
 def _register(ledger: Ledger, count: int) -> None:
-    for _ in range(count):
-        result = ledger.execute(
-            {
-                "type": "register_subject",
-                "subject": str(uuid.uuid4()),
-                "kind": "customer",
-                "purpose": "customer_administration",
-                "legal_basis": "contract",
-            }
-        )
-        assert result["ok"], result
+    for command in customers(count):  # one transaction each
+        assert ledger.execute(command)["ok"]
 
 
 def _until_current(ledger: Ledger, worker: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -94,13 +85,7 @@ def test_the_worker_outlives_the_database_closing_its_connections(
     _register(ledger, 2)
     _until_current(ledger, worker)
     for _ in range(2):
-        with psycopg.connect(_conninfo(PG_URL), autocommit=True) as admin:
-            closed = admin.execute(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = %s",
-                (APP_NAME,),
-            ).fetchone()
-        assert closed is not None and closed[0] >= 1  # its LISTEN connection at least
+        assert close_connections(APP_NAME) >= 1  # its LISTEN connection at least
         _register(ledger, 3)
         _until_current(ledger, worker)
     assert ledger.read_models.position() == ledger.max_position() == 8

@@ -16,6 +16,7 @@ from eventsourcing.persistence import Mapper
 from ledger.domain.subject import DataSubject, _new_event
 from ledger.persistence import OrjsonTranscoder
 from ledger.policies import load_policy
+from tests.command_support import registered_customer
 
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 
@@ -27,16 +28,7 @@ class _Sealer:
 
 def _customer() -> DataSubject:
     policy = load_policy(None)
-    subject = DataSubject.register(
-        uuid.uuid4(),
-        policy=policy,
-        kind="customer",
-        purpose="customer_administration",
-        legal_basis="contract",
-        provided_by=None,
-        occurred_at=NOW,
-        actor="crm",
-    )
+    subject = registered_customer(policy, at=NOW)
     subject.collect(
         policy=policy,
         sealer=_Sealer(),

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import psycopg
 import pytest
 
 from ledger.config import Settings
 from ledger.facade import Ledger
-from tests.conftest import PG_URL, _conninfo
+from tests.conftest import close_connections
 
 APP_NAME = f"ledger-sweeper-{uuid.uuid4().hex[:8]}"  # the sweeper's connections (PGAPPNAME)
 ENDED = "2024-03-31T12:00:00+02:00"  # customer data is kept for months after this, not years
@@ -101,13 +100,7 @@ def test_the_sweeper_outlives_the_database_closing_its_connections(
 ) -> None:
     _until_shredded(ledger, _old_customer(ledger), sweeper)
     for _ in range(2):
-        with psycopg.connect(_conninfo(PG_URL), autocommit=True) as admin:
-            closed = admin.execute(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = %s",
-                (APP_NAME,),
-            ).fetchone()
-        assert closed is not None and closed[0] >= 1
+        assert close_connections(APP_NAME) >= 1
         _until_shredded(ledger, _old_customer(ledger), sweeper)
     assert len({s["subject"] for r in _reports(sweeper) for s in r["shredded"]}) == 3
     assert settings.log_path is not None
