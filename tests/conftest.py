@@ -7,10 +7,15 @@ PostgreSQL they skip with the reason, except in CI (`CI=true`), where that is a 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -49,18 +54,113 @@ def require_postgres() -> None:
     pytest.skip(reason)
 
 
+@contextmanager
+def ledger_process(
+    ledger_env: dict[str, str], args: list[str], output: Path, *, app_name: str = ""
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m ledger ARGS` in the background on this ledger, its stdout piped and its
+    stderr in `output`; killed at the end if still running. `app_name` names its
+    PostgreSQL connections (`close_connections`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    env.update(ledger_env)
+    if app_name:
+        env["PGAPPNAME"] = app_name
+    with output.open("wb") as errors:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ledger", *args], env=env, stdout=subprocess.PIPE, stderr=errors
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
 def close_connections(application_name: str) -> int:
     """Close, from the server's side, every PostgreSQL connection of this application
     name (what a restart or a failover does to them); how many there were. A process
     started with `PGAPPNAME` set gives its connections that name."""
+    return _terminate("application_name", application_name)
+
+
+def _terminate(column: str, value: str) -> int:
     with psycopg.connect(_conninfo(PG_URL), autocommit=True) as admin:
         row = admin.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name = %s",
-            (application_name,),
+            f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE {column} = %s",
+            (value,),
         ).fetchone()
     assert row is not None
     return int(row[0])
+
+
+class Outage:
+    """A PostgreSQL login role of a test's own, whose logins the test can refuse for a
+    while: to a process connected as it, the database is down (its connections closed,
+    every new one refused) and then back, while the test's own connections work."""
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+
+    def url(self, ledger_url: str) -> str:
+        """The ledger's database URL, connecting as this role (trust authentication)."""
+        parts = urlsplit(ledger_url)
+        host = parts.hostname or "127.0.0.1"
+        netloc = f"{self.role}@{host}:{parts.port or 5432}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    def _admin(self, sql: str) -> None:
+        with psycopg.connect(_conninfo(PG_URL), autocommit=True) as admin:
+            admin.execute(sql)
+
+    def begin(self) -> int:
+        """Refuse new logins and close the open connections; how many were closed."""
+        self._admin(f'ALTER ROLE "{self.role}" NOLOGIN')
+        return _terminate("usename", self.role)
+
+    def end(self) -> None:
+        self._admin(f'ALTER ROLE "{self.role}" LOGIN')
+
+
+@pytest.fixture
+def outage() -> Iterator[Outage]:
+    """A role of the test's own (a superuser: no grants to keep in step), dropped after."""
+    require_postgres()
+    made = Outage(f"t_{uuid.uuid4().hex[:12]}")
+    made._admin(f'CREATE ROLE "{made.role}" LOGIN SUPERUSER')
+    try:
+        yield made
+    finally:
+        made.begin()
+        made._admin(f'REASSIGN OWNED BY "{made.role}" TO CURRENT_USER')
+        made._admin(f'DROP OWNED BY "{made.role}"')
+        made._admin(f'DROP ROLE "{made.role}"')
+
+
+def logged(settings: Settings, event: str) -> int:
+    """How many lines of the ledger's log are this event."""
+    path = settings.log_path
+    if path is None or not path.exists():
+        return 0
+    marker = f'"event":"{event}"'
+    return sum(marker in line for line in path.read_text(encoding="utf-8").splitlines())
+
+
+def until_logged(
+    settings: Settings,
+    event: str,
+    *,
+    more_than: int,
+    process: subprocess.Popen[bytes] | None = None,
+    timeout: float = 60,
+) -> None:
+    """Wait until the log holds more lines of this event than it did (and the process
+    that should write them is still running)."""
+    deadline = time.monotonic() + timeout
+    while logged(settings, event) <= more_than:
+        assert process is None or process.poll() is None, "the process exited"
+        assert time.monotonic() < deadline, f"no new {event} in the log"
+        time.sleep(0.05)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -92,7 +92,11 @@ def construct_recorder(env: EnvType) -> ReadModelRecorder:
     """The read-model recorder for an application environment, built by the library's factory."""
     environment = env if isinstance(env, Environment) else projection_env(env)
     factory = InfrastructureFactory[Any].construct(env=environment)
-    recorder = factory.tracking_recorder(recorder_class(factory))
+    try:
+        recorder = factory.tracking_recorder(recorder_class(factory))  # creates the tables
+    except BaseException:
+        factory.close()  # its pool, and the pool's threads, which would keep trying
+        raise
     assert isinstance(recorder, ReadModelRecorder)
     recorder.factory = factory  # type: ignore[attr-defined]  # closed with the recorder
     return recorder
@@ -165,7 +169,11 @@ class ReadModels:
     def open(cls, app: Application[Any], policy: PolicyCatalogue) -> ReadModels:
         """The read models in the application's own database (created on first use)."""
         models = cls(app, construct_recorder(projection_env(app.env)), policy)
-        models.ensure_current_schema()
+        try:
+            models.ensure_current_schema()
+        except BaseException:
+            models.close()  # a database that went away: the next use opens them again
+            raise
         return models
 
     def close(self) -> None:
