@@ -56,15 +56,12 @@ def require_postgres() -> None:
 
 @contextmanager
 def ledger_process(
-    ledger_env: dict[str, str], args: list[str], output: Path, *, app_name: str = ""
+    ledger_env: dict[str, str], args: list[str], output: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`python -m ledger ARGS` in the background on this ledger, its stdout piped and its
-    stderr in `output`; killed at the end if still running. `app_name` names its
-    PostgreSQL connections (`close_connections`)."""
+    stderr in `output`; killed at the end if still running."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
     env.update(ledger_env)
-    if app_name:
-        env["PGAPPNAME"] = app_name
     with output.open("wb") as errors:
         process = subprocess.Popen(
             [sys.executable, "-m", "ledger", *args], env=env, stdout=subprocess.PIPE, stderr=errors
@@ -75,13 +72,6 @@ def ledger_process(
             if process.poll() is None:
                 process.kill()
                 process.communicate()
-
-
-def close_connections(application_name: str) -> int:
-    """Close, from the server's side, every PostgreSQL connection of this application
-    name (what a restart or a failover does to them); how many there were. A process
-    started with `PGAPPNAME` set gives its connections that name."""
-    return _terminate("application_name", application_name)
 
 
 def _terminate(column: str, value: str) -> int:
