@@ -31,10 +31,19 @@ _PHONE: Final = re.compile(
 )
 
 
+_DIGIT: Final = re.compile(r"[0-9]")
+
+
 def personal_data_in(text: str) -> str | None:
-    """The kind of identifier `text` seems to hold ("an e-mail address", ...), or None."""
-    if _EMAIL.search(text):
+    """The kind of identifier `text` seems to hold ("an e-mail address", ...), or None.
+
+    An e-mail address needs an "@" and the others a digit: text without them (most
+    activities and reasons) is not searched further. The e-mail pattern, tried at every
+    position, took 3 µs on a 15-letter activity."""
+    if "@" in text and _EMAIL.search(text):
         return "an e-mail address"
+    if _DIGIT.search(text) is None:
+        return None
     if any(is_valid_cpr(found) for found in _CPR.findall(text)):
         return "a CPR number"
     if _PHONE.search(text):
