@@ -14,7 +14,6 @@ import random
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -212,7 +211,7 @@ class LedgerApplication(Application[UUID]):
     def _parse(self, data: Any, actor: str | None) -> Command:
         command = parse_command(data)
         if actor is not None and command.actor is None:
-            command = replace(command, actor=actor)
+            command = command._replace(actor=actor)
         return command
 
     def _rolled_back(self, count: int, index: int, error: LedgerError) -> list[dict[str, Any]]:

@@ -13,9 +13,8 @@ import difflib
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import orjson
@@ -369,20 +368,20 @@ OFFICER_COMMANDS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
+    """A validated command. A named tuple: immutable, and made in a fraction of the time
+    a frozen dataclass takes (which sets each field through `object.__setattr__`), once
+    per command of every batch."""
+
     type: str
     fields: dict[str, Any]
+    # the field `subject`, a canonical UUID (`uuid`): kept beside `fields`, where a unit
+    # of work asks for it several times per command
+    subject: str | None
+    raw: dict[str, Any]  # as sent: what an idempotency receipt's payload hash covers
     occurred_at: datetime | None = None
     actor: str | None = None
     idempotency_key: str | None = None
-    raw: dict[str, Any] = field(default_factory=dict, compare=False)
-    # the field `subject`, a canonical UUID (`uuid`): kept beside `fields`, where a unit
-    # of work asks for it several times per command
-    subject: str | None = field(init=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "subject", self.fields.get("subject"))
 
     def get(self, name: str, default: Any = None) -> Any:
         return self.fields.get(name, default)
@@ -419,6 +418,7 @@ def parse_command(data: Any) -> Command:
     return Command(
         type=kind,
         fields=fields,
+        subject=fields.get("subject"),
         occurred_at=common.get("occurred_at"),
         actor=common.get("actor"),
         idempotency_key=common.get("idempotency_key"),
