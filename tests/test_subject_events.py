@@ -100,3 +100,29 @@ def test_a_missing_or_unknown_field_is_an_error() -> None:
         _new_event(DataSubject.Objected, {**base, "colour": "blue"})
     with pytest.raises(TypeError, match="Objected takes"):  # one unknown for one missing
         _new_event(DataSubject.Objected, {**without_actor, "colour": "blue"})
+
+
+def test_a_subject_replayed_through_mutate_equals_the_one_that_triggered_its_events() -> None:
+    """`trigger_event` applies its events without `mutate`'s checks (the event is the
+    aggregate's next by construction); replaying them through `mutate`, checks and all,
+    gives the same state, version and time of change."""
+    subject = _customer()
+    subject.give_consent(
+        policy=load_policy(None),
+        purpose="marketing",
+        notice_version="2018-05-25",
+        method="web_form",
+        channels=["email"],
+        explicit=False,
+        categories=[],
+        occurred_at=NOW,
+        actor=None,
+    )
+    events = subject.collect_events()
+    replayed = None
+    for event in events:
+        replayed = event.mutate(replayed)
+    assert replayed is not None
+    assert replayed.version == subject.version == len(events) == 3
+    assert replayed.modified_on == subject.modified_on == events[-1].timestamp
+    assert vars(replayed) == vars(subject)

@@ -571,14 +571,18 @@ class DataSubject(Aggregate):
 
     def trigger_event(self, event_class: type[Any], **kwargs: Any) -> None:
         """The library's `trigger_event` without the steps this aggregate does not need:
-        a check for explicitly registered topics (it has none) and a copy of the
-        arguments (`_new_event` builds the event). Every command triggers at least one
-        event."""
+        a check for explicitly registered topics (it has none), a copy of the arguments
+        (`_new_event` builds the event), and `mutate`'s checks that the event is this
+        aggregate's next one, which it is by construction (the id check called
+        `UUID.__eq__`, in Python). Every command triggers at least one event."""
+        version = self.version + 1
         kwargs["originator_id"] = self.id
-        kwargs["originator_version"] = self.version + 1
-        kwargs["timestamp"] = event_class.create_timestamp()
+        kwargs["originator_version"] = version
+        kwargs["timestamp"] = timestamp = event_class.create_timestamp()
         new_event = _new_event(event_class, kwargs)
-        new_event.mutate(self)
+        new_event.apply(self)  # what `mutate` does after its checks
+        self.version = version
+        self.modified_on = timestamp
         self._pending_events.append(new_event)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> DataSubject:
