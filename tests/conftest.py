@@ -99,6 +99,16 @@ class Outage:
         netloc = f"{self.role}@{host}:{parts.port or 5432}"
         return urlunsplit(parts._replace(netloc=netloc))
 
+    def worker_env(self, ledger_env: dict[str, str]) -> dict[str, str]:
+        """The environment of a worker process connecting as this role. The library waits
+        up to 30 s for a pooled connection, ten times, before an error reaches the worker;
+        a second keeps the outage a test needs short."""
+        return {
+            **ledger_env,
+            "LEDGER_DATABASE_URL": self.url(ledger_env["LEDGER_DATABASE_URL"]),
+            "POSTGRES_CONNECT_TIMEOUT": "1",
+        }
+
     def _admin(self, sql: str) -> None:
         with psycopg.connect(_conninfo(PG_URL), autocommit=True) as admin:
             admin.execute(sql)

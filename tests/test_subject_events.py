@@ -65,33 +65,27 @@ def test_events_equal_what_the_dataclass_builds_and_store_alike() -> None:
     assert subject.version == 2 and subject.kind == "customer"
 
 
-def test_a_default_is_filled_in() -> None:
-    event = _new_event(
-        DataSubject.DataProcessed,
-        {
-            "originator_id": uuid.uuid4(),
-            "originator_version": 2,
-            "timestamp": NOW,
-            "occurred_at": NOW.isoformat(),
-            "actor": None,
-            "purpose": "marketing",
-            "activity": "newsletter_sent",
-            "channel": "email",
-            "categories": [],
-        },
-    )
-    assert event.legal_basis is None
-
-
-def test_a_missing_or_unknown_field_is_an_error() -> None:
-    base: dict[str, Any] = {
+def _fields(**given: Any) -> dict[str, Any]:
+    """The fields every event of a subject has (its second), and `given`."""
+    return {
         "originator_id": uuid.uuid4(),
         "originator_version": 2,
         "timestamp": NOW,
         "occurred_at": NOW.isoformat(),
         "actor": None,
-        "purpose": "marketing",
+        **given,
     }
+
+
+def test_a_default_is_filled_in() -> None:
+    processed = _fields(
+        purpose="marketing", activity="newsletter_sent", channel="email", categories=[]
+    )
+    assert _new_event(DataSubject.DataProcessed, processed).legal_basis is None
+
+
+def test_a_missing_or_unknown_field_is_an_error() -> None:
+    base = _fields(purpose="marketing")
     assert _new_event(DataSubject.Objected, base).purpose == "marketing"
     without_actor = {k: v for k, v in base.items() if k != "actor"}
     with pytest.raises(TypeError, match="Objected takes"):

@@ -88,14 +88,7 @@ def test_the_sweeper_waits_out_a_database_outage(
     outage: Outage,
     tmp_path: Path,
 ) -> None:
-    env = {
-        **ledger_env,
-        "LEDGER_DATABASE_URL": outage.url(ledger_env["LEDGER_DATABASE_URL"]),
-        # the library waits up to 30 s for a pooled connection, ten times, before an
-        # error reaches the worker; a second keeps the outage this test needs short
-        "POSTGRES_CONNECT_TIMEOUT": "1",
-    }
-    with ledger_process(env, ARGS, tmp_path / "sweeper.err") as sweeper:
+    with ledger_process(outage.worker_env(ledger_env), ARGS, tmp_path / "sweeper.err") as sweeper:
         before = _old_customer(ledger)
         _until_shredded(ledger, before, sweeper)
         assert outage.begin() >= 1
