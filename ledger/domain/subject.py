@@ -117,13 +117,11 @@ class _EventShape:
     those without one."""
 
     def __init__(self, event_class: type[Any]) -> None:
-        self.defaults: dict[str, Any] = {}
-        required = []
-        for f in fields(event_class):
-            self.defaults[f.name] = None if f.default is MISSING else f.default
-            if f.default is MISSING:
-                required.append(f.name)
-        self.required = frozenset(required)
+        declared = fields(event_class)
+        self.required = frozenset(f.name for f in declared if f.default is MISSING)
+        self.defaults: dict[str, Any] = {
+            f.name: None if f.name in self.required else f.default for f in declared
+        }
 
 
 _SHAPES: dict[type[Any], _EventShape] = {}
