@@ -30,7 +30,7 @@ from ledger.logs import get_logger
 from ledger.reconnect import Backoff, unavailable_errors
 from ledger.reports.text import plural
 
-log = get_logger("ledger.sweep")
+log = get_logger("ledger.sweepers.retention")  # the sweeper as a worker (`sweep --every`)
 
 subject_app = typer.Typer(help="Query one data subject.", no_args_is_help=True)
 
