@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 from uuid import UUID
@@ -275,6 +275,7 @@ class LedgerApplication(Application[UUID]):
             c.subject for c in commands if isinstance(c, Command) and c.subject
         )
         sealer = ScopeSealer(session, uow)
+        now = self.clock.now()
         results: list[dict[str, Any]] = []
         try:
             for index, command in enumerate(commands):
@@ -284,7 +285,7 @@ class LedgerApplication(Application[UUID]):
                 saved = None if atomic else uow.checkpoint(command.subject)
                 keys = session.checkpoint()
                 try:
-                    results.append(self._run_one(uow, sealer, command))
+                    results.append(self._run_one(uow, sealer, command, now))
                 except LedgerError as error:
                     if atomic:
                         raise _Rejected(index, error) from None
@@ -342,8 +343,9 @@ class LedgerApplication(Application[UUID]):
             except Exception as exc:
                 log.error("keys_left_to_reconciler", keys=len(shreds), error=type(exc).__name__)
 
-    def _run_one(self, uow: UnitOfWork, sealer: ScopeSealer, command: Command) -> dict[str, Any]:
-        now = self.clock.now()
+    def _run_one(
+        self, uow: UnitOfWork, sealer: ScopeSealer, command: Command, now: datetime
+    ) -> dict[str, Any]:
         if command.idempotency_key is not None:
             first = self._receipt(uow, command.idempotency_key)
             if first is not None:

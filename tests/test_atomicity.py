@@ -7,8 +7,10 @@ store's records and live keys, and the lookup index. SQLite and PostgreSQL.
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
+from ledger.clock import FixedClock
 from ledger.facade import Ledger
 
 CA = "customer_administration"
@@ -258,3 +260,28 @@ def test_group_commit_writes_no_key_for_a_rejected_command(ledger: Ledger) -> No
     )
     assert results[0]["error"]["code"] == "purpose_not_allowed"
     assert snapshot(ledger) == before
+
+
+def test_a_batch_happens_at_one_moment(ledger: Ledger, clock: FixedClock) -> None:
+    """Commands without `occurred_at` happen when their unit of work runs: all of a
+    batch's events carry its one moment (as a database transaction has one time), and a
+    command that gives its own time keeps it."""
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    results = ledger.execute_many(
+        [
+            register(first),
+            collect(first, "name", "Første Ærø"),
+            register(second),
+            collect(second, "name", "Anden Ærø", occurred_at="2026-01-05T09:30:00+01:00"),
+            collect(second, "phone", "+45 20 30 40 50"),
+        ]
+    )
+    assert all(r["ok"] for r in results), results
+    moments = [e["occurred_at"] for s in (first, second) for e in ledger.history(s)]
+    assert moments[3] == "2026-01-05T09:30:00+01:00"
+    batch_moment = moments[0]
+    assert moments[:3] + moments[4:] == [batch_moment] * 4
+    assert batch_moment == clock.now().isoformat()
+    clock.set(clock.now() + timedelta(seconds=1))
+    ledger.execute(collect(first, "address", "Østergade 1, 1100 København K"))
+    assert ledger.history(first)[-1]["occurred_at"] == clock.now().isoformat()

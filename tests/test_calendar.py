@@ -17,6 +17,7 @@ from ledger.domain.calendar import (
     danish_holidays,
     easter_sunday,
     is_working_day,
+    iso,
     local_date,
     next_working_day,
     request_due_date,
@@ -255,3 +256,11 @@ def test_local_date(ts: datetime, expected: date) -> None:
 def test_local_date_rejects_naive() -> None:
     with pytest.raises(ValueError):
         local_date(datetime(2025, 3, 17, 12, 0))
+
+
+@given(st.lists(st.datetimes(timezones=st.sampled_from([UTC, COPENHAGEN])), min_size=1))
+def test_iso_gives_each_moment_its_own_text(moments: list[datetime]) -> None:
+    """`iso` keeps the last moment's text: asked in any order, with repeats, each moment
+    still gets its own."""
+    for moment in [*moments, *reversed(moments), *moments]:
+        assert iso(moment) == moment.isoformat()
