@@ -9,8 +9,7 @@ import base64
 import hashlib
 import hmac
 import os
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -27,8 +26,10 @@ class SealError(Exception):
     """A sealed value cannot be opened: wrong key, moved ciphertext, or broken commitment."""
 
 
-@dataclass(frozen=True)
-class SealedValue:
+class SealedValue(NamedTuple):
+    """A sealed value's parts (DESIGN 4.1). A named tuple: made for every value sealed,
+    in a fraction of a frozen dataclass's time."""
+
     scope: str
     kid: str
     ct: str
