@@ -329,14 +329,16 @@ class _Postgres(_Database, Reconnecting):
     ) -> None:
         """By binary COPY: `executemany` sends a bind and an execute per row; for a batch
         of new customers its keys and lookups took a seventh of the client's CPU, now a
-        fortieth."""
+        fortieth. (It said binary but sent text, every byte of a wrapped key or digest
+        spelt in hex for the server to parse: binary saves ~0.5 ms a batch.)"""
         if not rows:
             return
         self._begin()
         names = ", ".join(name for name, _ in columns)
 
         def run() -> None:
-            with self.conn.cursor() as cur, cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+            statement = f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)"
+            with self.conn.cursor() as cur, cur.copy(statement) as copy:
                 copy.set_types([kind for _, kind in columns])
                 for row in rows:
                     copy.write_row(row)
