@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 
@@ -139,3 +140,24 @@ def test_an_erasure_and_a_bookkeeping_entry_in_one_group_both_stand(ledger: Ledg
     view = ledger.subject(subject, reveal=True, purpose="audit of the credit note")
     invoices = {d["category"]: d["value"] for d in view["data"]}
     assert invoices["invoice"] == {"number": "F-2015-2", "amount_dkk": "-100.00"}
+
+
+def test_a_save_that_crosses_the_snapshot_interval_snapshots_the_subject_as_saved(
+    ledger: Ledger,
+) -> None:
+    """A snapshot every 50 events: one for each save whose versions reach or pass a
+    multiple of 50, holding the subject at the save's last version."""
+    subject = ledger.execute(_register("snap@example.dk"))["subject"]  # versions 1-2
+    assert ledger.app.snapshots is not None
+    dialogue = {"type": "record_dialogue", "subject": subject}
+
+    def snapshot_versions() -> list[int]:
+        assert ledger.app.snapshots is not None
+        return [s.originator_version for s in ledger.app.snapshots.get(UUID(subject))]
+
+    ledger.execute_many([dialogue] * 47)  # 3-49
+    assert snapshot_versions() == []
+    ledger.execute(dialogue)  # 50
+    assert snapshot_versions() == [50]
+    ledger.execute_many([dialogue] * 120)  # 51-170: passes 100 and 150, one snapshot
+    assert snapshot_versions() == [50, 170]
