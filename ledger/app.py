@@ -153,8 +153,8 @@ class LedgerApplication(Application[UUID]):
         """Whether the events saved now (versions `first` to `last`) cross the aggregate's
         snapshotting interval: it is then snapshot as saved, all of a save's snapshots
         together. The library re-reads each such aggregate from the store (two queries
-        and a transaction each), and it found them by looking every saved event's
-        aggregate up by id (hashing a UUID in Python, 1 % of a batch)."""
+        and a transaction each); looking each saved event's aggregate up by its id, as
+        this did before, hashed a UUID in Python per event (1 % of a batch)."""
         interval = self.snapshotting_intervals.get(type(aggregate))
         if not interval:
             return False

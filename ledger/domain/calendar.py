@@ -166,7 +166,8 @@ def iso(moment: datetime) -> str:
     """A moment as events hold it: RFC 3339 text with its offset.
 
     The last moment's text is kept: a unit of work stamps all its events with one moment
-    (`isoformat` of an aware time was 3 % of a batch)."""
+    (`isoformat` of an aware time was 3 % of a batch). The pair is read and replaced
+    whole, so threads sharing it never see one moment with another's text."""
     global _last_iso
     last, text = _last_iso
     if moment is not last:
