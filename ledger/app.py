@@ -73,8 +73,14 @@ class LedgerApplication(Application[UUID]):
         policy: PolicyCatalogue | None = None,
         keystore: KeyStore | None = None,
         clock: Clock | None = None,
+        keys_with_events: bool = False,
     ) -> None:
-        """`env` alone gives a read-only application (what projection runners construct)."""
+        """`env` alone gives a read-only application (what projection runners construct).
+
+        `keys_with_events`: the key store is in the events' PostgreSQL database, and a unit
+        of work's new keys and new subjects' index rows commit in its events' transaction
+        (`KeysWithEvents`).
+        """
         super().__init__(env=env)
         policy_path = self.env.get("LEDGER_POLICY")
         self.policy = policy or load_policy(Path(policy_path) if policy_path else None)
@@ -83,6 +89,9 @@ class LedgerApplication(Application[UUID]):
         self.queries = EventStoreQueries(self.recorder)
         self.handlers = CommandHandlers(
             self.policy, lambda: self.keystore.lookup_key(), self.load_subject
+        )
+        self._keys_with_events = keys_with_events and isinstance(
+            self.recorder, CopyingPostgresRecorder
         )
         # Held while a unit of work changes cached subjects in place, and while a reader
         # copies one out of the cache: a copy is never taken of a half-applied command.
@@ -292,7 +301,6 @@ class LedgerApplication(Application[UUID]):
                     uow.restore(saved, self._reload)
                     session.rollback_to(keys)
                     results.append(error.to_result())
-            session.commit()
         finally:
             session.forget()
         shreds = uow.shredded_keys()
@@ -301,18 +309,34 @@ class LedgerApplication(Application[UUID]):
             for subject_id, subject in uow.subjects.items()
             if subject.pending_events and subject.pending_events[0].originator_version == 1
         }
-        if any(s.pending_events for s in uow.subjects.values()) or uow.receipts:
-            self.save(*uow.subjects.values(), *uow.receipts, recordings=False)
-        self._after_save(uow, registered_now, shreds)
+        lookups = [
+            (subject_id, kind, digest)
+            for subject_id, kinds in uow.lookups.items()
+            for kind, digest in kinds.items()
+        ]
+        saving = any(s.pending_events for s in uow.subjects.values()) or bool(uow.receipts)
+        if saving and self._keys_with_events:
+            fresh = [row for row in lookups if row[0] in registered_now]
+            alongside = self.keystore.writes_with_events(session, fresh)
+            lookups = [row for row in lookups if row[0] not in registered_now]
+            registered_now = set()
+            extra = {"alongside": alongside} if alongside else {}
+            self.save(*uow.subjects.values(), *uow.receipts, recordings=False, **extra)
+        else:
+            session.commit()  # the keys first, in a transaction of their own (DESIGN 4.3)
+            if saving:
+                self.save(*uow.subjects.values(), *uow.receipts, recordings=False)
+        self._after_save(lookups, registered_now, shreds)
         return results
 
     def _after_save(
         self,
-        uow: UnitOfWork,
+        lookups: list[tuple[str, str, bytes]],
         registered_now: set[str],
         shreds: list[tuple[str, str, list[str]]],
     ) -> None:
-        """The key store's part after the events are written. The events are the truth and
+        """The key store's part after the events are written (on PostgreSQL, new subjects'
+        index rows were written with them). The events are the truth and
         are written now: a failure here must not report them as not written (a caller
         would send them again, a group commit would run them again). Each part fails
         safe instead, as after a crash at this point:
@@ -323,19 +347,14 @@ class LedgerApplication(Application[UUID]):
         - keys come after their `ScopeShredded` events; the key reconciler destroys any
           key such an event names (it runs after every write, and at each sweep).
         """
-        if uow.lookups:
+        if lookups:
             try:
-                self.keystore.replace_lookups(
-                    [
-                        (subject_id, kind, digest)
-                        for subject_id, kinds in uow.lookups.items()
-                        for kind, digest in kinds.items()
-                    ],
-                    new_subjects=registered_now,
-                )
+                self.keystore.replace_lookups(lookups, new_subjects=registered_now)
             except Exception as exc:
                 log.error(
-                    "lookup_rows_not_written", subjects=len(uow.lookups), error=type(exc).__name__
+                    "lookup_rows_not_written",
+                    subjects=len({subject for subject, _, _ in lookups}),
+                    error=type(exc).__name__,
                 )
         if shreds:
             try:

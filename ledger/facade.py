@@ -154,6 +154,8 @@ class Ledger:
                 policy=policy,
                 keystore=keystore,
                 clock=clock or SystemClock(),
+                keys_with_events=settings.database.backend == "postgres"
+                and settings.keystore == settings.database,
             )
         ledger = cls(settings, app, keystore, policy)
         ledger.reconcile_keys()

@@ -22,12 +22,17 @@ The database role needs UPDATE on the notification id sequence (`setval`), besid
 USAGE the library's inserts need (the owner of the schema, the usual case, has both):
 
     GRANT UPDATE ON SEQUENCE <schema>.ledger_events_notification_id_seq TO <role>
+
+A save may bring other writes that must commit with its events (`alongside`, a
+`TransactionPart`: the key store's new keys and index rows). They are sent in the
+pipeline that takes the table lock, after it, and checked before the events are written;
+a failure of either rolls back both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Final
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Protocol
 
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
@@ -35,6 +40,15 @@ from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier, Literal
 
 COPY_FROM: Final = 32  # events in one save from which COPY is the quicker way
+
+
+class TransactionPart(Protocol):
+    """Writes that commit in the same transaction as a save's events."""
+
+    def send(self, conn: Any) -> Callable[[], None]:
+        """Queue statements on `conn` (in pipeline mode, the table locked); return a check
+        to call once they have run, which raises to roll everything back."""
+        ...
 
 
 class CopyingPostgresRecorder(PostgresApplicationRecorder):
@@ -54,30 +68,59 @@ class CopyingPostgresRecorder(PostgresApplicationRecorder):
         self._copy_types = ["int8", datastore.originator_id_type, "int8", "text", "bytea"]
 
     def insert_events(
-        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+        self,
+        stored_events: Sequence[StoredEvent],
+        *,
+        alongside: TransactionPart | None = None,
+        **kwargs: Any,
     ) -> Sequence[int] | None:
         ids: Sequence[int] | None
-        if (
-            len(stored_events) < COPY_FROM
-            or any(v is not None for v in kwargs.values())
-            or self.datastore.enable_db_functions
-        ):
-            # A handful of events, tracking records (which this application never writes),
-            # or the library's database functions, which insert without the table lock
-            # that makes a reserved block of ids safe: the library's own insert.
+        if any(v is not None for v in kwargs.values()) or self.datastore.enable_db_functions:
+            # Tracking records (which this application never writes), or the library's
+            # database functions, which insert without the table lock that makes a
+            # reserved block of ids safe: the library's own insert.
+            if alongside is not None:
+                raise NotImplementedError("writes alongside the library's own insert")
             ids = super().insert_events(stored_events, **kwargs)
-        else:
-            ids = self._copy_events(stored_events)
+        elif len(stored_events) >= COPY_FROM:
+            ids = self._copy_events(stored_events, alongside)
+        elif alongside is not None:
+            ids = self._insert_with(stored_events, alongside)
+        else:  # a handful of events: the library's pipelined insert
+            ids = super().insert_events(stored_events)
         return ids
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
-    def _copy_events(self, stored_events: Sequence[StoredEvent]) -> list[int]:
+    def _insert_with(
+        self, stored_events: Sequence[StoredEvent], alongside: TransactionPart
+    ) -> Sequence[int] | None:
+        """The library's pipelined insert of a handful of events, with `alongside`: one
+        round trip for all of it, and one for the commit."""
+        with (
+            self.datastore.get_connection() as conn,
+            conn.pipeline() as pipeline,
+            conn.transaction(),
+            conn.cursor() as curs,
+        ):
+            self._insert_stored_events(curs, stored_events)  # lock, notice, insert
+            check = alongside.send(conn)
+            pipeline.sync()  # a failure is raised here, and rolls back
+            check()
+            return self._fetch_ids_after_insert_events(curs, stored_events)
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def _copy_events(
+        self, stored_events: Sequence[StoredEvent], alongside: TransactionPart | None = None
+    ) -> list[int]:
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
-            with conn.pipeline():  # the lock, the notice and the ids in one round trip
+            with conn.pipeline():  # the lock, the notice, the ids and the rest in one trip
                 self._lock_table(curs)
                 self._notify_channel(curs)
                 curs.execute(self._reserve_ids, (len(stored_events),))
+                check = alongside.send(conn) if alongside is not None else None
                 row = curs.fetchone()
+                if check is not None:
+                    check()
             assert row is not None
             last = int(row["last"])
             ids = list(range(last - len(stored_events) + 1, last + 1))

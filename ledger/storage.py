@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ledger.config import DatabaseURL
 
@@ -30,22 +31,26 @@ def private_file(path: Path | None) -> None:
 
 @contextmanager
 def creation_lock(*urls: DatabaseURL) -> Iterator[None]:
-    """Hold the table-creation lock of every PostgreSQL database among `urls`."""
+    """Hold the table-creation lock of every PostgreSQL database among `urls`, and make
+    sure their schemas exist (the library creates tables, not schemas: a ledger whose key
+    store was in a schema of its own found its own schema missing)."""
     import psycopg
 
-    seen: set[str] = set()
-    connections = []
+    locked: dict[str, Any] = {}
     try:
         for url in urls:
-            if url.backend != "postgres" or url.conninfo() in seen:
+            if url.backend != "postgres":
                 continue
-            seen.add(url.conninfo())
-            conn = psycopg.connect(url.conninfo(), autocommit=True)
-            connections.append(conn)
-            conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_ID,))
+            conn = locked.get(url.conninfo())
+            if conn is None:
+                conn = psycopg.connect(url.conninfo(), autocommit=True)
+                locked[url.conninfo()] = conn
+                conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_ID,))
+            if url.schema:
+                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{url.schema}"')
         yield
     finally:
-        for conn in connections:
+        for conn in locked.values():
             try:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_ID,))
             finally:

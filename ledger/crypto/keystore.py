@@ -496,6 +496,100 @@ class KeySession:
         self._top.clear()
 
 
+class KeysWithEvents:
+    """New keys, and the index rows of newly registered subjects, written in the same
+    PostgreSQL transaction as the events that use them (`ledger.pgrecorder` sends them).
+
+    Elsewhere the keys commit first in a transaction of their own and the index rows
+    after the events, in a third: a crash between them left keys no event uses, or
+    events whose subjects could not be found until `ledger keys reindex`. In one
+    transaction neither can happen, and two commits and their round trips go (a tenth of
+    a 1,000-command batch). The statements queue behind the event table's lock, in the
+    pipeline that takes it: a key insert waits for a rewrap in progress (which locks
+    `ledger_keys`), and the master-key check after it reads what that rewrap committed.
+
+    A new subject's index rows need no check for a live `customer_data` key (its key is
+    written here, or was read live by this unit of work, and no event names it for
+    shredding yet); rows that replace a known subject's keep that check, after the
+    events (`KeyStore.replace_lookups`).
+    """
+
+    def __init__(
+        self,
+        store: KeyStore,
+        schema: str,
+        session: KeySession,
+        fresh_lookups: Sequence[tuple[str, str, bytes]],
+    ) -> None:
+        from psycopg.sql import SQL, Identifier
+
+        def table(name: str) -> Any:
+            if not schema:  # the connection's search path finds it, as the store's does
+                return Identifier(name)
+            return SQL("{}.{}").format(Identifier(schema), Identifier(name))
+
+        self._store = store
+        self._keys = session.new_keys
+        self._lookups = fresh_lookups
+        self._insert_keys = SQL(
+            "INSERT INTO {} (subject, scope, generation, kid, wrapped, created_at) "
+            "SELECT s, sc, g, k, w, %b FROM unnest(%b::text[], %b::text[], %b::int4[], "
+            "%b::text[], %b::bytea[]) AS t(s, sc, g, k, w)"
+        ).format(table("ledger_keys"))
+        # A row already there would be a crash's leftover from before rows were written
+        # with their events: the same row, kept.
+        self._insert_lookups = SQL(
+            "INSERT INTO {} (kind, digest, subject) "
+            "SELECT * FROM unnest(%b::text[], %b::bytea[], %b::text[]) ON CONFLICT DO NOTHING"
+        ).format(table("ledger_lookup"))
+        self._select_check = SQL("SELECT value FROM {} WHERE name = 'master-check'").format(
+            table("ledger_secrets")
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self._keys or self._lookups)
+
+    def send(self, conn: Any) -> Callable[[], None]:
+        """Queue the inserts and the master-key check on `conn`, a connection in pipeline
+        mode inside the event transaction; the check returned refuses (rolling it all
+        back) once they have run, if the master key was rotated since this process began."""
+        if self._keys:
+            keys = [key for key, _ in self._keys]
+            with conn.cursor() as cur:
+                cur.execute(
+                    self._insert_keys,
+                    (
+                        _now(),
+                        [k.subject for k in keys],
+                        [k.scope for k in keys],
+                        [k.generation for k in keys],
+                        [k.kid for k in keys],
+                        [wrapped for _, wrapped in self._keys],
+                    ),
+                )
+        if self._lookups:
+            with conn.cursor() as cur:
+                cur.execute(
+                    self._insert_lookups,
+                    (
+                        [kind for _, kind, _ in self._lookups],
+                        [digest for _, _, digest in self._lookups],
+                        [subject for subject, _, _ in self._lookups],
+                    ),
+                )
+        from psycopg.rows import tuple_row
+
+        check = conn.cursor(row_factory=tuple_row)
+        check.execute(self._select_check)
+
+        def verify() -> None:
+            with check:
+                row = check.fetchone()
+            self._store._refuse_if_rotated(None if row is None else bytes(row[0]))
+
+        return verify
+
+
 class KeyStore:
     """Per-subject scope keys, the lookup key and the lookup index."""
 
@@ -641,6 +735,15 @@ class KeyStore:
                     raise KeyConflict("a key generation was created concurrently") from exc
                 raise
 
+    def writes_with_events(
+        self, session: KeySession, fresh_lookups: Sequence[tuple[str, str, bytes]]
+    ) -> KeysWithEvents:
+        """A unit of work's new keys and the index rows of the subjects it registers, to
+        commit in the PostgreSQL transaction of its events (`KeysWithEvents`)."""
+        if not isinstance(self._db, _Postgres):
+            raise TypeError("only a PostgreSQL key store writes in the events' transaction")
+        return KeysWithEvents(self, self._db.url.schema, session, fresh_lookups)
+
     # -- master key -------------------------------------------------------------------
 
     def _still_the_master(self) -> None:
@@ -650,8 +753,12 @@ class KeyStore:
         rows = self._db.execute(
             "SELECT value FROM ledger_secrets WHERE name = ?", ("master-check",)
         )
-        check = _master_check(self._master_key)
-        if rows and not hmac.compare_digest(bytes(rows[0][0]), check):
+        self._refuse_if_rotated(bytes(rows[0][0]) if rows else None)
+
+    def _refuse_if_rotated(self, stored_check: bytes | None) -> None:
+        if stored_check is not None and not hmac.compare_digest(
+            stored_check, _master_check(self._master_key)
+        ):
             raise KeyStoreError(
                 "the master key was rotated (ledger keys rewrap) since this process started: "
                 "restart it with the new master key"
