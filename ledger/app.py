@@ -13,28 +13,35 @@ import copy
 import random
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.persistence import EventStore, IntegrityError, Recording, Transcoder
+from eventsourcing.persistence import (
+    EventStore,
+    IntegrityError,
+    Recording,
+    StoredEvent,
+    Transcoder,
+)
 from eventsourcing.utils import EnvType
 
 from ledger.clock import Clock, SystemClock
 from ledger.collector import collector_paused
 from ledger.commands import Command, parse_command
-from ledger.crypto.keystore import KeyConflict, KeyStore
+from ledger.crypto.keystore import KeyConflict, KeyRow, KeyStore
 from ledger.domain.policy import PolicyCatalogue
 from ledger.domain.subject import DataSubject
 from ledger.errors import LedgerError, unknown_subject
 from ledger.eventstore import EventStoreQueries
 from ledger.handlers import CommandHandlers
 from ledger.logs import get_logger
+from ledger.parallel import HelperLost, SecondProcess, Share, split_by_subject
 from ledger.persistence import LedgerEventStore, OrjsonTranscoder
-from ledger.pgrecorder import CopyingPostgresRecorder
+from ledger.pgrecorder import CopyingPostgresRecorder, TransactionPart
 from ledger.policies import load_policy
 from ledger.receipts import RECEIPTS_HONOURED, CommandReceipt, payload_hash, receipt_period
 from ledger.unit_of_work import ScopeSealer, UnitOfWork
@@ -90,6 +97,8 @@ class LedgerApplication(Application[UUID]):
         self.handlers = CommandHandlers(
             self.policy, lambda: self.keystore.lookup_key(), self.load_subject
         )
+        # another process that takes half of a large batch (`ledger.parallel`), if any
+        self.second_process: SecondProcess | None = None
         self._keys_with_events = keys_with_events and isinstance(
             self.recorder, CopyingPostgresRecorder
         )
@@ -207,9 +216,10 @@ class LedgerApplication(Application[UUID]):
             except _Rejected as rejected:
                 self._log(parsed, None, rejected, started)
                 return self._rolled_back(len(commands), rejected.index, rejected.error)
-            except (IntegrityError, KeyConflict):
+            except (IntegrityError, KeyConflict, HelperLost):
                 # Another writer got there first (same subject version, or the same
-                # idempotency key): load fresh state and try again.
+                # idempotency key), or the second process died: load fresh state and
+                # try again.
                 time.sleep(0.001 * min(2**attempt, 64) * random.uniform(0.5, 1.5))
                 continue
             self._log(parsed, results, None, started)
@@ -269,40 +279,134 @@ class LedgerApplication(Application[UUID]):
             if isinstance(c, Command) and c.type == "register_subject" and c.subject
         ]
         uow.registered = self.existing_subjects(chosen)
-        registering = set(chosen)
+        now = self.clock.now()
+        indexed = list(enumerate(commands))
+        if not (atomic and self.second_process and self.second_process.takes(commands)):
+            done, key_rows = self._run_share(uow, indexed, atomic=atomic, now=now)
+            self._write_unit(uow, key_rows)
+            return [result for _, result in done]
+        return self._attempt_split(uow, indexed, now)
+
+    def _attempt_split(
+        self,
+        uow: UnitOfWork,
+        indexed: list[tuple[int, Command | LedgerError]],
+        now: datetime,
+    ) -> list[dict[str, Any]]:
+        """An atomic batch split with the second process (`ledger.parallel`): each runs
+        its share, and this one writes both in one transaction, its own share first while
+        the other's is still being made."""
+        helper = self.second_process
+        assert helper is not None
+        mine, theirs = split_by_subject([(i, c) for i, c in indexed if isinstance(c, Command)])
+        helper.submit(theirs, now, uow.registered)
+        try:
+            done, key_rows = self._run_share(uow, mine, atomic=True, now=now)
+            own = self._share_of(uow, done, key_rows)
+        except _Rejected as rejected:
+            other = helper.result()
+            if other.rejected is not None and other.rejected[0] < rejected.index:
+                raise _Rejected(other.rejected[0], other.error()) from None
+            raise
+        received: list[Share] = []
+
+        def parts() -> Iterator[tuple[Sequence[StoredEvent], TransactionPart | None] | None]:
+            yield own.events, self._keys_part(own)
+            while not helper.ready(timeout=1.0):
+                yield None  # the recorder keeps the transaction from timing out as idle
+            other = helper.result()
+            received.append(other)
+            if other.rejected is not None:  # rolls back what is written of this share
+                raise _Rejected(other.rejected[0], other.error())
+            if not self._keys_with_events:  # the keys first, in a transaction of their own
+                self.keystore.write_keys([*own.keys, *other.keys])
+            yield other.events, self._keys_part(other)
+
+        recorder: Any = self.recorder  # SQLiteEventRecorder or CopyingPostgresRecorder
+        recorder.insert_parts(parts())
+        (other,) = received
+        cache: Any = self.repository.cache
+        if cache is not None and not self.repository.fastforward:
+            for subject_id, subject in uow.subjects.items():
+                cache.put(UUID(subject_id), subject)
+        snapshots = [*own.snapshots, *other.snapshots]
+        if snapshots and self.snapshots is not None:
+            try:  # the events are written: a snapshot is only a shortcut for reading them
+                self.snapshots.recorder.insert_events(snapshots)
+            except Exception as exc:
+                log.error("snapshots_not_written", error=type(exc).__name__)
+        lookups = [*own.lookups, *other.lookups]
+        registered_now = own.registered_now | other.registered_now
+        if self._keys_with_events:  # new subjects' rows were written with the events
+            lookups = [row for row in lookups if row[0] not in registered_now]
+            registered_now = set()
+        self._after_save(lookups, registered_now, [*own.shreds, *other.shreds])
+        results: list[dict[str, Any]] = [{}] * len(indexed)
+        for index, result in (*own.results, *other.results):
+            results[index] = result
+        return results
+
+    def _keys_part(self, share: Share) -> TransactionPart | None:
+        """A share's new keys and its new subjects' index rows, to write with its events
+        (PostgreSQL, the key store beside the events), else none."""
+        if not self._keys_with_events:
+            return None
+        fresh = [row for row in share.lookups if row[0] in share.registered_now]
+        alongside = self.keystore.writes_with_events(share.keys, fresh)
+        return alongside if alongside else None
+
+    def _run_share(
+        self,
+        uow: UnitOfWork,
+        commands: Sequence[tuple[int, Command | LedgerError]],
+        *,
+        atomic: bool,
+        now: datetime,
+    ) -> tuple[list[tuple[int, dict[str, Any]]], list[KeyRow]]:
+        """Run these commands (each with its place in the batch) on the unit of work's
+        subjects, loaded here: their results, and the new keys their sealing made."""
+        registering = {
+            c.subject
+            for _, c in commands
+            if isinstance(c, Command) and c.type == "register_subject" and c.subject
+        }
         uow.subjects.update(
             self.load_subjects(
                 {
                     c.subject
-                    for c in commands
+                    for _, c in commands
                     if isinstance(c, Command) and c.subject and c.subject not in registering
                 },
                 shared=True,
             )
         )
         session = self.keystore.session(
-            c.subject for c in commands if isinstance(c, Command) and c.subject
+            c.subject for _, c in commands if isinstance(c, Command) and c.subject
         )
         sealer = ScopeSealer(session, uow)
-        now = self.clock.now()
-        results: list[dict[str, Any]] = []
+        results: list[tuple[int, dict[str, Any]]] = []
         try:
-            for index, command in enumerate(commands):
+            for index, command in commands:
                 if isinstance(command, LedgerError):
-                    results.append(command.to_result())
+                    results.append((index, command.to_result()))
                     continue
                 saved = None if atomic else uow.checkpoint(command.subject)
                 keys = session.checkpoint()
                 try:
-                    results.append(self._run_one(uow, sealer, command, now))
+                    results.append((index, self._run_one(uow, sealer, command, now)))
                 except LedgerError as error:
                     if atomic:
                         raise _Rejected(index, error) from None
                     uow.restore(saved, self._reload)
                     session.rollback_to(keys)
-                    results.append(error.to_result())
+                    results.append((index, error.to_result()))
         finally:
             session.forget()
+        return results, session.rows()
+
+    def _write_unit(self, uow: UnitOfWork, key_rows: list[KeyRow]) -> None:
+        """Write a unit of work: its keys, events and index rows, then destroy the keys
+        it shredded."""
         shreds = uow.shredded_keys()
         registered_now = {
             subject_id
@@ -317,17 +421,71 @@ class LedgerApplication(Application[UUID]):
         saving = any(s.pending_events for s in uow.subjects.values()) or bool(uow.receipts)
         if saving and self._keys_with_events:
             fresh = [row for row in lookups if row[0] in registered_now]
-            alongside = self.keystore.writes_with_events(session, fresh)
+            alongside = self.keystore.writes_with_events(key_rows, fresh)
             lookups = [row for row in lookups if row[0] not in registered_now]
             registered_now = set()
             extra = {"alongside": alongside} if alongside else {}
             self.save(*uow.subjects.values(), *uow.receipts, recordings=False, **extra)
         else:
-            session.commit()  # the keys first, in a transaction of their own (DESIGN 4.3)
+            self.keystore.write_keys(key_rows)  # first, in a transaction of their own
             if saving:
                 self.save(*uow.subjects.values(), *uow.receipts, recordings=False)
         self._after_save(lookups, registered_now, shreds)
-        return results
+
+    def prepare_share(
+        self,
+        commands: Sequence[tuple[int, Command]],
+        now: datetime,
+        registered: set[str],
+    ) -> Share:
+        """Run a share of an atomic batch for another process to write (`ledger.parallel`):
+        the rules and sealing as in `_attempt_in_place`, the events in stored form.
+        Nothing is written here, so the subjects are dropped from the cache afterwards
+        (their cached state would run ahead of the store if the batch is not written)."""
+        with collector_paused(), self._writing:
+            uow = UnitOfWork(registered=registered)
+            try:
+                done, key_rows = self._run_share(uow, commands, atomic=True, now=now)
+                return self._share_of(uow, done, key_rows)
+            except _Rejected as rejected:
+                return Share.refused(rejected.index, rejected.error)
+            finally:
+                self._forget({*uow.subjects, *(c.subject for _, c in commands if c.subject)})
+
+    def _share_of(
+        self,
+        uow: UnitOfWork,
+        done: list[tuple[int, dict[str, Any]]],
+        key_rows: list[KeyRow],
+    ) -> Share:
+        """What the process that writes a batch needs of this process's share of it."""
+        shreds = uow.shredded_keys()
+        registered_now = {
+            subject_id
+            for subject_id, subject in uow.subjects.items()
+            if subject.pending_events and subject.pending_events[0].originator_version == 1
+        }
+        events: list[StoredEvent] = []
+        snapshots: list[StoredEvent] = []
+        for subject in uow.subjects.values():
+            pending = subject.collect_events()
+            events.extend(map(self.mapper.to_stored_event, pending))
+            if pending and self._snapshot_due(subject, pending[0], pending[-1]):
+                snapshot = type(subject).Snapshot.take(subject)
+                snapshots.append(self.mapper.to_stored_event(snapshot))
+        return Share(
+            results=done,
+            events=events,
+            keys=key_rows,
+            lookups=[
+                (subject_id, kind, digest)
+                for subject_id, kinds in uow.lookups.items()
+                for kind, digest in kinds.items()
+            ],
+            registered_now=registered_now,
+            shreds=shreds,
+            snapshots=snapshots,
+        )
 
     def _after_save(
         self,

@@ -58,6 +58,8 @@ class Settings:
     policy_path: Path | None
     signing_key: str | None
     log_path: Path | None
+    # processes that share the commands of one large atomic batch (`ledger.parallel`)
+    batch_processes: int = 2
 
     @property
     def master_key_file(self) -> Path:
@@ -82,6 +84,9 @@ class Settings:
             keystore = DatabaseURL.parse(f"sqlite:///{home / 'keys.db'}")
         policy = env.get("LEDGER_POLICY")
         log = env.get("LEDGER_LOG_FILE")
+        processes = env.get("LEDGER_BATCH_PROCESSES", "2")
+        if processes not in ("1", "2"):
+            raise ValueError("LEDGER_BATCH_PROCESSES must be 1 or 2")
         return cls(
             home=home,
             database=database,
@@ -90,4 +95,5 @@ class Settings:
             policy_path=Path(policy) if policy else None,
             signing_key=env.get("LEDGER_SIGNING_KEY") or None,
             log_path=Path(log) if log else home / "ledger.log",
+            batch_processes=int(processes),
         )

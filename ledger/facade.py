@@ -26,6 +26,7 @@ from ledger.domain.policy import PolicyCatalogue
 from ledger.domain.subject import DataSubject
 from ledger.errors import LedgerError, canonical_subject_id
 from ledger.logs import configure_logging, get_logger
+from ledger.parallel import SecondProcess
 from ledger.persistence import application_env
 from ledger.policies import load_policy
 from ledger.projections import ReadModels
@@ -139,8 +140,11 @@ class Ledger:
         *,
         clock: Clock | None = None,
         policy: PolicyCatalogue | None = None,
+        batch_processes: int | None = None,
     ) -> Ledger:
-        """Open (and on first use create) the ledger the environment describes."""
+        """Open (and on first use create) the ledger the environment describes.
+
+        `batch_processes` overrides `settings.batch_processes` (`ledger.parallel`)."""
         settings = settings or Settings.from_env()
         # the owner's alone, like ~/.ssh: whatever is written inside is not for others
         settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -157,6 +161,8 @@ class Ledger:
                 keys_with_events=settings.database.backend == "postgres"
                 and settings.keystore == settings.database,
             )
+        if (batch_processes or settings.batch_processes) > 1:
+            app.second_process = SecondProcess(settings, policy)
         ledger = cls(settings, app, keystore, policy)
         ledger.reconcile_keys()
         return ledger
@@ -164,6 +170,8 @@ class Ledger:
     def close(self) -> None:
         if self._read_models is not None:
             self._read_models.close()
+        if self.app.second_process is not None:
+            self.app.second_process.close()
         self.app.close()
         self.keystore.close()
 

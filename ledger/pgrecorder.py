@@ -31,7 +31,7 @@ a failure of either rolls back both.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, Protocol
 
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
@@ -113,27 +113,59 @@ class CopyingPostgresRecorder(PostgresApplicationRecorder):
         self, stored_events: Sequence[StoredEvent], alongside: TransactionPart | None = None
     ) -> list[int]:
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
-            with conn.pipeline():  # the lock, the notice, the ids and the rest in one trip
+            return self._copy_part(conn, curs, stored_events, alongside, first=True)
+
+    def insert_parts(
+        self, parts: Iterable[tuple[Sequence[StoredEvent], TransactionPart | None] | None]
+    ) -> None:
+        """Events in parts, all in one transaction: each part is asked for once the one
+        before it is on its way, so a part can still be in the making (another process's
+        share of a batch: `ledger.parallel`) while the server inserts the one before. A
+        part that is None means "not yet": a statement keeps the transaction from being
+        ended by the server as idle (the library sets a 5 s limit). An exception raised
+        by `parts` rolls everything back. Not retried here: the caller retries the unit
+        of work."""
+        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+            first = True
+            for part in parts:
+                if part is None:
+                    curs.execute("SELECT 1")
+                    continue
+                stored_events, alongside = part
+                self._copy_part(conn, curs, stored_events, alongside, first=first)
+                first = False
+
+    def _copy_part(
+        self,
+        conn: Any,
+        curs: Any,
+        stored_events: Sequence[StoredEvent],
+        alongside: TransactionPart | None,
+        *,
+        first: bool,
+    ) -> list[int]:
+        with conn.pipeline():  # the lock, the notice, the ids and the rest in one trip
+            if first:
                 self._lock_table(curs)
                 self._notify_channel(curs)
-                curs.execute(self._reserve_ids, (len(stored_events),))
-                check = alongside.send(conn) if alongside is not None else None
-                row = curs.fetchone()
-                if check is not None:
-                    check()
-            assert row is not None
-            last = int(row["last"])
-            ids = list(range(last - len(stored_events) + 1, last + 1))
-            with curs.copy(self._copy_rows) as copy:
-                copy.set_types(self._copy_types)
-                for notification_id, event in zip(ids, stored_events, strict=True):
-                    copy.write_row(
-                        (
-                            notification_id,
-                            event.originator_id,
-                            event.originator_version,
-                            event.topic,
-                            event.state,
-                        )
+            curs.execute(self._reserve_ids, (len(stored_events),))
+            check = alongside.send(conn) if alongside is not None else None
+            row = curs.fetchone()
+            if check is not None:
+                check()
+        assert row is not None
+        last = int(row["last"])
+        ids = list(range(last - len(stored_events) + 1, last + 1))
+        with curs.copy(self._copy_rows) as copy:
+            copy.set_types(self._copy_types)
+            for notification_id, event in zip(ids, stored_events, strict=True):
+                copy.write_row(
+                    (
+                        notification_id,
+                        event.originator_id,
+                        event.originator_version,
+                        event.topic,
+                        event.state,
                     )
+                )
         return ids

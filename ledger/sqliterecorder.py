@@ -22,7 +22,7 @@ is longer between checkpoints, that is all.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 from uuid import UUID
 
@@ -98,6 +98,20 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder):
     def __init__(self, datastore: SQLiteDatastore, **kwargs: Any) -> None:
         register_adapters()
         super().__init__(datastore, **kwargs)
+
+    def insert_parts(self, parts: Iterable[tuple[Sequence[StoredEvent], Any] | None]) -> None:
+        """Events in parts, all in one transaction: each part is asked for once the one
+        before it is written (`ledger.parallel`); None is "not yet". An exception raised
+        by `parts` rolls everything back. Writes to other stores alongside are
+        PostgreSQL's alone."""
+        with self.datastore.transaction(commit=True) as c:
+            for part in parts:
+                if part is None:
+                    continue
+                stored_events, alongside = part
+                if alongside is not None:
+                    raise NotImplementedError("writes alongside the events on SQLite")
+                self._insert_events(c, stored_events)
 
     def _insert_events(
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any

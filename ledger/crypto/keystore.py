@@ -36,6 +36,8 @@ KID_BYTES = 8  # a key's id: 16 hex digits
 KEY_BYTES = 32  # AES-256
 WRAP_NONCE_BYTES = 12  # AES-GCM's nonce, for wrapping a key under the master key
 _T = TypeVar("_T")
+# A new key as stored: subject, scope, generation, kid, the key wrapped under the master key
+KeyRow = tuple[str, str, int, str, bytes]
 
 
 def _master_check(master_key: bytes) -> bytes:
@@ -487,9 +489,16 @@ class KeySession:
             if (key.subject, key.scope) in gone:
                 self._open[(key.subject, key.scope)] = key  # the newest one wins
 
+    def rows(self) -> list[KeyRow]:
+        """The new keys as the store keeps them: wrapped, never the key itself."""
+        return [
+            (key.subject, key.scope, key.generation, key.kid, wrapped)
+            for key, wrapped in self.new_keys
+        ]
+
     def commit(self) -> None:
         """Write the new keys in one transaction (before the events that use them)."""
-        self._store._write_session(self)
+        self._store.write_keys(self.rows())
 
     def forget(self) -> None:
         self._open.clear()
@@ -518,7 +527,7 @@ class KeysWithEvents:
         self,
         store: KeyStore,
         schema: str,
-        session: KeySession,
+        keys: Sequence[KeyRow],
         fresh_lookups: Sequence[tuple[str, str, bytes]],
     ) -> None:
         from psycopg.sql import SQL, Identifier
@@ -529,7 +538,7 @@ class KeysWithEvents:
             return SQL("{}.{}").format(Identifier(schema), Identifier(name))
 
         self._store = store
-        self._keys = session.new_keys
+        self._keys = keys
         self._lookups = fresh_lookups
         self._insert_keys = SQL(
             "INSERT INTO {} (subject, scope, generation, kid, wrapped, created_at) "
@@ -554,17 +563,17 @@ class KeysWithEvents:
         mode inside the event transaction; the check returned refuses (rolling it all
         back) once they have run, if the master key was rotated since this process began."""
         if self._keys:
-            keys = [key for key, _ in self._keys]
+            subjects, scopes, generations, kids, wrapped = zip(*self._keys, strict=True)
             with conn.cursor() as cur:
                 cur.execute(
                     self._insert_keys,
                     (
                         _now(),
-                        [k.subject for k in keys],
-                        [k.scope for k in keys],
-                        [k.generation for k in keys],
-                        [k.kid for k in keys],
-                        [wrapped for _, wrapped in self._keys],
+                        list(subjects),
+                        list(scopes),
+                        list(generations),
+                        list(kids),
+                        list(wrapped),
                     ),
                 )
         if self._lookups:
@@ -713,20 +722,14 @@ class KeyStore:
         if erased:  # an erased subject's digests leave the files as after a shredding
             self._db.compact()
 
-    def _write_session(self, session: KeySession) -> None:
-        if not session.new_keys:
+    def write_keys(self, rows: Sequence[KeyRow]) -> None:
+        """New keys in one transaction of their own (before the events that use them)."""
+        if not rows:
             return
         with self._lock:
             try:
                 now = _now()
-                self._db.insert_many(
-                    "ledger_keys",
-                    _KEY_COLUMNS,
-                    [
-                        (k.subject, k.scope, k.generation, k.kid, wrapped, now)
-                        for k, wrapped in session.new_keys
-                    ],
-                )
+                self._db.insert_many("ledger_keys", _KEY_COLUMNS, [(*row, now) for row in rows])
                 self._still_the_master()
                 self._db.commit()
             except Exception as exc:
@@ -736,13 +739,13 @@ class KeyStore:
                 raise
 
     def writes_with_events(
-        self, session: KeySession, fresh_lookups: Sequence[tuple[str, str, bytes]]
+        self, keys: Sequence[KeyRow], fresh_lookups: Sequence[tuple[str, str, bytes]]
     ) -> KeysWithEvents:
         """A unit of work's new keys and the index rows of the subjects it registers, to
         commit in the PostgreSQL transaction of its events (`KeysWithEvents`)."""
         if not isinstance(self._db, _Postgres):
             raise TypeError("only a PostgreSQL key store writes in the events' transaction")
-        return KeysWithEvents(self, self._db.url.schema, session, fresh_lookups)
+        return KeysWithEvents(self, self._db.url.schema, keys, fresh_lookups)
 
     # -- master key -------------------------------------------------------------------
 

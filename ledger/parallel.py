@@ -1,0 +1,263 @@
+"""A second process for large atomic batches: half of the commands run on the other core.
+
+Python runs one thread at a time, and a batch of 1,000 commands spends most of its time in
+this process's CPU (the rules, sealing, encoding the events) while the database waits.
+The commands of one batch that name different subjects are independent: a command reads
+and changes only its own subject, that subject's keys and its index rows. So a batch is
+split by subject (`split_by_subject`: every command on one subject stays in one share, in
+its order), and a second process, which opens the same ledger, runs one share while this
+process runs the other. The second process writes nothing: it sends back its results,
+its events already in stored form, its new keys (wrapped; never a key itself), its index
+rows, the keys it shreds and its snapshots (`Share`), and this process writes both
+shares as one unit of work in one transaction, as if it had run them all.
+
+A rejected command fails the batch as it would in one process: the earliest rejected
+command of either share is the one reported. Only atomic batches of at least
+`PARALLEL_FROM` commands with no idempotency keys are split (a receipt is looked up
+across the whole batch); a group commit (`atomic=False`) runs in one process. The second
+process starts with the first such batch (about a second: it imports the ledger and
+opens the stores) and lives as long as the `Ledger`; if it dies, the batch is retried and
+a new one started. An exception it meets is raised in the writing process (a key
+conflict is retried there like any race). `LEDGER_BATCH_PROCESSES=1` turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from eventsourcing.persistence import StoredEvent
+
+from ledger.commands import Command
+from ledger.crypto.keystore import KeyRow
+from ledger.errors import LedgerError
+
+if TYPE_CHECKING:
+    from ledger.config import Settings
+    from ledger.domain.policy import PolicyCatalogue
+
+PARALLEL_FROM = 200  # commands in an atomic batch from which a second process takes a share
+SECOND_SHARE = 0.5  # of a split batch's commands (0.4 and 0.6 measured no better)
+
+Indexed = tuple[int, Command]  # a command and its place in the batch
+
+
+class HelperLost(Exception):
+    """The second process died during a batch: run the batch again (a new one starts)."""
+
+
+@dataclass
+class Share:
+    """What the process that writes a batch needs of another process's share of it."""
+
+    results: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    events: list[StoredEvent] = field(default_factory=list)
+    keys: list[KeyRow] = field(default_factory=list)
+    lookups: list[tuple[str, str, bytes]] = field(default_factory=list)
+    registered_now: set[str] = field(default_factory=set)
+    shreds: list[tuple[str, str, list[str]]] = field(default_factory=list)
+    snapshots: list[StoredEvent] = field(default_factory=list)
+    # the first rejected command: its place in the batch, code and message (a
+    # `LedgerError` itself does not survive pickling)
+    rejected: tuple[int, str, str] | None = None
+
+    @classmethod
+    def refused(cls, index: int, error: LedgerError) -> Share:
+        return cls(rejected=(index, error.code, error.message))
+
+    def error(self) -> LedgerError:
+        assert self.rejected is not None
+        return LedgerError(self.rejected[1], self.rejected[2])
+
+
+def split_by_subject(
+    commands: Sequence[Indexed], second_share: float = SECOND_SHARE
+) -> tuple[list[Indexed], list[Indexed]]:
+    """Two shares, the second about `second_share` of the commands, every subject's
+    commands in one of them, in order.
+
+    A command without a subject (a registration whose id the ledger chooses) stands alone.
+    """
+    groups: dict[str | int, list[Indexed]] = {}
+    for index, command in commands:
+        groups.setdefault(command.subject or index, []).append((index, command))
+    first: list[Indexed] = []
+    second: list[Indexed] = []
+    for group in groups.values():
+        placed = len(first) + len(second)
+        (second if len(second) < second_share * placed else first).extend(group)
+    first.sort(key=lambda item: item[0])
+    second.sort(key=lambda item: item[0])
+    return first, second
+
+
+class SecondProcess:
+    """The other process of a split batch (see the module's docstring).
+
+    `python -m ledger.parallel`, spoken to over its standard input and output: one pickled
+    message each way per batch, length first. Not `multiprocessing`: its way of starting
+    a clean process runs the parent's main script again in the child, which a script that
+    uses the ledger without an `if __name__ == "__main__"` guard would not survive.
+    """
+
+    def __init__(self, settings: Settings, policy: PolicyCatalogue) -> None:
+        self._settings = settings
+        self._policy = policy
+        self._child: subprocess.Popen[bytes] | None = None
+        self._sent = 0  # shares sent: a reply names its share, and a stale one is dropped
+
+    def takes(self, commands: Sequence[Command | LedgerError]) -> bool:
+        """Whether this batch is split: large, all valid, no idempotency keys."""
+        return len(commands) >= PARALLEL_FROM and all(
+            isinstance(c, Command) and c.idempotency_key is None for c in commands
+        )
+
+    def submit(self, commands: Sequence[Indexed], now: datetime, registered: set[str]) -> None:
+        """Hand the second process its share; `result` waits for what it made of it."""
+        if self._child is None or self._child.poll() is not None:
+            self._child = self._start()
+        self._sent += 1
+        try:
+            _send(self._child.stdin, (self._sent, list(commands), now, registered))
+        except OSError:
+            self._drop()
+            raise HelperLost("the second process has died") from None
+
+    def ready(self, timeout: float) -> bool:
+        """Whether the share's reply has come, waiting at most `timeout` seconds for it."""
+        assert self._child is not None and self._child.stdout is not None
+        readable, _, _ = select.select([self._child.stdout], [], [], timeout)
+        return bool(readable)
+
+    def result(self) -> Share:
+        """The reply to the share sent last (one to an earlier share, which its batch
+        stopped waiting for, is passed over)."""
+        assert self._child is not None
+        try:
+            number, outcome, value = _receive(self._child.stdout)
+            while number != self._sent:
+                number, outcome, value = _receive(self._child.stdout)
+        except (OSError, EOFError):
+            self._drop()
+            raise HelperLost("the second process died during the batch") from None
+        if outcome == "error":
+            raise value
+        assert isinstance(value, Share)
+        return value
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        child = subprocess.Popen(
+            [sys.executable, "-m", "ledger.parallel"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        try:
+            _send(child.stdin, (self._settings, self._policy))
+            outcome, error = _receive(child.stdout)  # ready: the ledger is open there
+        except (OSError, EOFError):
+            outcome, error = "error", HelperLost("the second process did not start")
+        if outcome == "error":  # what it met opening the ledger (a rotated master key)
+            child.kill()
+            child.wait()
+            raise error
+        return child
+
+    def _drop(self) -> None:
+        if self._child is not None:
+            self._child.kill()
+            self._child.wait()
+            self._child = None
+
+    def close(self) -> None:
+        """End the second process: it exits when its input closes."""
+        if self._child is not None:
+            assert self._child.stdin is not None
+            try:
+                self._child.stdin.close()
+                self._child.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self._child.kill()
+                self._child.wait()
+            self._child = None
+
+
+def _send(stream: IO[bytes] | None, message: object) -> None:
+    assert stream is not None
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(len(data).to_bytes(8, "big") + data)
+    stream.flush()
+
+
+def _receive(stream: IO[bytes] | None) -> Any:
+    assert stream is not None
+    head = stream.read(8)
+    if len(head) < 8:
+        raise EOFError("the other process has gone")
+    size = int.from_bytes(head, "big")
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError("the other process has gone")
+    return pickle.loads(data)
+
+
+# -- in the second process -----------------------------------------------------------
+
+
+def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
+    """Open the ledger, then run each share sent until the input closes."""
+    from ledger.facade import Ledger  # the facade makes this module's `SecondProcess`
+
+    settings, policy = _receive(requests)
+    try:
+        ledger = Ledger.open(settings, policy=policy, batch_processes=1)
+    except Exception as exc:
+        _send(replies, ("error", _portable(exc)))
+        return
+    with ledger:
+        # Opening may create or check tables, which waits for a writer's table lock: the
+        # batch's writer must not hold one while this process opens, so it waits for this.
+        _send(replies, ("ready", None))
+        while True:
+            try:
+                number, commands, now, registered = _receive(requests)
+            except EOFError:
+                return
+            try:
+                reply: tuple[int, str, object] = (
+                    number,
+                    "share",
+                    ledger.app.prepare_share(commands, now, registered),
+                )
+            except Exception as exc:  # the writing process raises it (a retry, or a failure)
+                reply = (number, "error", _portable(exc))
+            _send(replies, reply)
+
+
+def _portable(exc: Exception) -> Exception:
+    """The exception, if it survives pickling (the writer raises it as it is: a key
+    conflict is retried there), else a RuntimeError that names it."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+if __name__ == "__main__":
+    # Replies get standard output to themselves: anything else written there (a print, a
+    # library's warning) goes to standard error instead.
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    serve(sys.stdin.buffer, replies)

@@ -1,0 +1,290 @@
+"""A large atomic batch split with a second process (`ledger.parallel`) is written as if
+one process had run it: the same results, the same subjects, every event once, the
+values sealed so that they open; a rejection anywhere writes nothing and names the
+earliest rejected command; a second process that dies costs a retry, not the batch; and
+the writer's transaction outlives a share that is slow to come. SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from eventsourcing.persistence import OperationalError, StoredEvent
+from hypothesis import given
+from hypothesis import strategies as st
+
+from benchmarks.bench_append import onboarding
+from ledger.app import LedgerApplication
+from ledger.clock import FixedClock
+from ledger.commands import parse_command
+from ledger.config import Settings
+from ledger.facade import Ledger
+from ledger.parallel import PARALLEL_FROM, split_by_subject
+from ledger.persistence import application_env
+from tests.conftest import PG_URL, _conninfo, require_postgres
+
+NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+
+
+def _batch(customers: int, start: int = 0) -> list[dict[str, Any]]:
+    """The benchmark's onboarding mix: seven commands (nine events) a new customer."""
+    return [command for i in range(start, start + customers) for command in onboarding(i)]
+
+
+@pytest.fixture
+def twin(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
+    """A second, empty ledger of the same kind, for one process to run what the other
+    splits."""
+    if settings.database.backend == "sqlite":
+        yield Settings.from_env(
+            {"LEDGER_HOME": str(tmp_path / "twin"), "LEDGER_MASTER_KEY": settings.master_key or ""}
+        )
+        return
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    database = dataclasses.replace(settings.database, schema=schema)
+    yield dataclasses.replace(
+        settings, home=tmp_path / "twin", database=database, keystore=database
+    )
+    with psycopg.connect(_conninfo(PG_URL), autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _same_facts(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An event's metadata without what differs by nature: the time it was stored and
+    its sealing (fresh keys and nonces)."""
+    return [{k: v for k, v in e.items() if k not in ("recorded_at", "sealed")} for e in history]
+
+
+def test_a_split_batch_is_written_as_one_process_writes_it(
+    settings: Settings, twin: Settings
+) -> None:
+    commands = _batch(60)  # 420 commands
+    assert len(commands) >= PARALLEL_FROM
+    clock = FixedClock(NOW)
+    with (
+        Ledger.open(settings, clock=clock) as split,
+        Ledger.open(twin, clock=clock, batch_processes=1) as single,
+    ):
+        assert split.app.second_process is not None and single.app.second_process is None
+        results = split.execute_many(commands)
+        assert split.app.second_process._child is not None  # it did take a share
+        assert results == single.execute_many(commands)
+        assert all(r["ok"] for r in results)
+        assert split.max_position() == single.max_position() == 60 * 9  # each event once
+        subjects = sorted({c["subject"] for c in commands})
+        assert sorted(split.subject_ids()) == subjects
+        for subject in subjects:
+            assert split.subject(subject) == single.subject(subject)
+            assert _same_facts(split.history(subject)) == _same_facts(single.history(subject))
+        # values sealed by either process open, and find their subjects
+        for i in (0, 59):
+            subject = commands[7 * i]["subject"]
+            shown = split.subject(subject, reveal=True, purpose="kontrol")
+            assert shown == single.subject(subject, reveal=True, purpose="kontrol")
+            assert {d["category"]: d["value"] for d in shown["data"]}["name"] == f"Kunde {i}"
+            assert split.find("email", f"kunde{i}@example.dk") == [subject]
+        records = split.keystore.records()
+        assert len(records) == 2 * 60  # customer data and bookkeeping, once each
+        assert len({r.kid for r in records}) == len(records)
+        # and the next batch, on subjects the other process made, goes on from them
+        more = [
+            {
+                "type": "withdraw_consent",
+                "subject": subject,
+                "purpose": "marketing",
+            }
+            for subject in subjects[: PARALLEL_FROM + 10]
+        ]
+        assert split.execute_many(more) == single.execute_many(more)
+        for subject in subjects:
+            assert split.subject(subject) == single.subject(subject)
+
+
+def _rejects(subject: str) -> dict[str, Any]:
+    """A command the rules refuse: health data without explicit consent."""
+    return {
+        "type": "collect",
+        "subject": subject,
+        "category": "health",
+        "value": "Diabetes type 1",
+        "purpose": "customer_administration",
+        "legal_basis": "contract",
+        "source": "subject",
+    }
+
+
+def _with_rejections(commands: list[dict[str, Any]], refused: set[str]) -> list[dict[str, Any]]:
+    """The batch with a refused command after the last command of each subject named."""
+    out: list[dict[str, Any]] = []
+    for i, command in enumerate(commands):
+        out.append(command)
+        last = i + 1 == len(commands) or commands[i + 1]["subject"] != command["subject"]
+        if last and command["subject"] in refused:
+            out.append(_rejects(command["subject"]))
+    return out
+
+
+@pytest.mark.parametrize("earliest_in", ["first share", "second share"])
+def test_a_rejection_in_either_share_writes_nothing_and_names_the_earliest(
+    ledger: Ledger, earliest_in: str
+) -> None:
+    commands = _batch(60)
+    subjects = [c["subject"] for c in commands[::7]]
+    bad = _with_rejections(commands, {subjects[10], subjects[40]})
+    first, _ = split_by_subject([(i, parse_command(c)) for i, c in enumerate(bad)])
+    in_first = {c.subject for _, c in first}
+    if (subjects[10] in in_first) != (earliest_in == "first share"):
+        bad = _with_rejections(commands, {subjects[11], subjects[40]})
+        first, _ = split_by_subject([(i, parse_command(c)) for i, c in enumerate(bad)])
+        in_first = {c.subject for _, c in first}
+    refused = [i for i, c in enumerate(bad) if c.get("category") == "health"]
+    assert len(refused) == 2
+    shares = {bad[i]["subject"] in in_first for i in refused}
+    assert shares == {True, False}  # one in each process's share
+    assert (bad[refused[0]]["subject"] in in_first) == (earliest_in == "first share")
+
+    results = ledger.execute_many(bad)
+    assert ledger.app.second_process is not None
+    assert ledger.app.second_process._child is not None  # the batch was split
+    assert results[refused[0]]["error"]["code"] == "explicit_consent_required"
+    assert "rolled_back" not in results[refused[0]]
+    assert all(r.get("rolled_back") for i, r in enumerate(results) if i != refused[0])
+    assert ledger.max_position() == 0
+    assert ledger.keystore.records() == []
+    assert ledger.find("email", "kunde0@example.dk") == []
+    assert all(r["ok"] for r in ledger.execute_many(commands))  # and then it goes through
+    assert ledger.max_position() == 60 * 9
+
+
+def test_a_second_process_that_dies_costs_a_retry(ledger: Ledger) -> None:
+    assert all(r["ok"] for r in ledger.execute_many(_batch(40)))
+    helper = ledger.app.second_process
+    assert helper is not None and helper._child is not None
+    helper._child.kill()
+    helper._child.wait()
+    assert all(r["ok"] for r in ledger.execute_many(_batch(40, start=40)))
+    assert helper._child is not None and helper._child.poll() is None  # a new one
+    assert ledger.max_position() == 80 * 9
+
+
+def test_closing_the_ledger_ends_the_second_process(settings: Settings) -> None:
+    with Ledger.open(settings, clock=FixedClock(NOW)) as ledger:
+        ledger.execute_many(_batch(40))
+        helper = ledger.app.second_process
+        assert helper is not None and helper._child is not None
+        child = helper._child
+    assert child.wait(timeout=10) == 0
+
+
+def test_small_batches_group_commits_and_idempotent_batches_run_in_one_process(
+    settings: Settings,
+) -> None:
+    with Ledger.open(settings, clock=FixedClock(NOW)) as ledger:
+        helper = ledger.app.second_process
+        assert helper is not None
+        ledger.execute_many(_batch(20))  # 140 commands
+        keyed = [{**c, "idempotency_key": f"k-{i}"} for i, c in enumerate(_batch(40, 20))]
+        ledger.execute_many(keyed)
+        ledger.app.execute_many(_batch(40, 60), atomic=False)
+        assert helper._child is None  # never started
+        assert ledger.max_position() == 100 * 9 + len(keyed)  # and a receipt a keyed command
+
+
+@given(
+    subjects=st.lists(
+        st.one_of(st.none(), st.sampled_from([str(uuid.UUID(int=n)) for n in range(12)])),
+        max_size=60,
+    )
+)
+def test_a_split_keeps_each_subject_in_one_share_in_order(subjects: list[str | None]) -> None:
+    commands = [
+        (
+            i,
+            parse_command(
+                {"type": "record_dialogue", "subject": s}
+                if s
+                else {
+                    "type": "register_subject",
+                    "kind": "customer",
+                    "purpose": "customer_administration",
+                    "legal_basis": "contract",
+                }
+            ),
+        )
+        for i, s in enumerate(subjects)
+    ]
+    first, second = split_by_subject(commands)
+    assert sorted(first + second) == sorted(commands)
+    for share in (first, second):
+        assert [i for i, _ in share] == sorted(i for i, _ in share)
+    named_first = {c.subject for _, c in first if c.subject}
+    named_second = {c.subject for _, c in second if c.subject}
+    assert not named_first & named_second
+    groups = [len(list(g)) for _, g in itertools.groupby(sorted(s or "" for s in subjects))]
+    assert abs(len(first) - len(second)) <= max([1, *groups])
+
+
+def test_the_writers_transaction_outlives_a_share_that_is_slow_to_come(
+    pg_schema: str, tmp_path: Path
+) -> None:
+    """The server ends a transaction idle for longer than its limit (5 s, the library's;
+    1 s here): while it waits for the other share, the writer keeps it busy."""
+    require_postgres()
+    settings = Settings.from_env(
+        {
+            "LEDGER_HOME": str(tmp_path / "home"),
+            "LEDGER_MASTER_KEY": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+            "LEDGER_DATABASE_URL": f"{PG_URL}?schema={pg_schema}",
+        }
+    )
+    with psycopg.connect(_conninfo(PG_URL), autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{pg_schema}"')
+    env = {**application_env(settings), "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "1"}
+    app = LedgerApplication(env)
+    recorder: Any = app.recorder
+
+    def events(count: int) -> list[StoredEvent]:
+        return [
+            StoredEvent(uuid.uuid4(), 1, "ledger.domain.subject:DataSubject.Registered", b"{}")
+            for _ in range(count)
+        ]
+
+    def slow(keep_alive: bool) -> Iterator[Any]:
+        yield events(40), None
+        for _ in range(4):
+            time.sleep(0.5)
+            if keep_alive:
+                yield None  # what `LedgerApplication._attempt_split` yields while waiting
+        yield events(40), None
+
+    recorder.insert_parts(slow(keep_alive=True))
+    assert recorder.max_notification_id() == 80
+    with pytest.raises(OperationalError):
+        recorder.insert_parts(slow(keep_alive=False))
+    assert recorder.max_notification_id() == 80
+    app.close()
+
+
+def test_a_reply_to_an_abandoned_share_is_not_taken_for_the_next(ledger: Ledger) -> None:
+    """A batch that stopped waiting (its own share failed first) leaves a reply behind:
+    the next batch passes over it."""
+    assert all(r["ok"] for r in ledger.execute_many(_batch(40)))  # starts the process
+    helper = ledger.app.second_process
+    assert helper is not None
+    abandoned = [(i, parse_command(c)) for i, c in enumerate(_batch(3, start=100))]
+    wanted = [(i, parse_command(c)) for i, c in enumerate(_batch(2, start=200))]
+    helper.submit(abandoned, NOW, set())
+    helper.submit(wanted, NOW, set())
+    share = helper.result()
+    assert [i for i, _ in share.results] == [i for i, _ in wanted]
+    assert {str(e.originator_id) for e in share.events} == {c.subject for _, c in wanted}
+    assert ledger.max_position() == 40 * 9  # a share is never written by its maker
