@@ -65,6 +65,10 @@ class CopyingPostgresRecorder(PostgresApplicationRecorder):
             "COPY {0}.{1} (notification_id, originator_id, originator_version, topic, state) "
             "FROM STDIN (FORMAT BINARY)"
         ).format(Identifier(schema), Identifier(table))
+        self._copy_rows_with_default_ids = SQL(
+            "COPY {0}.{1} (originator_id, originator_version, topic, state) "
+            "FROM STDIN (FORMAT BINARY)"
+        ).format(Identifier(schema), Identifier(table))
         self._copy_types = ["int8", datastore.originator_id_type, "int8", "text", "bytea"]
 
     def insert_events(
@@ -113,59 +117,57 @@ class CopyingPostgresRecorder(PostgresApplicationRecorder):
         self, stored_events: Sequence[StoredEvent], alongside: TransactionPart | None = None
     ) -> list[int]:
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
-            return self._copy_part(conn, curs, stored_events, alongside, first=True)
-
-    def insert_parts(
-        self, parts: Iterable[tuple[Sequence[StoredEvent], TransactionPart | None] | None]
-    ) -> None:
-        """Events in parts, all in one transaction: each part is asked for once the one
-        before it is on its way, so a part can still be in the making (another process's
-        share of a batch: `ledger.parallel`) while the server inserts the one before. A
-        part that is None means "not yet": a statement keeps the transaction from being
-        ended by the server as idle (the library sets a 5 s limit). An exception raised
-        by `parts` rolls everything back. Not retried here: the caller retries the unit
-        of work."""
-        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
-            first = True
-            for part in parts:
-                if part is None:
-                    curs.execute("SELECT 1")
-                    continue
-                stored_events, alongside = part
-                self._copy_part(conn, curs, stored_events, alongside, first=first)
-                first = False
-
-    def _copy_part(
-        self,
-        conn: Any,
-        curs: Any,
-        stored_events: Sequence[StoredEvent],
-        alongside: TransactionPart | None,
-        *,
-        first: bool,
-    ) -> list[int]:
-        with conn.pipeline():  # the lock, the notice, the ids and the rest in one trip
-            if first:
+            with conn.pipeline():  # the lock, the notice, the ids and the rest in one trip
                 self._lock_table(curs)
                 self._notify_channel(curs)
-            curs.execute(self._reserve_ids, (len(stored_events),))
-            check = alongside.send(conn) if alongside is not None else None
-            row = curs.fetchone()
-            if check is not None:
-                check()
-        assert row is not None
-        last = int(row["last"])
-        ids = list(range(last - len(stored_events) + 1, last + 1))
-        with curs.copy(self._copy_rows) as copy:
-            copy.set_types(self._copy_types)
-            for notification_id, event in zip(ids, stored_events, strict=True):
-                copy.write_row(
-                    (
-                        notification_id,
-                        event.originator_id,
-                        event.originator_version,
-                        event.topic,
-                        event.state,
+                curs.execute(self._reserve_ids, (len(stored_events),))
+                check = alongside.send(conn) if alongside is not None else None
+                row = curs.fetchone()
+                if check is not None:
+                    check()
+            assert row is not None
+            last = int(row["last"])
+            ids = list(range(last - len(stored_events) + 1, last + 1))
+            with curs.copy(self._copy_rows) as copy:
+                copy.set_types(self._copy_types)
+                for notification_id, e in zip(ids, stored_events, strict=True):
+                    copy.write_row(
+                        (notification_id, e.originator_id, e.originator_version, e.topic, e.state)
                     )
-                )
         return ids
+
+    def insert_parts(
+        self, parts: Iterable[tuple[Sequence[StoredEvent], TransactionPart | None]]
+    ) -> None:
+        """Events in parts, all in one transaction and one COPY: each part is asked for
+        once the one before it is on its way, so the server inserts one part while the
+        next is still being made (a batch's parts: `ledger.parallel`). The ids are the
+        column's default, in order (the table is locked). What goes alongside is sent
+        after the rows, in one round trip, and checked before the commit. An exception
+        raised by `parts` rolls everything back. (A COPY that waits for rows is not idle:
+        the server's limit on idle transactions does not end it.) Not retried here: the
+        caller retries the unit of work."""
+        alongside: list[TransactionPart] = []
+        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+            with conn.pipeline():
+                self._lock_table(curs)
+                self._notify_channel(curs)
+            with curs.copy(self._copy_rows_with_default_ids) as copy:
+                copy.set_types(self._copy_types[1:])
+                for stored_events, part_alongside in parts:
+                    for event in stored_events:
+                        copy.write_row(
+                            (
+                                event.originator_id,
+                                event.originator_version,
+                                event.topic,
+                                event.state,
+                            )
+                        )
+                    if part_alongside is not None:
+                        alongside.append(part_alongside)
+            if alongside:
+                with conn.pipeline():
+                    checks = [part.send(conn) for part in alongside]
+                for check in checks:
+                    check()

@@ -99,16 +99,12 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder):
         register_adapters()
         super().__init__(datastore, **kwargs)
 
-    def insert_parts(self, parts: Iterable[tuple[Sequence[StoredEvent], Any] | None]) -> None:
+    def insert_parts(self, parts: Iterable[tuple[Sequence[StoredEvent], Any]]) -> None:
         """Events in parts, all in one transaction: each part is asked for once the one
-        before it is written (`ledger.parallel`); None is "not yet". An exception raised
-        by `parts` rolls everything back. Writes to other stores alongside are
-        PostgreSQL's alone."""
+        before it is written (`ledger.parallel`). An exception raised by `parts` rolls
+        everything back. Writes to other stores alongside are PostgreSQL's alone."""
         with self.datastore.transaction(commit=True) as c:
-            for part in parts:
-                if part is None:
-                    continue
-                stored_events, alongside = part
+            for stored_events, alongside in parts:
                 if alongside is not None:
                     raise NotImplementedError("writes alongside the events on SQLite")
                 self._insert_events(c, stored_events)

@@ -198,8 +198,9 @@ def test_keys_events_and_index_rows_commit_together(
 
     _around_send(monkeypatch, look, look)
     assert all(r["ok"] for r in together.execute_many(commands))
-    # nothing, before or after the rows went in (a split batch sends two shares' rows)
-    assert seen == [(0, 0, [])] * (4 if size >= PARALLEL_FROM else 2)
+    # nothing, before or after the rows went in (a split batch sends its rows in parts)
+    assert len(seen) >= (4 if size >= PARALLEL_FROM else 2)
+    assert all(look == (0, 0, []) for look in seen)
     assert onlooker.max_position() == 2 * size  # and now everything
     assert len(onlooker.keystore.records(subjects[0])) == 1
     assert onlooker.find("email", "kunde0@example.dk") == [subjects[0]]
