@@ -32,14 +32,14 @@ from eventsourcing.utils import EnvType
 from ledger.clock import Clock, SystemClock
 from ledger.collector import collector_paused
 from ledger.commands import Command, parse_command
-from ledger.crypto.keystore import KeyConflict, KeyRow, KeySession, KeyStore
+from ledger.crypto.keystore import KeyConflict, KeyRow, KeyStore
 from ledger.domain.policy import PolicyCatalogue
 from ledger.domain.subject import DataSubject
 from ledger.errors import LedgerError, unknown_subject
 from ledger.eventstore import EventStoreQueries
 from ledger.handlers import CommandHandlers
 from ledger.logs import get_logger
-from ledger.parallel import OWN_PARTS, HelperLost, SecondProcess, Share, in_parts, split_by_subject
+from ledger.parallel import HelperLost, SecondProcess, Share, split_by_subject
 from ledger.persistence import LedgerEventStore, OrjsonTranscoder
 from ledger.pgrecorder import CopyingPostgresRecorder, TransactionPart
 from ledger.policies import load_policy
@@ -300,39 +300,29 @@ class LedgerApplication(Application[UUID]):
         assert helper is not None
         mine, theirs = split_by_subject([(i, c) for i, c in indexed if isinstance(c, Command)])
         helper.submit(theirs, now, uow.registered)
-        own: list[Share] = []
+        try:
+            done, key_rows = self._run_share(uow, mine, atomic=True, now=now)
+        except _Rejected as rejected:  # in this share: is the other's earlier?
+            other = helper.result()
+            if other.rejected is not None and other.rejected[0] < rejected.index:
+                raise _Rejected(other.rejected[0], other.error()) from None
+            raise
+        own = self._share_of(uow, done, key_rows)
         received: list[Share] = []
 
         def parts() -> Iterator[tuple[Sequence[StoredEvent], TransactionPart | None]]:
-            session, sealer = self._open_share(uow, mine)
-            try:
-                # This share in parts, each written (by the server, on PostgreSQL) while
-                # the next is run: no subject's commands are in two parts.
-                for part in in_parts(mine, OWN_PARTS):
-                    made = len(session.new_keys)
-                    done = self._run_commands(uow, session, sealer, part, atomic=True, now=now)
-                    own.append(self._share_of(uow, done, session.rows()[made:]))
-                    yield own[-1].events, self._keys_part(own[-1])
-            finally:
-                session.forget()
+            yield own.events, self._keys_part(own)  # on its way while the other is made
             other = helper.result()
-            received.append(other)
             if other.rejected is not None:  # rolls back what is written of this share
                 raise _Rejected(other.rejected[0], other.error())
+            received.append(other)
             if not self._keys_with_events:  # the keys first, in a transaction of their own
-                self.keystore.write_keys([row for share in (*own, other) for row in share.keys])
+                self.keystore.write_keys([*own.keys, *other.keys])
             yield other.events, self._keys_part(other)
 
         recorder: Any = self.recorder  # SQLiteEventRecorder or CopyingPostgresRecorder
-        try:
-            recorder.insert_parts(parts())
-        except _Rejected as rejected:  # in this share: is the other's earlier?
-            if not received:
-                other = helper.result()
-                if other.rejected is not None and other.rejected[0] < rejected.index:
-                    raise _Rejected(other.rejected[0], other.error()) from None
-            raise
-        shares = [*own, *received]
+        recorder.insert_parts(parts())
+        shares = [own, *received]
         cache: Any = self.repository.cache
         if cache is not None and not self.repository.fastforward:
             for subject_id, subject in uow.subjects.items():
@@ -374,18 +364,6 @@ class LedgerApplication(Application[UUID]):
     ) -> tuple[list[tuple[int, dict[str, Any]]], list[KeyRow]]:
         """Run these commands (each with its place in the batch) on the unit of work's
         subjects, loaded here: their results, and the new keys their sealing made."""
-        session, sealer = self._open_share(uow, commands)
-        try:
-            results = self._run_commands(uow, session, sealer, commands, atomic=atomic, now=now)
-        finally:
-            session.forget()
-        return results, session.rows()
-
-    def _open_share(
-        self, uow: UnitOfWork, commands: Sequence[tuple[int, Command | LedgerError]]
-    ) -> tuple[KeySession, ScopeSealer]:
-        """Load the subjects these commands name into the unit of work, and read their
-        keys: a query for each, whatever the number of commands."""
         registering = {
             c.subject
             for _, c in commands
@@ -404,34 +382,26 @@ class LedgerApplication(Application[UUID]):
         session = self.keystore.session(
             c.subject for _, c in commands if isinstance(c, Command) and c.subject
         )
-        return session, ScopeSealer(session, uow)
-
-    def _run_commands(
-        self,
-        uow: UnitOfWork,
-        session: KeySession,
-        sealer: ScopeSealer,
-        commands: Sequence[tuple[int, Command | LedgerError]],
-        *,
-        atomic: bool,
-        now: datetime,
-    ) -> list[tuple[int, dict[str, Any]]]:
+        sealer = ScopeSealer(session, uow)
         results: list[tuple[int, dict[str, Any]]] = []
-        for index, command in commands:
-            if isinstance(command, LedgerError):
-                results.append((index, command.to_result()))
-                continue
-            saved = None if atomic else uow.checkpoint(command.subject)
-            keys = session.checkpoint()
-            try:
-                results.append((index, self._run_one(uow, sealer, command, now)))
-            except LedgerError as error:
-                if atomic:
-                    raise _Rejected(index, error) from None
-                uow.restore(saved, self._reload)
-                session.rollback_to(keys)
-                results.append((index, error.to_result()))
-        return results
+        try:
+            for index, command in commands:
+                if isinstance(command, LedgerError):
+                    results.append((index, command.to_result()))
+                    continue
+                saved = None if atomic else uow.checkpoint(command.subject)
+                keys = session.checkpoint()
+                try:
+                    results.append((index, self._run_one(uow, sealer, command, now)))
+                except LedgerError as error:
+                    if atomic:
+                        raise _Rejected(index, error) from None
+                    uow.restore(saved, self._reload)
+                    session.rollback_to(keys)
+                    results.append((index, error.to_result()))
+        finally:
+            session.forget()
+        return results, session.rows()
 
     def _write_unit(self, uow: UnitOfWork, key_rows: list[KeyRow]) -> None:
         """Write a unit of work: its keys, events and index rows, then destroy the keys
@@ -487,8 +457,7 @@ class LedgerApplication(Application[UUID]):
         done: list[tuple[int, dict[str, Any]]],
         key_rows: list[KeyRow],
     ) -> Share:
-        """What the process that writes a batch needs of this process's share of it (or of
-        the part of it run since the last call: the events pending since)."""
+        """What the process that writes a batch needs of this process's share of it."""
         shreds = uow.shredded_keys()
         registered_now = {
             subject_id
@@ -508,7 +477,6 @@ class LedgerApplication(Application[UUID]):
             for subject_id, kinds in uow.lookups.items()
             for kind, digest in kinds.items()
         ]
-        uow.lookups = {}  # handed over, with the events (a share may come in parts)
         return Share(
             results=done,
             events=events,

@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 PARALLEL_FROM = 200  # commands in an atomic batch from which a second process takes a share
 SECOND_SHARE = 0.5  # of a split batch's commands (0.4 and 0.6 measured no better)
-OWN_PARTS = 4  # the writer's own share is run and written in this many parts
 
 Indexed = tuple[int, Command]  # a command and its place in the batch
 
@@ -97,23 +96,6 @@ def split_by_subject(
     first.sort(key=lambda item: item[0])
     second.sort(key=lambda item: item[0])
     return first, second
-
-
-def in_parts(commands: Sequence[Indexed], parts: int) -> list[list[Indexed]]:
-    """About `parts` runs of consecutive commands, cut only where no subject has commands
-    on both sides: a part is run whole before the next, so the first rejected command
-    of the runs is still the first in the batch's order."""
-    size = max(1, -(-len(commands) // parts))
-    last = {command.subject: at for at, (_, command) in enumerate(commands) if command.subject}
-    runs: list[list[Indexed]] = [[]]
-    reach = -1  # the furthest position a subject seen so far still has a command at
-    for at, item in enumerate(commands):
-        runs[-1].append(item)
-        subject = item[1].subject
-        reach = max(reach, last[subject] if subject else at)
-        if reach == at and len(runs[-1]) >= size and at + 1 < len(commands):
-            runs.append([])
-    return runs
 
 
 class SecondProcess:

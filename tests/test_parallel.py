@@ -28,7 +28,7 @@ from ledger.clock import FixedClock
 from ledger.commands import parse_command
 from ledger.config import Settings
 from ledger.facade import Ledger
-from ledger.parallel import PARALLEL_FROM, in_parts, split_by_subject
+from ledger.parallel import PARALLEL_FROM, split_by_subject
 from ledger.persistence import application_env
 from tests.conftest import PG_URL, _conninfo, require_postgres
 
@@ -285,39 +285,3 @@ def test_a_reply_to_an_abandoned_share_is_not_taken_for_the_next(ledger: Ledger)
     assert [i for i, _ in share.results] == [i for i, _ in wanted]
     assert {str(e.originator_id) for e in share.events} == {c.subject for _, c in wanted}
     assert ledger.max_position() == 40 * 9  # a share is never written by its maker
-
-
-@given(
-    subjects=st.lists(
-        st.one_of(st.none(), st.sampled_from([str(uuid.UUID(int=n)) for n in range(8)])),
-        max_size=50,
-    ),
-    parts=st.integers(min_value=1, max_value=6),
-)
-def test_parts_are_runs_that_no_subject_straddles(subjects: list[str | None], parts: int) -> None:
-    commands = [
-        (i, parse_command({"type": "record_dialogue", "subject": s}) if s else _anonymous())
-        for i, s in enumerate(subjects)
-    ]
-    runs = in_parts(commands, parts)
-    assert [item for run in runs for item in run] == commands  # in order, each once
-    assert all(runs) or commands == []
-    assert len(runs) <= max(1, parts)
-    seen: set[str] = set()
-    for run in runs:
-        named = {c.subject for _, c in run if c.subject}
-        assert not named & seen
-        seen |= named
-    if len(set(subjects)) == len(subjects) and None not in subjects and len(subjects) >= parts:
-        assert len(runs) == parts  # nothing to keep together: as many parts as asked
-
-
-def _anonymous() -> Any:
-    return parse_command(
-        {
-            "type": "register_subject",
-            "kind": "customer",
-            "purpose": "customer_administration",
-            "legal_basis": "contract",
-        }
-    )
