@@ -9,7 +9,9 @@ its order), and a second process, which opens the same ledger, runs one share wh
 process runs the other. The second process writes nothing: it sends back its results,
 its events already in stored form, its new keys (wrapped; never a key itself), its index
 rows, the keys it shreds and its snapshots (`Share`), and this process writes both
-shares as one unit of work in one transaction, as if it had run them all.
+shares as one unit of work in one transaction, as if it had run them all: its own share
+first, sent to the database while the other is still being made (on PostgreSQL the
+server inserts it meanwhile), then the other's (`insert_parts` of the recorders).
 
 A rejected command fails the batch as it would in one process: the earliest rejected
 command of either share is the one reported. Only atomic batches of at least

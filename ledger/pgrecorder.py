@@ -26,7 +26,8 @@ USAGE the library's inserts need (the owner of the schema, the usual case, has b
 A save may bring other writes that must commit with its events (`alongside`, a
 `TransactionPart`: the key store's new keys and index rows). They are sent in the
 pipeline that takes the table lock, after it, and checked before the events are written;
-a failure of either rolls back both.
+a failure of either rolls back both. A batch split between two processes is written in
+parts through one COPY (`insert_parts`), its writes alongside after the rows.
 """
 
 from __future__ import annotations
