@@ -407,16 +407,8 @@ class LedgerApplication(Application[UUID]):
         """Write a unit of work: its keys, events and index rows, then destroy the keys
         it shredded."""
         shreds = uow.shredded_keys()
-        registered_now = {
-            subject_id
-            for subject_id, subject in uow.subjects.items()
-            if subject.pending_events and subject.pending_events[0].originator_version == 1
-        }
-        lookups = [
-            (subject_id, kind, digest)
-            for subject_id, kinds in uow.lookups.items()
-            for kind, digest in kinds.items()
-        ]
+        registered_now = uow.registered_now()
+        lookups = uow.lookup_rows()
         saving = any(s.pending_events for s in uow.subjects.values()) or bool(uow.receipts)
         if saving and self._keys_with_events:
             fresh = [row for row in lookups if row[0] in registered_now]
@@ -459,11 +451,7 @@ class LedgerApplication(Application[UUID]):
     ) -> Share:
         """What the process that writes a batch needs of this process's share of it."""
         shreds = uow.shredded_keys()
-        registered_now = {
-            subject_id
-            for subject_id, subject in uow.subjects.items()
-            if subject.pending_events and subject.pending_events[0].originator_version == 1
-        }
+        registered_now = uow.registered_now()
         events: list[StoredEvent] = []
         snapshots: list[StoredEvent] = []
         for subject in uow.subjects.values():
@@ -472,11 +460,7 @@ class LedgerApplication(Application[UUID]):
             if pending and self._snapshot_due(subject, pending[0], pending[-1]):
                 snapshot = type(subject).Snapshot.take(subject)
                 snapshots.append(self.mapper.to_stored_event(snapshot))
-        lookups = [
-            (subject_id, kind, digest)
-            for subject_id, kinds in uow.lookups.items()
-            for kind, digest in kinds.items()
-        ]
+        lookups = uow.lookup_rows()
         return Share(
             results=done,
             events=events,

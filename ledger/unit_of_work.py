@@ -105,6 +105,22 @@ class UnitOfWork:
         else:
             self.lookups[subject_id] = saved.lookups
 
+    def registered_now(self) -> set[str]:
+        """The subjects this unit of work registers (their first event is pending)."""
+        return {
+            subject_id
+            for subject_id, subject in self.subjects.items()
+            if subject.pending_events and subject.pending_events[0].originator_version == 1
+        }
+
+    def lookup_rows(self) -> list[tuple[str, str, bytes]]:
+        """The index rows to write: (subject, kind, digest)."""
+        return [
+            (subject_id, kind, digest)
+            for subject_id, kinds in self.lookups.items()
+            for kind, digest in kinds.items()
+        ]
+
     def shredded_keys(self) -> list[tuple[str, str, list[str]]]:
         """The keys that the pending `ScopeShredded` events say must be destroyed."""
         return [
