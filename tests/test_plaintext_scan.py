@@ -27,6 +27,7 @@ from ledger.clock import FixedClock
 from ledger.commands import COMMANDS
 from ledger.config import Settings
 from ledger.facade import Ledger
+from ledger.parallel import PARALLEL_FROM
 from ledger.projections.schema import fingerprint
 from tests.conftest import MASTER_KEY
 
@@ -518,6 +519,45 @@ def test_no_personal_value_in_the_clear(
         body = {k: v for k, v in command.items() if k != "idempotency_key"}
         guess = hashlib.sha256(canonical_json(body)).hexdigest()
         assert guess.encode() not in everything, command["type"]
+
+
+def test_a_batch_split_between_two_processes_leaves_no_personal_value_in_the_clear(
+    ledger: Ledger, settings: Settings, backend: str
+) -> None:
+    """A batch large enough for a second process (`ledger.parallel`): the commands go to it
+    in the clear over a pipe, its share comes back sealed, and nothing it or the writer
+    stores or logs holds a value."""
+    batch: list[dict[str, Any]] = []
+    for _ in range(40):
+        s = str(uuid.uuid4())
+        batch += [
+            {
+                "type": "register_subject",
+                "subject": s,
+                "kind": "customer",
+                "purpose": CA,
+                "legal_basis": "contract",
+                "identifiers": {"email": EMAIL, "phone": PHONE},
+            },
+            collect(s, "name", NAME),
+            collect(s, "address", ADDRESS),
+            {**collect(s, "invoice", INVOICE), "purpose": "bookkeeping"},
+            {"type": "start_relationship", "subject": s, "relationship": "customer"},
+        ]
+    for command in batch:
+        if command.get("purpose") == "bookkeeping":
+            command.update(legal_basis="legal_obligation", source="system")
+    assert len(batch) >= PARALLEL_FROM
+    results = ledger.execute_many(batch)
+    assert all(r["ok"] for r in results), [r for r in results if not r.get("rolled_back")][:2]
+    assert ledger.app.second_process is not None
+    assert ledger.app.second_process._child is not None  # it was split
+    assert len(ledger.find("email", EMAIL)) == 40
+    ledger.close()
+    blobs = list(files_under(settings.home))
+    if backend == "postgres":
+        blobs += list(postgres_dump(settings))
+    assert leaks_in(blobs) == []
 
 
 def test_freed_read_model_pages_hold_no_personal_value(tmp_path: Path, clock: FixedClock) -> None:
