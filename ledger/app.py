@@ -13,7 +13,7 @@ import copy
 import random
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -145,13 +145,25 @@ class LedgerApplication(Application[UUID]):
         else:
             self._write(processing)
             made = []
-        try:  # the events are written: a snapshot is only a shortcut for reading them
-            if due and self.snapshots is not None:
-                self.snapshots.put([type(a).Snapshot.take(a) for a in due])
-        except Exception as exc:
-            log.error("snapshots_not_written", error=type(exc).__name__)
+        if due and self.snapshots is not None:
+            snapshots = self.snapshots
+            self._keep_snapshots(lambda: snapshots.put([type(a).Snapshot.take(a) for a in due]))
         self._notify(made)
         return made
+
+    def _keep_snapshots(self, write: Callable[[], object]) -> None:
+        """Write snapshots after their events: a failure is logged, not raised (the events
+        are written, and a snapshot is only a shortcut for reading them)."""
+        try:
+            write()
+        except Exception as exc:
+            log.error("snapshots_not_written", error=type(exc).__name__)
+
+    def _cache_saved(self, aggregates: Mapping[UUID, Any]) -> None:
+        """Cache aggregates as saved (the library's `_record` does it too)."""
+        if self.repository.cache and not self.repository.fastforward:
+            for aggregate_id, aggregate in aggregates.items():
+                self.repository.cache.put(aggregate_id, aggregate)
 
     def _write(self, processing_event: ProcessingEvent[UUID]) -> None:
         """The library's `_record` (write the events, cache the aggregates as saved),
@@ -163,9 +175,7 @@ class LedgerApplication(Application[UUID]):
             tracking=processing_event.tracking,
             **processing_event.saved_kwargs,
         )
-        if self.repository.cache and not self.repository.fastforward:
-            for aggregate_id, aggregate in processing_event.aggregates.items():
-                self.repository.cache.put(aggregate_id, aggregate)
+        self._cache_saved(processing_event.aggregates)
 
     def _snapshot_due(self, aggregate: Any, first: Any, last: Any) -> bool:
         """Whether the events saved now (versions `first` to `last`) cross the aggregate's
@@ -323,22 +333,17 @@ class LedgerApplication(Application[UUID]):
         recorder: Any = self.recorder  # SQLiteEventRecorder or CopyingPostgresRecorder
         recorder.insert_parts(parts())
         shares = [own, *received]
-        cache: Any = self.repository.cache
-        if cache is not None and not self.repository.fastforward:
-            for subject_id, subject in uow.subjects.items():
-                cache.put(UUID(subject_id), subject)
+        self._cache_saved({UUID(subject_id): s for subject_id, s in uow.subjects.items()})
         snapshots = [snapshot for share in shares for snapshot in share.snapshots]
         if snapshots and self.snapshots is not None:
-            try:  # the events are written: a snapshot is only a shortcut for reading them
-                self.snapshots.recorder.insert_events(snapshots)
-            except Exception as exc:
-                log.error("snapshots_not_written", error=type(exc).__name__)
+            recorder = self.snapshots.recorder
+            self._keep_snapshots(lambda: recorder.insert_events(snapshots))
         lookups = [row for share in shares for row in share.lookups]
         registered_now = {subject for share in shares for subject in share.registered_now}
-        if self._keys_with_events:  # new subjects' rows were written with the events
-            lookups = [row for row in lookups if row[0] not in registered_now]
-            registered_now = set()
-        self._after_save(lookups, registered_now, [s for share in shares for s in share.shreds])
+        self._after_save(
+            *self._rows_after_events(lookups, registered_now, sent=self._keys_with_events),
+            [s for share in shares for s in share.shreds],
+        )
         results: list[dict[str, Any]] = [{}] * len(indexed)
         for share in shares:
             for index, result in share.results:
@@ -350,9 +355,29 @@ class LedgerApplication(Application[UUID]):
         (PostgreSQL, the key store beside the events), else none."""
         if not self._keys_with_events:
             return None
-        fresh = [row for row in share.lookups if row[0] in share.registered_now]
-        alongside = self.keystore.writes_with_events(share.keys, fresh)
+        return self._with_events(share.keys, share.lookups, share.registered_now)
+
+    def _with_events(
+        self,
+        key_rows: list[KeyRow],
+        lookups: list[tuple[str, str, bytes]],
+        registered_now: set[str],
+    ) -> TransactionPart | None:
+        """The keys and the new subjects' index rows that commit in the events'
+        transaction (the key store beside the events on PostgreSQL), if there are any."""
+        fresh = [row for row in lookups if row[0] in registered_now]
+        alongside = self.keystore.writes_with_events(key_rows, fresh)
         return alongside if alongside else None
+
+    @staticmethod
+    def _rows_after_events(
+        lookups: list[tuple[str, str, bytes]], registered_now: set[str], *, sent: bool
+    ) -> tuple[list[tuple[str, str, bytes]], set[str]]:
+        """The index rows written after the events, and which of their subjects are new:
+        all of them, unless (`sent`) the new subjects' rows went with the events."""
+        if not sent:
+            return lookups, registered_now
+        return [row for row in lookups if row[0] not in registered_now], set()
 
     def _run_share(
         self,
@@ -410,18 +435,16 @@ class LedgerApplication(Application[UUID]):
         registered_now = uow.registered_now()
         lookups = uow.lookup_rows()
         saving = any(s.pending_events for s in uow.subjects.values()) or bool(uow.receipts)
-        if saving and self._keys_with_events:
-            fresh = [row for row in lookups if row[0] in registered_now]
-            alongside = self.keystore.writes_with_events(key_rows, fresh)
-            lookups = [row for row in lookups if row[0] not in registered_now]
-            registered_now = set()
+        together = saving and self._keys_with_events
+        if together:
+            alongside = self._with_events(key_rows, lookups, registered_now)
             extra = {"alongside": alongside} if alongside else {}
             self.save(*uow.subjects.values(), *uow.receipts, recordings=False, **extra)
         else:
             self.keystore.write_keys(key_rows)  # first, in a transaction of their own
             if saving:
                 self.save(*uow.subjects.values(), *uow.receipts, recordings=False)
-        self._after_save(lookups, registered_now, shreds)
+        self._after_save(*self._rows_after_events(lookups, registered_now, sent=together), shreds)
 
     def prepare_share(
         self,
