@@ -36,6 +36,7 @@ from ledger.crypto.keystore import KeyConflict, KeyRow, KeyStore
 from ledger.domain.policy import PolicyCatalogue
 from ledger.domain.subject import DataSubject
 from ledger.errors import LedgerError, unknown_subject
+from ledger.eventrows import EventRow, event_row
 from ledger.eventstore import EventStoreQueries
 from ledger.handlers import CommandHandlers
 from ledger.logs import get_logger
@@ -212,6 +213,15 @@ class LedgerApplication(Application[UUID]):
         self, commands: Sequence[Any], *, actor: str | None, atomic: bool
     ) -> list[dict[str, Any]]:
         started = time.perf_counter()
+        helper = self.second_process
+        if atomic and helper is not None and helper.takes(commands):
+            batch = _SplitBatch(commands, actor)
+            return self._retrying(
+                len(commands),
+                lambda: self._attempt(lambda uow: self._attempt_split(uow, batch), batch.named),
+                batch.logged,
+                started,
+            )
         parsed: list[Command | LedgerError] = []
         for index, data in enumerate(commands):
             try:
@@ -220,22 +230,42 @@ class LedgerApplication(Application[UUID]):
                 if atomic:
                     return self._rolled_back(len(commands), index, error)
                 parsed.append(error)
-        for attempt in range(MAX_ATTEMPTS):
+        return self._retrying(
+            len(commands),
+            lambda: self._attempt(
+                lambda uow: self._attempt_in_place(uow, parsed, atomic=atomic),
+                lambda: {c.subject for c in parsed if isinstance(c, Command) and c.subject},
+            ),
+            lambda: parsed,
+            started,
+        )
+
+    def _retrying(
+        self,
+        count: int,
+        attempt: Callable[[], list[dict[str, Any]]],
+        logged: Callable[[], Sequence[Command | LedgerError]],
+        started: float,
+    ) -> list[dict[str, Any]]:
+        """Attempts at a batch's unit of work until one is written or rejected."""
+        for n in range(MAX_ATTEMPTS):
             try:
-                results = self._attempt(parsed, atomic=atomic)
+                results = attempt()
+            except _Unparsable as unparsable:  # as a parse error before any attempt
+                return self._rolled_back(count, unparsable.index, unparsable.error)
             except _Rejected as rejected:
-                self._log(parsed, None, rejected, started)
-                return self._rolled_back(len(commands), rejected.index, rejected.error)
+                self._log(logged(), None, rejected, started)
+                return self._rolled_back(count, rejected.index, rejected.error)
             except (IntegrityError, KeyConflict, HelperLost):
                 # Another writer got there first (same subject version, or the same
                 # idempotency key), or the second process died: load fresh state and
                 # try again.
-                time.sleep(0.001 * min(2**attempt, 64) * random.uniform(0.5, 1.5))
+                time.sleep(0.001 * min(2**n, 64) * random.uniform(0.5, 1.5))
                 continue
-            self._log(parsed, results, None, started)
+            self._log(logged(), results, None, started)
             return results
         conflict = LedgerError("conflict", "concurrent writers kept changing these subjects; retry")
-        return self._rolled_back(len(commands), 0, conflict)
+        return self._rolled_back(count, 0, conflict)
 
     def _parse(self, data: Any, actor: str | None) -> Command:
         command = parse_command(data)
@@ -263,68 +293,72 @@ class LedgerApplication(Application[UUID]):
         return results
 
     def _attempt(
-        self, commands: Sequence[Command | LedgerError], *, atomic: bool
+        self,
+        run: Callable[[UnitOfWork], list[dict[str, Any]]],
+        named: Callable[[], Iterable[str]],
     ) -> list[dict[str, Any]]:
         """One try at the unit of work: rules and sealing, keys, then events.
 
         The subjects are the cached instances themselves, changed in place (copying each
         one was a tenth of a command's CPU): if anything fails before they are saved, they
-        are dropped from the cache and read again next time.
+        and the subjects the commands name are dropped from the cache and read again next
+        time.
         """
         with self._writing:
             uow = UnitOfWork()
             try:
-                return self._attempt_in_place(uow, commands, atomic=atomic)
+                return run(uow)
             except BaseException:
-                named = {c.subject for c in commands if isinstance(c, Command) and c.subject}
-                self._forget({*uow.subjects, *named})
+                self._forget({*uow.subjects, *named()})
                 raise
 
     def _attempt_in_place(
         self, uow: UnitOfWork, commands: Sequence[Command | LedgerError], *, atomic: bool
     ) -> list[dict[str, Any]]:
-        chosen = [
-            c.subject
-            for c in commands
-            if isinstance(c, Command) and c.type == "register_subject" and c.subject
-        ]
-        uow.registered = self.existing_subjects(chosen)
-        now = self.clock.now()
-        indexed = list(enumerate(commands))
-        if not (atomic and self.second_process and self.second_process.takes(commands)):
-            done, key_rows = self._run_share(uow, indexed, atomic=atomic, now=now)
-            self._write_unit(uow, key_rows)
-            return [result for _, result in done]
-        return self._attempt_split(uow, indexed, now)
+        uow.registered = self._registered(commands)
+        done, key_rows = self._run_share(
+            uow, list(enumerate(commands)), atomic=atomic, now=self.clock.now()
+        )
+        self._write_unit(uow, key_rows)
+        return [result for _, result in done]
 
-    def _attempt_split(
-        self,
-        uow: UnitOfWork,
-        indexed: list[tuple[int, Command | LedgerError]],
-        now: datetime,
-    ) -> list[dict[str, Any]]:
-        """An atomic batch split with the second process (`ledger.parallel`): each runs
-        its share, and this one writes both in one transaction, its own share first while
-        the other's is still being made."""
+    def _registered(self, commands: Iterable[Command | LedgerError]) -> set[str]:
+        """Which of the subjects these commands register exist already."""
+        return self.existing_subjects(
+            [
+                c.subject
+                for c in commands
+                if isinstance(c, Command) and c.type == "register_subject" and c.subject
+            ]
+        )
+
+    def _attempt_split(self, uow: UnitOfWork, batch: _SplitBatch) -> list[dict[str, Any]]:
+        """An atomic batch split with the second process (`ledger.parallel`): each parses
+        and runs its share, and this one writes both in one transaction, its own share
+        first while the other's is still being made."""
         helper = self.second_process
         assert helper is not None
-        mine, theirs = split_by_subject([(i, c) for i, c in indexed if isinstance(c, Command)])
-        helper.submit(theirs, now, uow.registered)
+        now = self.clock.now()
+        helper.submit(batch.theirs, now, batch.actor)
+        mine = batch.parse_mine(self._parse)
+        uow.registered = self._registered(command for _, command in mine)
         try:
             done, key_rows = self._run_share(uow, mine, atomic=True, now=now)
-        except _Rejected as rejected:  # in this share: is the other's earlier?
-            other = helper.result()
-            if other.rejected is not None and other.rejected[0] < rejected.index:
-                raise _Rejected(other.rejected[0], other.error()) from None
+        except _Rejected as rejected:  # in this share: is the other's to be named instead?
+            other = batch.received(helper.result())
+            if other.rejected is not None and (
+                other.unparsable or other.rejected[0] < rejected.index
+            ):
+                raise _Rejected.of(other) from None
             raise
         own = self._share_of(uow, done, key_rows)
         received: list[Share] = []
 
-        def parts() -> Iterator[tuple[Sequence[StoredEvent], TransactionPart | None]]:
+        def parts() -> Iterator[tuple[Sequence[EventRow], TransactionPart | None]]:
             yield own.events, self._keys_part(own)  # on its way while the other is made
-            other = helper.result()
+            other = batch.received(helper.result())
             if other.rejected is not None:  # rolls back what is written of this share
-                raise _Rejected(other.rejected[0], other.error())
+                raise _Rejected.of(other)
             received.append(other)
             if not self._keys_with_events:  # the keys first, in a transaction of their own
                 self.keystore.write_keys([*own.keys, *other.keys])
@@ -344,7 +378,7 @@ class LedgerApplication(Application[UUID]):
             *self._rows_after_events(lookups, registered_now, sent=self._keys_with_events),
             [s for share in shares for s in share.shreds],
         )
-        results: list[dict[str, Any]] = [{}] * len(indexed)
+        results: list[dict[str, Any]] = [{}] * batch.count
         for share in shares:
             for index, result in share.results:
                 results[index] = result
@@ -447,24 +481,31 @@ class LedgerApplication(Application[UUID]):
         self._after_save(*self._rows_after_events(lookups, registered_now, sent=together), shreds)
 
     def prepare_share(
-        self,
-        commands: Sequence[tuple[int, Command]],
-        now: datetime,
-        registered: set[str],
+        self, commands: Sequence[tuple[int, Any]], now: datetime, actor: str | None
     ) -> Share:
-        """Run a share of an atomic batch for another process to write (`ledger.parallel`):
-        the rules and sealing as in `_attempt_in_place`, the events in stored form.
-        Nothing is written here, so the subjects are dropped from the cache afterwards
-        (their cached state would run ahead of the store if the batch is not written)."""
-        with collector_paused(), self._writing:
-            uow = UnitOfWork(registered=registered)
+        """Parse and run a share of an atomic batch for another process to write
+        (`ledger.parallel`): the rules and sealing as in `_attempt_in_place`, the events in
+        stored form. Nothing is written here, so the subjects are dropped from the cache
+        afterwards (their cached state would run ahead of the store if the batch is not
+        written)."""
+        parsed: list[tuple[int, Command]] = []
+        for index, data in commands:
             try:
-                done, key_rows = self._run_share(uow, commands, atomic=True, now=now)
-                return self._share_of(uow, done, key_rows)
+                parsed.append((index, self._parse(data, actor)))
+            except LedgerError as error:
+                return Share.refused(index, error, unparsable=True, briefs=[])
+        briefs = [(index, c.type, c.subject, c.actor) for index, c in parsed]
+        with collector_paused(), self._writing:
+            uow = UnitOfWork(registered=self._registered(c for _, c in parsed))
+            try:
+                done, key_rows = self._run_share(uow, parsed, atomic=True, now=now)
+                share = self._share_of(uow, done, key_rows)
+                share.briefs = briefs
+                return share
             except _Rejected as rejected:
-                return Share.refused(rejected.index, rejected.error)
+                return Share.refused(rejected.index, rejected.error, briefs=briefs)
             finally:
-                self._forget({*uow.subjects, *(c.subject for _, c in commands if c.subject)})
+                self._forget({*uow.subjects, *(c.subject for _, c in parsed if c.subject)})
 
     def _share_of(
         self,
@@ -475,11 +516,11 @@ class LedgerApplication(Application[UUID]):
         """What the process that writes a batch needs of this process's share of it."""
         shreds = uow.shredded_keys()
         registered_now = uow.registered_now()
-        events: list[StoredEvent] = []
+        events: list[EventRow] = []
         snapshots: list[StoredEvent] = []
         for subject in uow.subjects.values():
             pending = subject.collect_events()
-            events.extend(map(self.mapper.to_stored_event, pending))
+            events.extend(event_row(self.mapper.to_stored_event(e)) for e in pending)
             if pending and self._snapshot_due(subject, pending[0], pending[-1]):
                 snapshot = type(subject).Snapshot.take(subject)
                 snapshots.append(self.mapper.to_stored_event(snapshot))
@@ -748,7 +789,79 @@ class LedgerApplication(Application[UUID]):
 
 
 class _Rejected(Exception):
+    """A command of an atomic batch that the rules reject: the batch is not written."""
+
     def __init__(self, index: int, error: LedgerError) -> None:
         super().__init__(error.message)
         self.index = index
         self.error = error
+
+    @staticmethod
+    def of(share: Share) -> _Rejected:
+        """The rejection another process's share ended with."""
+        assert share.rejected is not None
+        return (_Unparsable if share.unparsable else _Rejected)(share.rejected[0], share.error())
+
+
+class _Unparsable(_Rejected):
+    """A command of an atomic batch that does not parse: named before any rule's rejection,
+    as when the whole batch is parsed first."""
+
+
+class _SplitBatch:
+    """An atomic batch split between two processes: the commands as sent, each share's
+    part of them, this process's share once parsed, and what the other said of its own."""
+
+    def __init__(self, commands: Sequence[Any], actor: str | None) -> None:
+        self.commands = commands
+        self.count = len(commands)
+        self.actor = actor
+        self.mine, self.theirs = split_by_subject(list(enumerate(commands)))
+        self._parsed: list[tuple[int, Command]] | None = None
+        self._briefs: list[tuple[int, str, str | None, str | None]] = []
+
+    def parse_mine(self, parse: Callable[[Any, str | None], Command]) -> list[tuple[int, Command]]:
+        """This process's share, parsed (once, on the first attempt). A command that does
+        not parse is reported as the earliest of the whole batch's would be."""
+        if self._parsed is None:
+            parsed: list[tuple[int, Command]] = []
+            for index, data in self.mine:
+                try:
+                    parsed.append((index, parse(data, self.actor)))
+                except LedgerError as error:
+                    raise self._first_unparsable(parse, index, error) from None
+            self._parsed = parsed
+        return self._parsed
+
+    def _first_unparsable(
+        self, parse: Callable[[Any, str | None], Command], index: int, error: LedgerError
+    ) -> _Unparsable:
+        for earlier, data in self.theirs:
+            if earlier >= index:
+                break
+            try:
+                parse(data, self.actor)
+            except LedgerError as theirs:
+                return _Unparsable(earlier, theirs)
+        return _Unparsable(index, error)
+
+    def received(self, share: Share) -> Share:
+        """Keep what the log needs of the other share's commands."""
+        self._briefs = share.briefs
+        return share
+
+    def named(self) -> set[str]:
+        """The subjects this process's share names (once parsed)."""
+        return {c.subject for _, c in self._parsed or () if c.subject}
+
+    def logged(self) -> list[Command | LedgerError]:
+        """Every command of the batch as the log needs it: the other process's share by
+        type, subject and actor only (it was parsed there)."""
+        commands: list[Command | LedgerError] = [
+            LedgerError("invalid_command", "not parsed")
+        ] * self.count
+        for index, command in self._parsed or ():
+            commands[index] = command
+        for index, kind, subject, actor in self._briefs:
+            commands[index] = Command(type=kind, fields={}, subject=subject, raw={}, actor=actor)
+        return commands

@@ -5,16 +5,18 @@ this process's CPU (the rules, sealing, encoding the events) while the database 
 The commands of one batch that name different subjects are independent: a command reads
 and changes only its own subject, that subject's keys and its index rows. So a batch is
 split by subject (`split_by_subject`: every command on one subject stays in one share, in
-its order), and a second process, which opens the same ledger, runs one share while this
-process runs the other. The second process writes nothing: it sends back its results,
+its order), and a second process, which opens the same ledger, parses and runs one share
+while this process parses and runs the other. The second process writes nothing: it
+sends back its results,
 its events already in stored form, its new keys (wrapped; never a key itself), its index
 rows, the keys it shreds and its snapshots (`Share`), and this process writes both
 shares as one unit of work in one transaction, as if it had run them all: its own share
 first, sent to the database while the other is still being made (on PostgreSQL the
 server inserts it meanwhile), then the other's (`insert_parts` of the recorders).
 
-A rejected command fails the batch as it would in one process: the earliest rejected
-command of either share is the one reported. Only atomic batches of at least
+A rejected command fails the batch as it would in one process: a command that does not
+parse comes first (the earliest of them), else the earliest command of either share
+that the rules reject. Only atomic batches of at least
 `PARALLEL_FROM` commands with no idempotency keys are split (a receipt is looked up
 across the whole batch); a group commit (`atomic=False`) runs in one process. The second
 process starts with the first such batch (about a second: it imports the ledger and
@@ -37,9 +39,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 from eventsourcing.persistence import StoredEvent
 
-from ledger.commands import Command
+from ledger.commands import uuid
 from ledger.crypto.keystore import KeyRow
 from ledger.errors import LedgerError
+from ledger.eventrows import EventRow
 
 if TYPE_CHECKING:
     from ledger.config import Settings
@@ -48,7 +51,8 @@ if TYPE_CHECKING:
 PARALLEL_FROM = 200  # commands in an atomic batch from which a second process takes a share
 SECOND_SHARE = 0.5  # of a split batch's commands (0.4 and 0.6 measured no better)
 
-Indexed = tuple[int, Command]  # a command and its place in the batch
+Indexed = tuple[int, Any]  # a command as sent (not yet parsed) and its place in the batch
+Brief = tuple[int, str, str | None, str | None]  # a parsed command's place, type, subject, actor
 
 
 class HelperLost(Exception):
@@ -60,19 +64,25 @@ class Share:
     """What the process that writes a batch needs of another process's share of it."""
 
     results: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
-    events: list[StoredEvent] = field(default_factory=list)
+    events: list[EventRow] = field(default_factory=list)  # pickled far faster than StoredEvents
     keys: list[KeyRow] = field(default_factory=list)
     lookups: list[tuple[str, str, bytes]] = field(default_factory=list)
     registered_now: set[str] = field(default_factory=set)
     shreds: list[tuple[str, str, list[str]]] = field(default_factory=list)
     snapshots: list[StoredEvent] = field(default_factory=list)
+    # what the log needs of each command (the share was parsed there)
+    briefs: list[Brief] = field(default_factory=list)
     # the first rejected command: its place in the batch, code and message (a
-    # `LedgerError` itself does not survive pickling)
+    # `LedgerError` itself does not survive pickling), and whether it did not parse
     rejected: tuple[int, str, str] | None = None
+    unparsable: bool = False
 
     @classmethod
-    def refused(cls, index: int, error: LedgerError) -> Share:
-        return cls(rejected=(index, error.code, error.message))
+    def refused(
+        cls, index: int, error: LedgerError, *, unparsable: bool = False, briefs: list[Brief]
+    ) -> Share:
+        rejected = (index, error.code, error.message)
+        return cls(rejected=rejected, unparsable=unparsable, briefs=briefs)
 
     def error(self) -> LedgerError:
         assert self.rejected is not None
@@ -82,14 +92,16 @@ class Share:
 def split_by_subject(
     commands: Sequence[Indexed], second_share: float = SECOND_SHARE
 ) -> tuple[list[Indexed], list[Indexed]]:
-    """Two shares, the second about `second_share` of the commands, every subject's
-    commands in one of them, in order.
+    """Two shares of commands as sent, the second about `second_share` of them, every
+    subject's commands in one of them, in order.
 
-    A command without a subject (a registration whose id the ledger chooses) stands alone.
+    A subject is taken in its canonical form (as parsing gives it), so that two spellings
+    of one UUID stay together. A command without a valid subject (a registration whose id
+    the ledger chooses, or one that will not parse) stands alone.
     """
     groups: dict[str | int, list[Indexed]] = {}
     for index, command in commands:
-        groups.setdefault(command.subject or index, []).append((index, command))
+        groups.setdefault(_subject_of(command) or index, []).append((index, command))
     first: list[Indexed] = []
     second: list[Indexed] = []
     for group in groups.values():
@@ -98,6 +110,17 @@ def split_by_subject(
     first.sort(key=lambda item: item[0])
     second.sort(key=lambda item: item[0])
     return first, second
+
+
+def _subject_of(command: Any) -> str | None:
+    """The canonical subject a command as sent names, if it names a valid one."""
+    subject = command.get("subject") if isinstance(command, dict) else None
+    if subject is None:
+        return None
+    try:
+        return uuid("subject", subject)
+    except LedgerError:
+        return None
 
 
 class SecondProcess:
@@ -115,19 +138,20 @@ class SecondProcess:
         self._child: subprocess.Popen[bytes] | None = None
         self._sent = 0  # shares sent: a reply names its share, and a stale one is dropped
 
-    def takes(self, commands: Sequence[Command | LedgerError]) -> bool:
-        """Whether this batch is split: large, all valid, no idempotency keys."""
+    def takes(self, commands: Sequence[Any]) -> bool:
+        """Whether this batch (as sent) is split: large, all objects, no idempotency keys."""
         return len(commands) >= PARALLEL_FROM and all(
-            isinstance(c, Command) and c.idempotency_key is None for c in commands
+            isinstance(c, dict) and c.get("idempotency_key") is None for c in commands
         )
 
-    def submit(self, commands: Sequence[Indexed], now: datetime, registered: set[str]) -> None:
-        """Hand the second process its share; `result` waits for what it made of it."""
+    def submit(self, commands: Sequence[Indexed], now: datetime, actor: str | None) -> None:
+        """Hand the second process its share, as sent (it parses them, for `actor` where
+        a command names none); `result` waits for what it made of it."""
         if self._child is None or self._child.poll() is not None:
             self._child = self._start()
         self._sent += 1
         try:
-            _send(self._child.stdin, (self._sent, list(commands), now, registered))
+            _send(self._child.stdin, (self._sent, list(commands), now, actor))
         except OSError:
             self._drop()
             raise HelperLost("the second process has died") from None
@@ -153,7 +177,9 @@ class SecondProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         child = subprocess.Popen(
-            [sys.executable, "-m", "ledger.parallel"],
+            # -P: not the working directory first on the path (`-m` would put it there),
+            # where another checkout's `ledger` could shadow this one
+            [sys.executable, "-P", "-m", "ledger.parallel"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -226,14 +252,14 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
         _send(replies, ("ready", None))
         while True:
             try:
-                number, commands, now, registered = _receive(requests)
+                number, commands, now, actor = _receive(requests)
             except EOFError:
                 return
             try:
                 reply: tuple[int, str, object] = (
                     number,
                     "share",
-                    ledger.app.prepare_share(commands, now, registered),
+                    ledger.app.prepare_share(commands, now, actor),
                 )
             except Exception as exc:  # the writing process raises it (a retry, or a failure)
                 reply = (number, "error", _portable(exc))

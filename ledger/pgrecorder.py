@@ -40,6 +40,8 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier, Literal
 
+from ledger.eventrows import EventRow
+
 COPY_FROM: Final = 32  # events in one save from which COPY is the quicker way
 
 
@@ -71,6 +73,8 @@ class CopyingPostgresRecorder(PostgresApplicationRecorder):
             "FROM STDIN (FORMAT BINARY)"
         ).format(Identifier(schema), Identifier(table))
         self._copy_types = ["int8", datastore.originator_id_type, "int8", "text", "bytea"]
+        if datastore.originator_id_type != "uuid":  # `insert_parts` sends a UUID's bytes
+            raise ValueError("this ledger's events table keys its subjects by uuid")
 
     def insert_events(
         self,
@@ -138,33 +142,30 @@ class CopyingPostgresRecorder(PostgresApplicationRecorder):
         return ids
 
     def insert_parts(
-        self, parts: Iterable[tuple[Sequence[StoredEvent], TransactionPart | None]]
+        self, parts: Iterable[tuple[Sequence[EventRow], TransactionPart | None]]
     ) -> None:
-        """Events in parts, all in one transaction and one COPY: each part is asked for
-        once the one before it is on its way, so the server inserts one part while the
-        next is still being made (a batch's parts: `ledger.parallel`). The ids are the
-        column's default, in order (the table is locked). What goes alongside is sent
-        after the rows, in one round trip, and checked before the commit. An exception
-        raised by `parts` rolls everything back. (A COPY that waits for rows is not idle:
-        the server's limit on idle transactions does not end it.) Not retried here: the
-        caller retries the unit of work."""
+        """Events (as rows) in parts, all in one transaction and one COPY: each part is
+        asked for once the one before it is on its way, so the server inserts one part
+        while the next is still being made (a batch's parts: `ledger.parallel`). The ids
+        are the column's default, in order (the table is locked). What goes alongside is
+        sent after the rows, in one round trip, and checked before the commit. An
+        exception raised by `parts` rolls everything back. (A COPY that waits for rows is
+        not idle: the server's limit on idle transactions does not end it.) Not retried
+        here: the caller retries the unit of work.
+
+        A row's subject is its UUID's 16 bytes, sent as they are: a binary COPY sends each
+        field's bytes and the server reads them as its column's type, and a `uuid` is
+        read from exactly these 16 bytes (what psycopg's own UUID dumper sends)."""
         alongside: list[TransactionPart] = []
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
             with conn.pipeline():
                 self._lock_table(curs)
                 self._notify_channel(curs)
             with curs.copy(self._copy_rows_with_default_ids) as copy:
-                copy.set_types(self._copy_types[1:])
-                for stored_events, part_alongside in parts:
-                    for event in stored_events:
-                        copy.write_row(
-                            (
-                                event.originator_id,
-                                event.originator_version,
-                                event.topic,
-                                event.state,
-                            )
-                        )
+                copy.set_types(["bytea", "int8", "text", "bytea"])
+                for rows, part_alongside in parts:
+                    for row in rows:
+                        copy.write_row(row)
                     if part_alongside is not None:
                         alongside.append(part_alongside)
             if alongside:

@@ -38,6 +38,7 @@ from eventsourcing.sqlite import (
 )
 from eventsourcing.utils import Environment, EnvType
 
+from ledger.eventrows import EventRow
 from ledger.sqlitetypes import register_adapters
 
 WAL_CHECKPOINT_PAGES: Final = 10_000
@@ -99,15 +100,19 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder):
         register_adapters()
         super().__init__(datastore, **kwargs)
 
-    def insert_parts(self, parts: Iterable[tuple[Sequence[StoredEvent], Any]]) -> None:
-        """Events in parts, all in one transaction: each part is asked for once the one
-        before it is written (`ledger.parallel`). An exception raised by `parts` rolls
-        everything back. Writes to other stores alongside are PostgreSQL's alone."""
+    def insert_parts(self, parts: Iterable[tuple[Sequence[EventRow], Any]]) -> None:
+        """Events (as rows) in parts, all in one transaction: each part is asked for once
+        the one before it is written (`ledger.parallel`). An exception raised by `parts`
+        rolls everything back. Writes to other stores alongside are PostgreSQL's alone."""
         with self.datastore.transaction(commit=True) as c:
-            for stored_events, alongside in parts:
+            c.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+            for rows, alongside in parts:
                 if alongside is not None:
                     raise NotImplementedError("writes alongside the events on SQLite")
-                self._insert_events(c, stored_events)
+                c.executemany(
+                    self.insert_events_statement,
+                    [(subject.hex(), v, topic, state) for subject, v, topic, state in rows],
+                )
 
     def _insert_events(
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any

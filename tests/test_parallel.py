@@ -1,7 +1,8 @@
 """A large atomic batch split with a second process (`ledger.parallel`) is written as if
 one process had run it: the same results, the same subjects, every event once, the
 values sealed so that they open; a rejection anywhere writes nothing and names the
-earliest rejected command; a second process that dies costs a retry, not the batch; and
+command one process would have named (a command that does not parse before any that the
+rules refuse); a second process that dies costs a retry, not the batch; and
 the writer's transaction outlives a share that is slow to come. SQLite and PostgreSQL.
 """
 
@@ -18,15 +19,14 @@ from typing import Any
 
 import psycopg
 import pytest
-from eventsourcing.persistence import StoredEvent
 from hypothesis import given
 from hypothesis import strategies as st
 
 from benchmarks.bench_append import onboarding
 from ledger.app import LedgerApplication
 from ledger.clock import FixedClock
-from ledger.commands import parse_command
 from ledger.config import Settings
+from ledger.eventrows import EventRow
 from ledger.facade import Ledger
 from ledger.parallel import PARALLEL_FROM, split_by_subject
 from ledger.persistence import application_env
@@ -140,12 +140,12 @@ def test_a_rejection_in_either_share_writes_nothing_and_names_the_earliest(
     commands = _batch(60)
     subjects = [c["subject"] for c in commands[::7]]
     bad = _with_rejections(commands, {subjects[10], subjects[40]})
-    first, _ = split_by_subject([(i, parse_command(c)) for i, c in enumerate(bad)])
-    in_first = {c.subject for _, c in first}
+    first, _ = split_by_subject(list(enumerate(bad)))
+    in_first = {c["subject"] for _, c in first}
     if (subjects[10] in in_first) != (earliest_in == "first share"):
         bad = _with_rejections(commands, {subjects[11], subjects[40]})
-        first, _ = split_by_subject([(i, parse_command(c)) for i, c in enumerate(bad)])
-        in_first = {c.subject for _, c in first}
+        first, _ = split_by_subject(list(enumerate(bad)))
+        in_first = {c["subject"] for _, c in first}
     refused = [i for i, c in enumerate(bad) if c.get("category") == "health"]
     assert len(refused) == 2
     shares = {bad[i]["subject"] in in_first for i in refused}
@@ -200,37 +200,103 @@ def test_small_batches_group_commits_and_idempotent_batches_run_in_one_process(
         assert ledger.max_position() == 100 * 9 + len(keyed)  # and a receipt a keyed command
 
 
+def _unparsable(subject: str) -> dict[str, Any]:
+    """A command that does not parse: a field `collect` does not take."""
+    return {**_rejects(subject), "category": "name", "colour": "blue"}
+
+
+@pytest.mark.parametrize("unparsable_in", ["first share", "second share"])
+def test_a_command_that_does_not_parse_is_named_before_any_the_rules_refuse(
+    ledger: Ledger, unparsable_in: str
+) -> None:
+    """As when one process parses the whole batch before running it: the earliest command
+    that does not parse is named, wherever it is, even after one the rules refuse."""
+    commands = _batch(60)
+    first, second = split_by_subject(list(enumerate(commands)))
+    parse_share, rule_share = (first, second) if unparsable_in == "first share" else (second, first)
+    # commands changed in place keep the shares as they are
+    refused_at = next(i for i, c in rule_share if c["type"] == "collect")
+    unparsable_at = [i for i, c in parse_share if c["type"] == "collect"][-1]
+    assert refused_at < unparsable_at
+    bad = list(commands)
+    bad[refused_at] = _rejects(commands[refused_at]["subject"])
+    bad[unparsable_at] = _unparsable(commands[unparsable_at]["subject"])
+    assert split_by_subject(list(enumerate(bad)))[0] == [(i, bad[i]) for i, _ in first]
+
+    def named(results: list[dict[str, Any]]) -> int:
+        (at,) = [i for i, r in enumerate(results) if not r.get("rolled_back")]
+        assert results[at]["error"]["code"] == "invalid_command"
+        return at
+
+    assert named(ledger.execute_many(bad)) == unparsable_at
+    assert ledger.app.second_process is not None and ledger.app.second_process._child
+    # one that does not parse in each share: the earlier of them
+    early_at = next(i for i, c in parse_share if c["type"] == "collect")
+    later_at = [i for i, c in rule_share if c["type"] == "collect"][-1]
+    for at in (early_at, later_at):
+        bad[at] = _unparsable(commands[at]["subject"])
+    assert named(ledger.execute_many(bad)) == min(early_at, later_at)
+    assert ledger.max_position() == 0
+    assert ledger.keystore.records() == []
+
+
+def test_the_actor_given_for_a_split_batch_is_every_commands_actor(ledger: Ledger) -> None:
+    commands = _batch(40)
+    commands[8] = {**commands[8], "actor": "kundeservice"}  # its own actor stays
+    assert all(r["ok"] for r in ledger.execute_many(commands, actor="onboarding"))
+    assert ledger.app.second_process is not None and ledger.app.second_process._child
+    actors = {
+        c["subject"]: {e["actor"] for e in ledger.history(c["subject"])} for c in commands[::7]
+    }
+    assert actors.pop(commands[8]["subject"]) == {"onboarding", "kundeservice"}
+    assert set(map(frozenset, actors.values())) == {frozenset({"onboarding"})}
+
+
 @given(
     subjects=st.lists(
-        st.one_of(st.none(), st.sampled_from([str(uuid.UUID(int=n)) for n in range(12)])),
+        st.one_of(
+            st.none(),
+            st.sampled_from(["not a uuid", 7]),
+            st.sampled_from([str(uuid.UUID(int=n)) for n in range(12)]),
+        ),
         max_size=60,
-    )
+    ),
+    spellings=st.lists(st.sampled_from(["as is", "upper", "braces"]), min_size=60, max_size=60),
 )
-def test_a_split_keeps_each_subject_in_one_share_in_order(subjects: list[str | None]) -> None:
+def test_a_split_keeps_each_subject_in_one_share_in_order(
+    subjects: list[Any], spellings: list[str]
+) -> None:
+    """Every subject, however its UUID is spelled, in one share; commands that name no
+    valid subject each on their own."""
+
+    def spelled(subject: Any, how: str) -> Any:
+        if not isinstance(subject, str) or how == "as is" or subject == "not a uuid":
+            return subject
+        return subject.upper() if how == "upper" else "{" + subject + "}"
+
     commands = [
         (
             i,
-            parse_command(
-                {"type": "record_dialogue", "subject": s}
-                if s
-                else {
-                    "type": "register_subject",
-                    "kind": "customer",
-                    "purpose": "customer_administration",
-                    "legal_basis": "contract",
-                }
-            ),
+            {"type": "record_dialogue", "subject": spelled(s, spellings[i])}
+            if s is not None
+            else {
+                "type": "register_subject",
+                "kind": "customer",
+                "purpose": "customer_administration",
+                "legal_basis": "contract",
+            },
         )
         for i, s in enumerate(subjects)
     ]
     first, second = split_by_subject(commands)
-    assert sorted(first + second) == sorted(commands)
+    assert sorted(i for i, _ in first + second) == list(range(len(commands)))
     for share in (first, second):
         assert [i for i, _ in share] == sorted(i for i, _ in share)
-    named_first = {c.subject for _, c in first if c.subject}
-    named_second = {c.subject for _, c in second if c.subject}
-    assert not named_first & named_second
-    groups = [len(list(g)) for _, g in itertools.groupby(sorted(s or "" for s in subjects))]
+    valid = [s for s in subjects if isinstance(s, str) and s != "not a uuid"]
+    in_first = {subjects[i] for i, _ in first if subjects[i] in valid}
+    in_second = {subjects[i] for i, _ in second if subjects[i] in valid}
+    assert not in_first & in_second
+    groups = [len(list(g)) for _, g in itertools.groupby(sorted(valid))]
     assert abs(len(first) - len(second)) <= max([1, *groups])
 
 
@@ -254,9 +320,9 @@ def test_the_writers_transaction_outlives_a_share_that_is_slow_to_come(
     app = LedgerApplication(env)
     recorder: Any = app.recorder
 
-    def events(count: int) -> list[StoredEvent]:
+    def events(count: int) -> list[EventRow]:
         return [
-            StoredEvent(uuid.uuid4(), 1, "ledger.domain.subject:DataSubject.Registered", b"{}")
+            (uuid.uuid4().bytes, 1, "ledger.domain.subject:DataSubject.Registered", b"{}")
             for _ in range(count)
         ]
 
@@ -277,11 +343,11 @@ def test_a_reply_to_an_abandoned_share_is_not_taken_for_the_next(ledger: Ledger)
     assert all(r["ok"] for r in ledger.execute_many(_batch(40)))  # starts the process
     helper = ledger.app.second_process
     assert helper is not None
-    abandoned = [(i, parse_command(c)) for i, c in enumerate(_batch(3, start=100))]
-    wanted = [(i, parse_command(c)) for i, c in enumerate(_batch(2, start=200))]
-    helper.submit(abandoned, NOW, set())
-    helper.submit(wanted, NOW, set())
+    abandoned = list(enumerate(_batch(3, start=100)))
+    wanted = list(enumerate(_batch(2, start=200)))
+    helper.submit(abandoned, NOW, None)
+    helper.submit(wanted, NOW, None)
     share = helper.result()
     assert [i for i, _ in share.results] == [i for i, _ in wanted]
-    assert {str(e.originator_id) for e in share.events} == {c.subject for _, c in wanted}
+    assert {str(uuid.UUID(bytes=e[0])) for e in share.events} == {c["subject"] for _, c in wanted}
     assert ledger.max_position() == 40 * 9  # a share is never written by its maker
