@@ -201,6 +201,24 @@ def test_generations_are_never_reused(settings: Settings, store: KeyStore) -> No
         reopened.close()
 
 
+def test_kids_follow_the_order_keys_were_made_in(store: KeyStore) -> None:
+    """A kid starts with the time it was made (the kid index grows at its end) and ends
+    in random bytes (keys made in the same millisecond, by any process, differ)."""
+    made = []
+    for _ in range(3):
+        session = store.session(subjects := [new_subject() for _ in range(100)])
+        made.extend(session.key_for_sealing(subject, SCOPE).kid for subject in subjects)
+        store.write_keys(session.rows())
+        time.sleep(0.002)
+    assert all(len(kid) == 24 and int(kid, 16) >= 0 for kid in made)
+    assert len(set(made)) == len(made)
+    times = [kid[:12] for kid in made]
+    assert times == sorted(times)
+    assert abs(int(times[-1], 16) - time.time() * 1000) < 60_000  # milliseconds, now
+    assert len({kid[12:] for kid in made}) == len(made)
+    assert {r.kid for r in store.records()} >= set(made)
+
+
 def test_returning_customer_gets_a_new_generation_through_the_ledger(
     ledger: Ledger, clock: FixedClock
 ) -> None:

@@ -14,6 +14,7 @@ import hmac
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,7 +33,13 @@ from ledger.sqlitetypes import register_adapters
 CUSTOMER_DATA = "customer_data"
 _MASTER_CHECK = b"ledger/v1/master-check"
 LOOKUP_KEY = "lookup-key"  # ledger_secrets: the HMAC key of the lookup index
-KID_BYTES = 8  # a key's id: 16 hex digits
+# A key's id: 24 hex digits, the time it was made (milliseconds, 6 bytes) then 6 random
+# bytes. In order of making, the kid index of the key store grows at its end: with
+# random ids (8 bytes, before) each new key changed another page of that index, and a
+# batch of new customers' key commits wrote and checkpointed ~290 pages more (SQLite, at
+# 17k customers: 20.5 instead of 25.8 ms a batch for its keys and index rows).
+KID_TIME_BYTES = 6
+KID_RANDOM_BYTES = 6
 KEY_BYTES = 32  # AES-256
 WRAP_NONCE_BYTES = 12  # AES-GCM's nonce, for wrapping a key under the master key
 _T = TypeVar("_T")
@@ -782,13 +789,15 @@ class KeyStore:
     def _fresh_key(self, subject: str, scope: str, generation: int) -> tuple[DataKey, bytes]:
         """A new data key of this generation, and its wrapped form to store.
 
-        One call to the system's randomness gives its id, the key and the wrapping nonce
-        (a system call each before; a registration makes two keys).
+        One call to the system's randomness gives the random part of its id, the key and
+        the wrapping nonce (a system call each before; a registration makes two keys).
         """
-        fresh = os.urandom(KID_BYTES + KEY_BYTES + WRAP_NONCE_BYTES)
-        kid = fresh[:KID_BYTES].hex()
-        key = fresh[KID_BYTES : KID_BYTES + KEY_BYTES]
-        wrapped = self._wrap(key, self._aad(subject, scope, kid), fresh[KID_BYTES + KEY_BYTES :])
+        fresh = os.urandom(KID_RANDOM_BYTES + KEY_BYTES + WRAP_NONCE_BYTES)
+        made = (time.time_ns() // 1_000_000).to_bytes(KID_TIME_BYTES, "big")
+        kid = made.hex() + fresh[:KID_RANDOM_BYTES].hex()
+        key = fresh[KID_RANDOM_BYTES : KID_RANDOM_BYTES + KEY_BYTES]
+        nonce = fresh[KID_RANDOM_BYTES + KEY_BYTES :]
+        wrapped = self._wrap(key, self._aad(subject, scope, kid), nonce)
         return DataKey(subject, scope, generation, kid, key), wrapped
 
     def _wrap(self, key: bytes, aad: bytes, nonce: bytes | None = None) -> bytes:
