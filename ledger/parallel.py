@@ -16,21 +16,26 @@ server inserts it meanwhile), then the other's (`insert_parts` of the recorders)
 
 A rejected command fails the batch as it would in one process: a command that does not
 parse comes first (the earliest of them), else the earliest command of either share
-that the rules reject. Only atomic batches of at least
-`PARALLEL_FROM` commands with no idempotency keys are split (a receipt is looked up
-across the whole batch); a group commit (`atomic=False`) runs in one process. The second
-process starts with the first such batch (about a second: it imports the ledger and
-opens the stores) and lives as long as the `Ledger`; if it dies, the batch is retried and
-a new one started. An exception it meets is raised in the writing process (a key
-conflict is retried there like any race). `LEDGER_BATCH_PROCESSES=1` turns it off.
+that the rules reject. Only atomic batches of at least `PARALLEL_FROM` commands with no
+idempotency keys are split (a receipt is looked up across the whole batch); a group
+commit (`atomic=False`) runs in one process. The second process is started by the first
+such batch, which runs in one process meanwhile (starting takes about a second: it
+imports the ledger and opens the stores), and lives as long as the `Ledger`; batches are
+split once it is ready. If it dies during a batch, the batch is retried with a new one;
+if it cannot open the ledger, batches run in one process and another start is tried a
+minute later. An exception it meets during a share is raised in the writing process (a
+key conflict is retried there like any race). `LEDGER_BATCH_PROCESSES=1` turns it off.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,12 +48,16 @@ from ledger.commands import uuid
 from ledger.crypto.keystore import KeyRow
 from ledger.errors import LedgerError
 from ledger.eventrows import EventRow
+from ledger.logs import get_logger
 
 if TYPE_CHECKING:
     from ledger.config import Settings
     from ledger.domain.policy import PolicyCatalogue
 
+log = get_logger("ledger.parallel")
+
 PARALLEL_FROM = 200  # commands in an atomic batch from which a second process takes a share
+RESTART_AFTER_FAILURE = 60.0  # seconds before another start, after one failed to open
 SECOND_SHARE = 0.5  # of a split batch's commands (0.4 and 0.6 measured no better)
 
 Indexed = tuple[int, Any]  # a command as sent (not yet parsed) and its place in the batch
@@ -136,24 +145,43 @@ class SecondProcess:
         self._settings = settings
         self._policy = policy
         self._child: subprocess.Popen[bytes] | None = None
+        self._ready = False  # the child said it has the ledger open
         self._sent = 0  # shares sent: a reply names its share, and a stale one is dropped
+        self._next_start = 0.0  # after a child failed to open the ledger: not before then
+
+    @property
+    def shares_sent(self) -> int:
+        """How many shares of batches this process has handed to a second process."""
+        return self._sent
 
     def takes(self, commands: Sequence[Any]) -> bool:
-        """Whether this batch (as sent) is split: large, all objects, no idempotency keys."""
-        return len(commands) >= PARALLEL_FROM and all(
-            isinstance(c, dict) and c.get("idempotency_key") is None for c in commands
+        """Whether this batch (as sent) is split: large, all objects, no idempotency keys,
+        and the second process ready. The first such batch starts it and runs in this
+        process: the second process takes about a second to import the ledger and open
+        its stores, which a batch should not wait for (a script that sends one large
+        batch would be slower for it)."""
+        return (
+            len(commands) >= PARALLEL_FROM
+            and all(isinstance(c, dict) and c.get("idempotency_key") is None for c in commands)
+            and self._ready_now()
         )
+
+    def warm_up(self) -> None:
+        """Start the second process if it is not running, and wait until it is ready;
+        raises what it met opening the ledger."""
+        self._ensure(wait=True)
 
     def submit(self, commands: Sequence[Indexed], now: datetime, actor: str | None) -> None:
         """Hand the second process its share, as sent (it parses them, for `actor` where
-        a command names none); `result` waits for what it made of it."""
-        if self._child is None or self._child.poll() is not None:
-            self._child = self._start()
+        a command names none); `result` waits for what it made of it. (A batch retried
+        because the process died waits here for a new one.)"""
+        self._ensure(wait=True)
+        assert self._child is not None
         self._sent += 1
         try:
             _send(self._child.stdin, (self._sent, list(commands), now, actor))
         except OSError:
-            self._drop()
+            self._discard()
             raise HelperLost("the second process has died") from None
 
     def result(self) -> Share:
@@ -165,14 +193,50 @@ class SecondProcess:
             while number != self._sent:
                 number, outcome, value = _receive(self._child.stdout)
         except (OSError, EOFError):
-            self._drop()
+            self._discard()
             raise HelperLost("the second process died during the batch") from None
         if outcome == "error":
             raise value
         assert isinstance(value, Share)
         return value
 
+    def _ready_now(self) -> bool:
+        """Whether the second process is ready, without waiting: started if need be."""
+        try:
+            return self._ensure(wait=False)
+        except Exception as exc:  # the batch runs here; the next start waits a while
+            log.warning("second_process_unavailable", error=type(exc).__name__)
+            return False
+
+    def _ensure(self, *, wait: bool) -> bool:
+        """Start the second process if none is running; whether it is ready (with `wait`,
+        once it is). Raises what it met opening the ledger (a rotated master key), and
+        HelperLost if it ended before it was ready."""
+        if self._child is not None and self._child.poll() is not None:
+            self._discard()  # it died between batches
+        if self._child is None:
+            if not wait and time.monotonic() < self._next_start:
+                return False
+            self._child = self._start()
+        if self._ready:
+            return True
+        replies = self._child.stdout
+        assert replies is not None
+        if not wait and not select.select([replies], [], [], 0)[0]:
+            return False  # still starting
+        try:
+            outcome, error = _receive(replies)
+        except (OSError, EOFError):
+            outcome, error = "error", HelperLost("the second process did not start")
+        if outcome == "error":
+            self._discard()
+            self._next_start = time.monotonic() + RESTART_AFTER_FAILURE
+            raise error
+        self._ready = True
+        return True
+
     def _start(self) -> subprocess.Popen[bytes]:
+        """The second process, opening the ledger: it says when it is ready."""
         package_root = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
@@ -184,34 +248,35 @@ class SecondProcess:
             stdout=subprocess.PIPE,
             env=env,
         )
-        try:
+        self._ready = False
+        with contextlib.suppress(OSError):  # it has gone already: `_ensure` reads its end
             _send(child.stdin, (self._settings, self._policy))
-            outcome, error = _receive(child.stdout)  # ready: the ledger is open there
-        except (OSError, EOFError):
-            outcome, error = "error", HelperLost("the second process did not start")
-        if outcome == "error":  # what it met opening the ledger (a rotated master key)
-            child.kill()
-            child.wait()
-            raise error
         return child
 
-    def _drop(self) -> None:
+    def _discard(self) -> None:
         if self._child is not None:
             self._child.kill()
             self._child.wait()
             self._child = None
+            self._ready = False
 
     def close(self) -> None:
-        """End the second process: it exits when its input closes."""
-        if self._child is not None:
-            assert self._child.stdin is not None
-            try:
-                self._child.stdin.close()
-                self._child.wait(timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
-                self._child.kill()
-                self._child.wait()
-            self._child = None
+        """End the second process: it exits when its input closes (one still starting
+        is stopped: nothing of it is needed, and it would first finish opening)."""
+        if self._child is None:
+            return
+        if not self._ready:
+            self._discard()
+            return
+        assert self._child.stdin is not None
+        try:
+            self._child.stdin.close()
+            self._child.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            self._child.kill()
+            self._child.wait()
+        self._child = None
+        self._ready = False
 
 
 def _send(stream: IO[bytes] | None, message: object) -> None:

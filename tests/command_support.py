@@ -49,3 +49,14 @@ def registered_customer(
         occurred_at=at,
         actor=None,
     )
+
+
+def ready_to_split(ledger: Any, commands: int) -> None:
+    """Have the next batch of this many commands split with the second process, as a
+    running service's are: the first large batch of a `Ledger` runs in one process while
+    that process starts (`ledger.parallel`)."""
+    from ledger.parallel import PARALLEL_FROM
+
+    helper = ledger.app.second_process
+    if commands >= PARALLEL_FROM and helper is not None:
+        helper.warm_up()

@@ -32,7 +32,7 @@ from ledger.config import Settings
 from ledger.crypto.keystore import KeyConflict, KeyRow, KeyStoreError, KeysWithEvents
 from ledger.facade import Ledger
 from ledger.parallel import PARALLEL_FROM
-from tests.command_support import customers
+from tests.command_support import customers, ready_to_split
 from tests.conftest import MASTER_KEY, PG_URL, _conninfo
 
 # commands: below and above the PostgreSQL recorder's COPY threshold, and a batch split
@@ -57,10 +57,19 @@ def apart(settings: Settings) -> Iterator[Settings]:
         conn.execute(f'DROP SCHEMA IF EXISTS "{keys.schema}" CASCADE')
 
 
+def _size(request: pytest.FixtureRequest) -> int:
+    """The test's batch size (`SIZES`)."""
+    callspec = getattr(request.node, "callspec", None)
+    return int(callspec.params.get("size", 0)) if callspec else 0
+
+
 @pytest.fixture
-def keys_apart(apart: Settings, clock: FixedClock) -> Iterator[Ledger]:
+def keys_apart(
+    apart: Settings, clock: FixedClock, request: pytest.FixtureRequest
+) -> Iterator[Ledger]:
     with Ledger.open(apart, clock=clock) as opened:
         assert not opened.app._keys_with_events
+        ready_to_split(opened, _size(request))
         yield opened
 
 
@@ -146,9 +155,12 @@ def together_settings(pg_schema: str, tmp_path: Any) -> Settings:
 
 
 @pytest.fixture
-def together(together_settings: Settings, clock: FixedClock) -> Iterator[Ledger]:
+def together(
+    together_settings: Settings, clock: FixedClock, request: pytest.FixtureRequest
+) -> Iterator[Ledger]:
     with Ledger.open(together_settings, clock=clock) as opened:
         assert opened.app._keys_with_events
+        ready_to_split(opened, _size(request))
         yield opened
 
 
@@ -215,7 +227,6 @@ def test_a_rotated_master_key_leaves_nothing_written(
     commands = customers(size, "email")
     rotated = b"\x07" * 32
     onlooker.keystore.rewrap(rotated)
-    # (a split batch's second process, started now, meets it opening the key store)
     with pytest.raises(KeyStoreError, match=r"rotated|does not match"):
         together.execute_many(commands)
     assert onlooker.max_position() == 0
