@@ -488,14 +488,19 @@ class LedgerApplication(Application[UUID]):
         stored form. Nothing is written here, so the subjects are dropped from the cache
         afterwards (their cached state would run ahead of the store if the batch is not
         written)."""
-        parsed: list[tuple[int, Command]] = []
-        for index, data in commands:
-            try:
-                parsed.append((index, self._parse(data, actor)))
-            except LedgerError as error:
-                return Share.refused(index, error, unparsable=True, briefs=[])
+        with collector_paused():
+            parsed: list[tuple[int, Command]] = []
+            for index, data in commands:
+                try:
+                    parsed.append((index, self._parse(data, actor)))
+                except LedgerError as error:
+                    return Share.refused(index, error, unparsable=True, briefs=[])
+            return self._prepared_share(parsed, now)
+
+    def _prepared_share(self, parsed: list[tuple[int, Command]], now: datetime) -> Share:
+        """`prepare_share` once the share has parsed."""
         briefs = [(index, c.type, c.subject, c.actor) for index, c in parsed]
-        with collector_paused(), self._writing:
+        with self._writing:
             uow = UnitOfWork(registered=self._registered(c for _, c in parsed))
             try:
                 done, key_rows = self._run_share(uow, parsed, atomic=True, now=now)
@@ -813,7 +818,6 @@ class _SplitBatch:
     part of them, this process's share once parsed, and what the other said of its own."""
 
     def __init__(self, commands: Sequence[Any], actor: str | None) -> None:
-        self.commands = commands
         self.count = len(commands)
         self.actor = actor
         self.mine, self.theirs = split_by_subject(list(enumerate(commands)))
