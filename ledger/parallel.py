@@ -30,6 +30,7 @@ key conflict is retried there like any race). `LEDGER_BATCH_PROCESSES=1` turns i
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import pickle
 import select
@@ -311,6 +312,10 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
     except Exception as exc:
         _send(replies, ("error", _portable(exc)))
         return
+    # What is here now (modules, the policy, the open stores) lives as long as this
+    # process: moved out of the cycle collector's sight, a full collection walks only
+    # what the shares make (23 ms each, twice in 40 batches, on a share's way in; now 1).
+    gc.freeze()
     with ledger:
         # Opening may create or check tables, which waits for a writer's table lock: the
         # batch's writer must not hold one while this process opens, so it waits for this.
