@@ -36,6 +36,7 @@ import pickle
 import select
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -149,6 +150,10 @@ class SecondProcess:
         self._ready = False  # the child said it has the ledger open
         self._sent = 0  # shares sent: a reply names its share, and a stale one is dropped
         self._next_start = 0.0  # after a child failed to open the ledger: not before then
+        # Batches come from any thread (an HTTP server's pool): one of them at a time
+        # starts the process or reads its word that it is ready. (Shares themselves are
+        # sent and received under the application's write lock.)
+        self._starting = threading.Lock()
 
     @property
     def shares_sent(self) -> int:
@@ -213,6 +218,10 @@ class SecondProcess:
         """Start the second process if none is running; whether it is ready (with `wait`,
         once it is). Raises what it met opening the ledger (a rotated master key), and
         HelperLost if it ended before it was ready."""
+        with self._starting:
+            return self._ensure_started(wait=wait)
+
+    def _ensure_started(self, *, wait: bool) -> bool:
         if self._child is not None and self._child.poll() is not None:
             self._discard()  # it died between batches
         if self._child is None:
@@ -264,6 +273,10 @@ class SecondProcess:
     def close(self) -> None:
         """End the second process: it exits when its input closes (one still starting
         is stopped: nothing of it is needed, and it would first finish opening)."""
+        with self._starting:
+            self._close()
+
+    def _close(self) -> None:
         if self._child is None:
             return
         if not self._ready:

@@ -13,6 +13,7 @@ import itertools
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -254,6 +255,37 @@ def test_a_second_process_that_cannot_open_the_ledger_leaves_batches_to_this_one
     assert all(r["ok"] for r in ledger.execute_many(_batch(40, start=40)))
     assert helper._child is None and helper.shares_sent == 0
     assert ledger.max_position() == 80 * 9
+
+
+def test_batches_from_several_threads_start_one_second_process(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An HTTP server's pool sends batches from many threads at once."""
+    helper = ledger.app.second_process
+    assert helper is not None
+    start = helper._start
+    started: list[int] = []
+
+    def counted() -> Any:
+        started.append(1)
+        return start()
+
+    monkeypatch.setattr(helper, "_start", counted)
+    deadline = time.monotonic() + 30
+    rounds = itertools.count()
+    while helper.shares_sent < 4:  # until several have been split
+        assert time.monotonic() < deadline
+        first = 8 * 30 * next(rounds)
+        with ThreadPoolExecutor(4) as pool:
+            done = list(
+                pool.map(
+                    lambda i, first=first: ledger.execute_many(_batch(30, start=first + 30 * i)),
+                    range(8),
+                )
+            )
+        assert all(r["ok"] for results in done for r in results)
+    assert started == [1]
+    assert sum(1 for _ in ledger.notifications()) == 8 * 30 * 9 * next(rounds)
 
 
 def test_closing_the_ledger_ends_the_second_process(settings: Settings) -> None:
