@@ -489,12 +489,10 @@ class LedgerApplication(Application[UUID]):
         afterwards (their cached state would run ahead of the store if the batch is not
         written)."""
         with collector_paused():
-            parsed: list[tuple[int, Command]] = []
-            for index, data in commands:
-                try:
-                    parsed.append((index, self._parse(data, actor)))
-                except LedgerError as error:
-                    return Share.refused(index, error, unparsable=True, briefs=[])
+            try:
+                parsed = _parse_share(self._parse, commands, actor)
+            except _Unparsable as unparsable:
+                return Share.refused(unparsable.index, unparsable.error, unparsable=True, briefs=[])
             return self._prepared_share(parsed, now)
 
     def _prepared_share(self, parsed: list[tuple[int, Command]], now: datetime) -> Share:
@@ -813,6 +811,22 @@ class _Unparsable(_Rejected):
     as when the whole batch is parsed first."""
 
 
+def _parse_share(
+    parse: Callable[[Any, str | None], Command],
+    commands: Iterable[tuple[int, Any]],
+    actor: str | None,
+) -> list[tuple[int, Command]]:
+    """A share of a batch, parsed, each command with its place; the first that does not
+    parse is raised as `_Unparsable`."""
+    parsed: list[tuple[int, Command]] = []
+    for index, data in commands:
+        try:
+            parsed.append((index, parse(data, actor)))
+        except LedgerError as error:
+            raise _Unparsable(index, error) from None
+    return parsed
+
+
 class _SplitBatch:
     """An atomic batch split between two processes: the commands as sent, each share's
     part of them, this process's share once parsed, and what the other said of its own."""
@@ -828,26 +842,13 @@ class _SplitBatch:
         """This process's share, parsed (once, on the first attempt). A command that does
         not parse is reported as the earliest of the whole batch's would be."""
         if self._parsed is None:
-            parsed: list[tuple[int, Command]] = []
-            for index, data in self.mine:
-                try:
-                    parsed.append((index, parse(data, self.actor)))
-                except LedgerError as error:
-                    raise self._first_unparsable(parse, index, error) from None
-            self._parsed = parsed
-        return self._parsed
-
-    def _first_unparsable(
-        self, parse: Callable[[Any, str | None], Command], index: int, error: LedgerError
-    ) -> _Unparsable:
-        for earlier, data in self.theirs:
-            if earlier >= index:
-                break
             try:
-                parse(data, self.actor)
-            except LedgerError as theirs:
-                return _Unparsable(earlier, theirs)
-        return _Unparsable(index, error)
+                self._parsed = _parse_share(parse, self.mine, self.actor)
+            except _Unparsable as unparsable:
+                earlier = [(i, data) for i, data in self.theirs if i < unparsable.index]
+                _parse_share(parse, earlier, self.actor)  # raises the earlier one, if any
+                raise
+        return self._parsed
 
     def received(self, share: Share) -> Share:
         """Keep what the log needs of the other share's commands."""

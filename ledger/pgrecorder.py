@@ -73,6 +73,8 @@ class CopyingPostgresRecorder(PostgresApplicationRecorder):
             "FROM STDIN (FORMAT BINARY)"
         ).format(Identifier(schema), Identifier(table))
         self._copy_types = ["int8", datastore.originator_id_type, "int8", "text", "bytea"]
+        # `insert_parts`: no ids (the column's default), a subject as its UUID's 16 bytes
+        self._copy_row_types = ["bytea", "int8", "text", "bytea"]
         if datastore.originator_id_type != "uuid":  # `insert_parts` sends a UUID's bytes
             raise ValueError("this ledger's events table keys its subjects by uuid")
 
@@ -162,7 +164,7 @@ class CopyingPostgresRecorder(PostgresApplicationRecorder):
                 self._lock_table(curs)
                 self._notify_channel(curs)
             with curs.copy(self._copy_rows_with_default_ids) as copy:
-                copy.set_types(["bytea", "int8", "text", "bytea"])
+                copy.set_types(self._copy_row_types)
                 for rows, part_alongside in parts:
                     for row in rows:
                         copy.write_row(row)
