@@ -10,10 +10,11 @@ are destroyed and index rows written (after the events are safe, DESIGN 4.3).
 from __future__ import annotations
 
 import copy
+import functools
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,7 +37,7 @@ from ledger.crypto.keystore import KeyConflict, KeyRow, KeyStore
 from ledger.domain.policy import PolicyCatalogue
 from ledger.domain.subject import DataSubject
 from ledger.errors import LedgerError, unknown_subject
-from ledger.eventrows import EventRow, event_row
+from ledger.eventrows import EventRow, RowSink, event_row
 from ledger.eventstore import EventStoreQueries
 from ledger.handlers import CommandHandlers
 from ledger.logs import get_logger
@@ -52,6 +53,7 @@ log = get_logger("ledger.app")
 CLOCK_SKEW = timedelta(minutes=1)
 MAX_ATTEMPTS = 30  # a writer racing a busy one on the same subject may lose many times
 BATCH_LOG_THRESHOLD = 20
+ROWS_AHEAD_EVERY = 100  # commands of a second process's share between rows sent ahead
 
 
 def project(aggregate: Any, events: Iterable[Any]) -> Any:
@@ -334,39 +336,91 @@ class LedgerApplication(Application[UUID]):
 
     def _attempt_split(self, uow: UnitOfWork, batch: _SplitBatch) -> list[dict[str, Any]]:
         """An atomic batch split with the second process (`ledger.parallel`): each parses
-        and runs its share, and this one writes both in one transaction, its own share
-        first while the other's is still being made."""
-        helper = self.second_process
-        assert helper is not None
+        and runs its share, and this one writes both in one transaction.
+
+        On PostgreSQL the transaction opens first: the server inserts the events of each
+        subject done with, of either share, while the rest are made (it would otherwise
+        start only once this share is made, with a fifth of the batch's work still to
+        do). On SQLite this process does the inserting itself, so it runs its share
+        first and holds the write lock only to write."""
+        helper = self._helper()
         now = self.clock.now()
         helper.submit(batch.theirs, now, batch.actor)
         mine = batch.parse_mine(self._parse)
         uow.registered = self._registered(command for _, command in mine)
+        recorder: Any = self.recorder  # SQLiteEventRecorder or CopyingPostgresRecorder
+        inserts_meanwhile = isinstance(recorder, CopyingPostgresRecorder)
+        own = None if inserts_meanwhile else self._own_share(uow, batch, mine, now, None)
+        with recorder.writing_rows() as sink:
+            if own is None:
+                own = self._own_share(uow, batch, mine, now, functools.partial(self._pass_on, sink))
+            sink.write(own.events)
+            other = self._other_share(batch, sink)
+            sink.write(other.events)
+            if self._keys_with_events:
+                sink.add(self._keys_part(own))
+                sink.add(self._keys_part(other))
+            else:  # in a transaction of their own, committed before the events
+                self.keystore.write_keys([*own.keys, *other.keys])
+        return self._split_written(uow, batch, [own, other])
+
+    def _own_share(
+        self,
+        uow: UnitOfWork,
+        batch: _SplitBatch,
+        mine: list[tuple[int, Command]],
+        now: datetime,
+        ahead: Callable[[list[EventRow]], bool] | None,
+    ) -> Share:
+        """Run this process's share of a split batch; `ahead` takes the events of its
+        subjects as each is done with (else they all come in the share). A command the
+        rules reject is reported unless the other share has an earlier one."""
+        early = _RowsAhead(self, uow, mine, ahead) if ahead is not None else None
         try:
-            done, key_rows = self._run_share(uow, mine, atomic=True, now=now)
+            done, key_rows = self._run_share(
+                uow, mine, atomic=True, now=now, after=early.after if early else None
+            )
         except _Rejected as rejected:  # in this share: is the other's to be named instead?
-            other = batch.received(helper.result())
+            other = batch.received(self._helper().result())
             if other.rejected is not None and (
                 other.unparsable or other.rejected[0] < rejected.index
             ):
                 raise _Rejected.of(other) from None
             raise
         own = self._share_of(uow, done, key_rows)
-        received: list[Share] = []
+        if early is not None:
+            early.add_to(own)
+        return own
 
-        def parts() -> Iterator[tuple[Sequence[EventRow], TransactionPart | None]]:
-            yield own.events, self._keys_part(own)  # on its way while the other is made
-            other = batch.received(helper.result())
-            if other.rejected is not None:  # rolls back what is written of this share
-                raise _Rejected.of(other)
-            received.append(other)
-            if not self._keys_with_events:  # the keys first, in a transaction of their own
-                self.keystore.write_keys([*own.keys, *other.keys])
-            yield other.events, self._keys_part(other)
+    def _other_share(self, batch: _SplitBatch, sink: RowSink) -> Share:
+        """The second process's share: its events sent ahead go into `sink` as they come,
+        then the share itself (its other events are left to the caller). A rejection
+        there rolls back the transaction that `sink` writes to."""
+        helper = self._helper()
+        while not isinstance(reply := helper.receive(), Share):
+            sink.write(reply)
+        other = batch.received(reply)
+        if other.rejected is not None:
+            raise _Rejected.of(other)
+        return other
 
-        recorder: Any = self.recorder  # SQLiteEventRecorder or CopyingPostgresRecorder
-        recorder.insert_parts(parts())
-        shares = [own, *received]
+    def _pass_on(self, sink: RowSink, rows: list[EventRow]) -> bool:
+        """Events of this process's share sent ahead, and any of the other's that have
+        come: into the transaction now."""
+        sink.write(rows)
+        for other_rows in self._helper().rows_ready():
+            sink.write(other_rows)
+        return True
+
+    def _helper(self) -> SecondProcess:
+        assert self.second_process is not None
+        return self.second_process
+
+    def _split_written(
+        self, uow: UnitOfWork, batch: _SplitBatch, shares: list[Share]
+    ) -> list[dict[str, Any]]:
+        """After a split batch's events are written: the cache, snapshots, index rows
+        and shredded keys, and the results in the batch's order."""
         self._cache_saved({UUID(subject_id): s for subject_id, s in uow.subjects.items()})
         snapshots = [snapshot for share in shares for snapshot in share.snapshots]
         if snapshots and self.snapshots is not None:
@@ -420,9 +474,11 @@ class LedgerApplication(Application[UUID]):
         *,
         atomic: bool,
         now: datetime,
+        after: Callable[[int], None] | None = None,
     ) -> tuple[list[tuple[int, dict[str, Any]]], list[KeyRow]]:
         """Run these commands (each with its place in the batch) on the unit of work's
-        subjects, loaded here: their results, and the new keys their sealing made."""
+        subjects, loaded here: their results, and the new keys their sealing made.
+        `after` is told the position (in `commands`) of each command that ran."""
         registering = {
             c.subject
             for _, c in commands
@@ -444,7 +500,7 @@ class LedgerApplication(Application[UUID]):
         sealer = ScopeSealer(session, uow)
         results: list[tuple[int, dict[str, Any]]] = []
         try:
-            for index, command in commands:
+            for position, (index, command) in enumerate(commands):
                 if isinstance(command, LedgerError):
                     results.append((index, command.to_result()))
                     continue
@@ -458,6 +514,8 @@ class LedgerApplication(Application[UUID]):
                     uow.restore(saved, self._reload)
                     session.rollback_to(keys)
                     results.append((index, error.to_result()))
+                if after is not None:
+                    after(position)
         finally:
             session.forget()
         return results, session.rows()
@@ -481,28 +539,46 @@ class LedgerApplication(Application[UUID]):
         self._after_save(*self._rows_after_events(lookups, registered_now, sent=together), shreds)
 
     def prepare_share(
-        self, commands: Sequence[tuple[int, Any]], now: datetime, actor: str | None
+        self,
+        commands: Sequence[tuple[int, Any]],
+        now: datetime,
+        actor: str | None,
+        ahead: Callable[[list[EventRow]], bool] | None = None,
     ) -> Share:
         """Parse and run a share of an atomic batch for another process to write
         (`ledger.parallel`): the rules and sealing as in `_attempt_in_place`, the events in
         stored form. Nothing is written here, so the subjects are dropped from the cache
         afterwards (their cached state would run ahead of the store if the batch is not
-        written)."""
+        written).
+
+        `ahead`, if given, is handed the events of subjects whose commands have all run,
+        while the rest of the share runs (`_RowsAhead`); it says whether it takes more.
+        The share returned holds the other events."""
         with collector_paused():
             try:
                 parsed = _parse_share(self._parse, commands, actor)
             except _Unparsable as unparsable:
                 return Share.refused(unparsable.index, unparsable.error, unparsable=True, briefs=[])
-            return self._prepared_share(parsed, now)
+            return self._prepared_share(parsed, now, ahead)
 
-    def _prepared_share(self, parsed: list[tuple[int, Command]], now: datetime) -> Share:
+    def _prepared_share(
+        self,
+        parsed: list[tuple[int, Command]],
+        now: datetime,
+        ahead: Callable[[list[EventRow]], bool] | None,
+    ) -> Share:
         """`prepare_share` once the share has parsed."""
         briefs = [(index, c.type, c.subject, c.actor) for index, c in parsed]
         with self._writing:
             uow = UnitOfWork(registered=self._registered(c for _, c in parsed))
+            early = _RowsAhead(self, uow, parsed, ahead) if ahead is not None else None
             try:
-                done, key_rows = self._run_share(uow, parsed, atomic=True, now=now)
+                done, key_rows = self._run_share(
+                    uow, parsed, atomic=True, now=now, after=early.after if early else None
+                )
                 share = self._share_of(uow, done, key_rows)
+                if early is not None:
+                    early.add_to(share)
                 share.briefs = briefs
                 return share
             except _Rejected as rejected:
@@ -519,14 +595,7 @@ class LedgerApplication(Application[UUID]):
         """What the process that writes a batch needs of this process's share of it."""
         shreds = uow.shredded_keys()
         registered_now = uow.registered_now()
-        events: list[EventRow] = []
-        snapshots: list[StoredEvent] = []
-        for subject in uow.subjects.values():
-            pending = subject.collect_events()
-            events.extend(event_row(self.mapper.to_stored_event(e)) for e in pending)
-            if pending and self._snapshot_due(subject, pending[0], pending[-1]):
-                snapshot = type(subject).Snapshot.take(subject)
-                snapshots.append(self.mapper.to_stored_event(snapshot))
+        events, snapshots = self._stored(uow.subjects.values())
         lookups = uow.lookup_rows()
         return Share(
             results=done,
@@ -537,6 +606,19 @@ class LedgerApplication(Application[UUID]):
             shreds=shreds,
             snapshots=snapshots,
         )
+
+    def _stored(self, subjects: Iterable[DataSubject]) -> tuple[list[EventRow], list[StoredEvent]]:
+        """These subjects' pending events, taken from them as rows to insert, and the
+        snapshots due."""
+        events: list[EventRow] = []
+        snapshots: list[StoredEvent] = []
+        for subject in subjects:
+            pending = subject.collect_events()
+            events.extend(event_row(self.mapper.to_stored_event(e)) for e in pending)
+            if pending and self._snapshot_due(subject, pending[0], pending[-1]):
+                snapshot = type(subject).Snapshot.take(subject)
+                snapshots.append(self.mapper.to_stored_event(snapshot))
+        return events, snapshots
 
     def _after_save(
         self,
@@ -825,6 +907,67 @@ def _parse_share(
         except LedgerError as error:
             raise _Unparsable(index, error) from None
     return parsed
+
+
+class _RowsAhead:
+    """The events of a share's subjects that have had their last command, handed over
+    while the share's other commands run (`ledger.parallel`): the writing process
+    inserts them meanwhile, and after the share only the rest is left to insert.
+
+    Every `ROWS_AHEAD_EVERY` commands, the subjects finished since are taken out of the
+    unit of work's pending events (with what the share reports of them: which are new,
+    which keys they shred, their snapshots). A command changes its own subject only, so
+    a finished subject changes no more in this share. If the share is rejected later,
+    the writing process rolls back what it inserted.
+    """
+
+    def __init__(
+        self,
+        app: LedgerApplication,
+        uow: UnitOfWork,
+        parsed: Sequence[tuple[int, Command]],
+        send: Callable[[list[EventRow]], bool],
+    ) -> None:
+        self._app = app
+        self._uow = uow
+        self._send = send
+        last: dict[str, int] = {}
+        for position, (_, command) in enumerate(parsed):
+            if command.subject:
+                last[command.subject] = position
+        self._finishing = sorted(last, key=last.__getitem__)  # in the order they finish
+        self._last = last
+        self._taken = 0  # of `_finishing`
+        self._open = True  # the other end takes more
+        self.registered_now: set[str] = set()
+        self.shreds: list[tuple[str, str, list[str]]] = []
+        self.snapshots: list[StoredEvent] = []
+
+    def after(self, position: int) -> None:
+        """The command at `position` of the share has run."""
+        if not self._open or (position + 1) % ROWS_AHEAD_EVERY:
+            return
+        start = self._taken
+        while self._taken < len(self._finishing) and (
+            self._last[self._finishing[self._taken]] <= position
+        ):
+            self._taken += 1
+        finished = self._finishing[start : self._taken]
+        if not finished:
+            return
+        self.registered_now |= self._uow.registered_now(finished)
+        self.shreds.extend(self._uow.shredded_keys(finished))
+        subjects = self._uow.subjects
+        rows, snapshots = self._app._stored(subjects[s] for s in finished if s in subjects)
+        self.snapshots.extend(snapshots)
+        if rows:
+            self._open = self._send(rows)
+
+    def add_to(self, share: Share) -> None:
+        """What the share reports of the subjects whose events went ahead."""
+        share.registered_now |= self.registered_now
+        share.shreds[:0] = self.shreds
+        share.snapshots[:0] = self.snapshots
 
 
 class _SplitBatch:

@@ -30,6 +30,7 @@ key conflict is retried there like any race). `LEDGER_BATCH_PROCESSES=1` turns i
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import os
 import pickle
@@ -61,6 +62,8 @@ log = get_logger("ledger.parallel")
 PARALLEL_FROM = 200  # commands in an atomic batch from which a second process takes a share
 RESTART_AFTER_FAILURE = 60.0  # seconds before another start, after one failed to open
 SECOND_SHARE = 0.5  # of a split batch's commands (0.4 and 0.6 measured no better)
+REPLY_PIPE_BYTES = 1 << 20  # Linux's largest pipe for anyone: events sent ahead wait there
+PIPE_BUF_LEAST = 512  # bytes any POSIX pipe holds
 
 Indexed = tuple[int, Any]  # a command as sent (not yet parsed) and its place in the batch
 Brief = tuple[int, str, str | None, str | None]  # a parsed command's place, type, subject, actor
@@ -149,6 +152,7 @@ class SecondProcess:
         self._child: subprocess.Popen[bytes] | None = None
         self._ready = False  # the child said it has the ledger open
         self._sent = 0  # shares sent: a reply names its share, and a stale one is dropped
+        self._held: tuple[str, Any] | None = None  # a reply read early (`rows_ready`)
         self._next_start = 0.0  # after a child failed to open the ledger: not before then
         # Batches come from any thread (an HTTP server's pool): one of them at a time
         # starts the process or reads its word that it is ready. (Shares themselves are
@@ -184,15 +188,42 @@ class SecondProcess:
         self._ensure(wait=True)
         assert self._child is not None
         self._sent += 1
+        self._held = None
         try:
             _send(self._child.stdin, (self._sent, list(commands), now, actor))
         except OSError:
             self._discard()
             raise HelperLost("the second process has died") from None
 
-    def result(self) -> Share:
-        """The reply to the share sent last (one to an earlier share, which its batch
-        stopped waiting for, is passed over)."""
+    def receive(self) -> Share | list[EventRow]:
+        """The next reply to the share sent last: the events of its subjects that are
+        finished, sent ahead while it runs the rest (any number of these), then the share
+        itself. Replies to an earlier share, which its batch stopped waiting for, are
+        passed over."""
+        if self._held is not None:
+            outcome, value = self._held
+            self._held = None
+        else:
+            outcome, value = self._next_reply()
+        if outcome == "error":
+            raise value
+        assert isinstance(value, Share | list)
+        return value
+
+    def rows_ready(self) -> list[list[EventRow]]:
+        """The events sent ahead that are here already, without waiting; a reply of
+        another kind (the share itself) is kept for `receive`."""
+        assert self._child is not None and self._child.stdout is not None
+        ready: list[list[EventRow]] = []
+        while self._held is None and select.select([self._child.stdout], [], [], 0)[0]:
+            outcome, value = self._next_reply()
+            if outcome == "rows":
+                ready.append(value)
+            else:
+                self._held = (outcome, value)
+        return ready
+
+    def _next_reply(self) -> tuple[str, Any]:
         assert self._child is not None
         try:
             number, outcome, value = _receive(self._child.stdout)
@@ -201,10 +232,14 @@ class SecondProcess:
         except (OSError, EOFError):
             self._discard()
             raise HelperLost("the second process died during the batch") from None
-        if outcome == "error":
-            raise value
-        assert isinstance(value, Share)
-        return value
+        return outcome, value
+
+    def result(self) -> Share:
+        """The share sent last, passing over the events it sent ahead (for a batch that
+        will not be written)."""
+        while not isinstance(reply := self.receive(), Share):
+            pass
+        return reply
 
     def _ready_now(self) -> bool:
         """Whether the second process is ready, without waiting: started if need be."""
@@ -259,6 +294,9 @@ class SecondProcess:
             env=env,
         )
         self._ready = False
+        assert child.stdout is not None
+        with contextlib.suppress(AttributeError, OSError):  # not Linux: a smaller pipe
+            fcntl.fcntl(child.stdout.fileno(), fcntl.F_SETPIPE_SZ, REPLY_PIPE_BYTES)
         with contextlib.suppress(OSError):  # it has gone already: `_ensure` reads its end
             _send(child.stdin, (self._settings, self._policy))
         return child
@@ -293,11 +331,13 @@ class SecondProcess:
         self._ready = False
 
 
-def _send(stream: IO[bytes] | None, message: object) -> None:
+def _send(stream: IO[bytes] | None, message: object) -> int:
+    """Write one message; how many bytes it took."""
     assert stream is not None
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     stream.write(len(data).to_bytes(8, "big") + data)
     stream.flush()
+    return len(data) + 8
 
 
 def _receive(stream: IO[bytes] | None) -> Any:
@@ -329,6 +369,7 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
     # process: moved out of the cycle collector's sight, a full collection walks only
     # what the shares make (23 ms each, twice in 40 batches, on a share's way in; now 1).
     gc.freeze()
+    budget = _pipe_size(replies) // 2
     with ledger:
         # Opening may create or check tables, which waits for a writer's table lock: the
         # batch's writer must not hold one while this process opens, so it waits for this.
@@ -338,15 +379,40 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
                 number, commands, now, actor = _receive(requests)
             except EOFError:
                 return
+            ahead = _RowsSender(replies, number, budget)
             try:
                 reply: tuple[int, str, object] = (
                     number,
                     "share",
-                    ledger.app.prepare_share(commands, now, actor),
+                    ledger.app.prepare_share(commands, now, actor, ahead.send),
                 )
             except Exception as exc:  # the writing process raises it (a retry, or a failure)
                 reply = (number, "error", _portable(exc))
             _send(replies, reply)
+
+
+class _RowsSender:
+    """Sends a share's events ahead of the share (`prepare_share`), as long as they fit
+    in the pipe with room to spare: the writing process reads them only once its own
+    share is made, and this process must not wait for that."""
+
+    def __init__(self, replies: IO[bytes], number: int, budget: int) -> None:
+        self._replies = replies
+        self._number = number
+        self._left = budget
+
+    def send(self, rows: list[EventRow]) -> bool:
+        """Send these rows; whether more may follow."""
+        self._left -= _send(self._replies, (self._number, "rows", rows))
+        return self._left > 0
+
+
+def _pipe_size(stream: IO[bytes]) -> int:
+    """How many bytes the pipe holds unread (Linux says; elsewhere, POSIX's least)."""
+    try:
+        return int(fcntl.fcntl(stream.fileno(), fcntl.F_GETPIPE_SZ))
+    except (AttributeError, OSError):
+        return PIPE_BUF_LEAST
 
 
 def _portable(exc: Exception) -> Exception:

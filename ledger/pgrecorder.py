@@ -32,15 +32,16 @@ parts through one COPY (`insert_parts`), its writes alongside after the rows.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final, Protocol
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Final, Protocol, cast
 
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier, Literal
 
-from ledger.eventrows import EventRow
+from ledger.eventrows import EventRow, RowSink
 
 COPY_FROM: Final = 32  # events in one save from which COPY is the quicker way
 
@@ -146,32 +147,43 @@ class CopyingPostgresRecorder(PostgresApplicationRecorder):
     def insert_parts(
         self, parts: Iterable[tuple[Sequence[EventRow], TransactionPart | None]]
     ) -> None:
-        """Events (as rows) in parts, all in one transaction and one COPY: each part is
-        asked for once the one before it is on its way, so the server inserts one part
-        while the next is still being made (a batch's parts: `ledger.parallel`). The ids
-        are the column's default, in order (the table is locked). What goes alongside is
-        sent after the rows, in one round trip, and checked before the commit. An
-        exception raised by `parts` rolls everything back. (A COPY that waits for rows is
-        not idle: the server's limit on idle transactions does not end it.) Not retried
-        here: the caller retries the unit of work.
+        """Events (as rows) in parts, all in one transaction (`writing_rows`): each part
+        is asked for once the one before it is on its way. An exception raised by
+        `parts` rolls everything back."""
+        with self.writing_rows() as sink:
+            for rows, alongside in parts:
+                sink.write(rows)
+                sink.add(alongside)
+
+    @contextmanager
+    def writing_rows(self) -> Iterator[RowSink]:
+        """A transaction that takes events as rows while the caller makes them, through
+        one COPY: the server inserts what it has while the caller makes more (a batch
+        split between processes, `ledger.parallel`). The ids are the column's default, in
+        order (the table is locked from the start). What goes alongside is sent after
+        the rows, in one round trip, and checked before the commit. An exception in the
+        block rolls everything back. (A COPY that waits for rows is not idle: the
+        server's limit on idle transactions does not end it.) Not retried here: the
+        caller retries the unit of work.
 
         A row's subject is its UUID's 16 bytes, sent as they are: a binary COPY sends each
         field's bytes and the server reads them as its column's type, and a `uuid` is
         read from exactly these 16 bytes (what psycopg's own UUID dumper sends)."""
-        alongside: list[TransactionPart] = []
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
             with conn.pipeline():
                 self._lock_table(curs)
                 self._notify_channel(curs)
             with curs.copy(self._copy_rows_with_default_ids) as copy:
                 copy.set_types(self._copy_row_types)
-                for rows, part_alongside in parts:
+
+                def write(rows: Sequence[EventRow]) -> None:
                     for row in rows:
                         copy.write_row(row)
-                    if part_alongside is not None:
-                        alongside.append(part_alongside)
-            if alongside:
+
+                sink = RowSink(write)
+                yield sink
+            if sink.alongside:
                 with conn.pipeline():
-                    checks = [part.send(conn) for part in alongside]
+                    checks = [cast(TransactionPart, p).send(conn) for p in sink.alongside]
                 for check in checks:
                     check()

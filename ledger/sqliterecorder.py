@@ -22,7 +22,8 @@ is longer between checkpoints, that is all.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Final
 from uuid import UUID
 
@@ -38,7 +39,7 @@ from eventsourcing.sqlite import (
 )
 from eventsourcing.utils import Environment, EnvType
 
-from ledger.eventrows import EventRow
+from ledger.eventrows import EventRow, RowSink
 from ledger.sqlitetypes import register_adapters
 
 WAL_CHECKPOINT_PAGES: Final = 10_000
@@ -101,18 +102,32 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder):
         super().__init__(datastore, **kwargs)
 
     def insert_parts(self, parts: Iterable[tuple[Sequence[EventRow], Any]]) -> None:
-        """Events (as rows) in parts, all in one transaction: each part is asked for once
-        the one before it is written (`ledger.parallel`). An exception raised by `parts`
-        rolls everything back. Writes to other stores alongside are PostgreSQL's alone."""
+        """Events (as rows) in parts, all in one transaction (`writing_rows`): each part
+        is asked for once the one before it is written. An exception raised by `parts`
+        rolls everything back."""
+        with self.writing_rows() as sink:
+            for rows, alongside in parts:
+                sink.write(rows)
+                sink.add(alongside)
+
+    @contextmanager
+    def writing_rows(self) -> Iterator[RowSink]:
+        """A transaction that takes events as rows, written as they come (`ledger.parallel`);
+        an exception in the block rolls everything back. Writes to other stores alongside
+        are PostgreSQL's alone."""
         with self.datastore.transaction(commit=True) as c:
             c.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
-            for rows, alongside in parts:
-                if alongside is not None:
-                    raise NotImplementedError("writes alongside the events on SQLite")
+
+            def write(rows: Sequence[EventRow]) -> None:
                 c.executemany(
                     self.insert_events_statement,
                     [(subject.hex(), v, topic, state) for subject, v, topic, state in rows],
                 )
+
+            sink = RowSink(write)
+            yield sink
+            if sink.alongside:
+                raise NotImplementedError("writes alongside the events on SQLite")
 
     def _insert_events(
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any

@@ -8,7 +8,7 @@ command with a `Checkpoint`.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,11 +105,12 @@ class UnitOfWork:
         else:
             self.lookups[subject_id] = saved.lookups
 
-    def registered_now(self) -> set[str]:
-        """The subjects this unit of work registers (their first event is pending)."""
+    def registered_now(self, subject_ids: Iterable[str] | None = None) -> set[str]:
+        """The subjects this unit of work registers (their first event is pending), of
+        these subjects if given."""
         return {
             subject_id
-            for subject_id, subject in self.subjects.items()
+            for subject_id, subject in self._chosen(subject_ids)
             if subject.pending_events and subject.pending_events[0].originator_version == 1
         }
 
@@ -121,11 +122,19 @@ class UnitOfWork:
             for kind, digest in kinds.items()
         ]
 
-    def shredded_keys(self) -> list[tuple[str, str, list[str]]]:
-        """The keys that the pending `ScopeShredded` events say must be destroyed."""
+    def shredded_keys(
+        self, subject_ids: Iterable[str] | None = None
+    ) -> list[tuple[str, str, list[str]]]:
+        """The keys that the pending `ScopeShredded` events say must be destroyed (of
+        these subjects, if given)."""
         return [
             (subject_id, event.scope, list(event.kids))
-            for subject_id, subject in self.subjects.items()
+            for subject_id, subject in self._chosen(subject_ids)
             for event in subject.pending_events
             if isinstance(event, DataSubject.ScopeShredded)
         ]
+
+    def _chosen(self, subject_ids: Iterable[str] | None) -> Iterable[tuple[str, DataSubject]]:
+        if subject_ids is None:
+            return self.subjects.items()
+        return ((s, self.subjects[s]) for s in subject_ids if s in self.subjects)
