@@ -2,8 +2,9 @@
 one process had run it: the same results, the same subjects, every event once, the
 values sealed so that they open; a rejection anywhere writes nothing and names the
 command one process would have named (a command that does not parse before any that the
-rules refuse); a second process that dies costs a retry, not the batch; and
-the writer's transaction outlives a share that is slow to come. SQLite and PostgreSQL.
+rules refuse), also after events were inserted ahead of the rest; a second process
+that dies costs a retry, not the batch; and the writer's transaction outlives a share
+that is slow to come. SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ledger.clock import FixedClock
 from ledger.config import Settings
 from ledger.eventrows import EventRow
 from ledger.facade import Ledger
-from ledger.parallel import PARALLEL_FROM, split_by_subject
+from ledger.parallel import PARALLEL_FROM, Share, split_by_subject
 from ledger.persistence import application_env
 from tests.conftest import PG_URL, _conninfo, require_postgres
 
@@ -479,3 +480,146 @@ def test_a_reply_to_an_abandoned_share_is_not_taken_for_the_next(ledger: Ledger)
     assert [i for i, _ in share.results] == [i for i, _ in wanted]
     assert {str(uuid.UUID(bytes=e[0])) for e in share.events} == {c["subject"] for _, c in wanted}
     assert ledger.max_position() == 0  # a share is never written by its maker
+
+
+def test_the_other_share_sends_its_finished_subjects_events_ahead(ledger: Ledger) -> None:
+    """The writer inserts them while the rest of that share runs: each subject's events
+    in one message, once it has had its last command; the share brings the others."""
+    helper = ledger.app.second_process
+    assert helper is not None
+    helper.warm_up()
+    commands = _batch(40)  # 280 commands, 360 events
+    helper.submit(list(enumerate(commands)), NOW, None)
+    messages: list[list[EventRow]] = []
+    while not isinstance(reply := helper.receive(), Share):
+        messages.append(reply)
+    messages.append(reply.events)
+    assert len(messages) >= 3  # sent ahead after 100 and 200 commands, then the rest
+    assert all(messages[:-1])
+    subjects = {c["subject"] for c in commands}
+    seen: dict[str, int] = {}
+    for number, rows in enumerate(messages):
+        for subject, _, _, _ in rows:
+            key = str(uuid.UUID(bytes=subject))
+            assert seen.setdefault(key, number) == number  # a subject's events together
+    assert sorted((uuid.UUID(bytes=r[0]), r[1]) for rows in messages for r in rows) == sorted(
+        (uuid.UUID(s), v) for s in subjects for v in range(1, 10)
+    )  # every event once
+    assert reply.registered_now == subjects
+    assert ledger.max_position() == 0  # a share is never written by its maker
+
+
+@pytest.mark.parametrize("late_in", ["first share", "second share"])
+def test_a_rejection_after_events_went_ahead_writes_nothing(ledger: Ledger, late_in: str) -> None:
+    """The events sent ahead (and, on PostgreSQL, this process's own, inserted while its
+    share runs) are in the open transaction: a command refused near the end of either
+    share rolls them back with the rest."""
+    commands = _batch(100)  # 700 commands: each share passes 300 before its last
+    first, second = split_by_subject(list(enumerate(commands)))
+    share = first if late_in == "first share" else second
+    last_subject = share[-1][1]["subject"]
+    bad = _with_rejections(commands, {last_subject})
+    refused = next(i for i, c in enumerate(bad) if c.get("category") == "health")
+    helper = ledger.app.second_process
+    assert helper is not None
+    helper.warm_up()
+    results = ledger.execute_many(bad)
+    assert helper.shares_sent == 1
+    assert results[refused]["error"]["code"] == "explicit_consent_required"
+    assert all(r.get("rolled_back") for i, r in enumerate(results) if i != refused)
+    assert ledger.max_position() == 0
+    assert ledger.keystore.records() == []
+    assert ledger.find("email", "kunde0@example.dk") == []
+    assert all(r["ok"] for r in ledger.execute_many(commands))
+    assert sum(1 for _ in ledger.notifications()) == 100 * 9
+
+
+def test_a_second_process_that_dies_after_sending_events_ahead_costs_a_retry(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    helper = ledger.app.second_process
+    assert helper is not None
+    helper.warm_up()
+    killed: list[int] = []
+    receive, rows_ready = helper.receive, helper.rows_ready
+
+    def kill_once() -> None:
+        """It dies before sending the rest (what it sent before dying is dropped)."""
+        if not killed:
+            assert helper._child is not None and helper._child.stdout is not None
+            killed.append(helper._child.pid)
+            helper._child.kill()
+            helper._child.wait()
+            helper._child.stdout.read()
+
+    def receiving() -> Any:
+        reply = receive()
+        if isinstance(reply, list):
+            kill_once()
+        return reply
+
+    def ready() -> list[list[EventRow]]:
+        rows = rows_ready()
+        if rows:
+            kill_once()
+        return rows
+
+    monkeypatch.setattr(helper, "receive", receiving)
+    monkeypatch.setattr(helper, "rows_ready", ready)
+    assert all(r["ok"] for r in ledger.execute_many(_batch(60)))
+    assert killed and helper._child is not None and helper._child.pid != killed[0]
+    assert helper.shares_sent == 2
+    assert sum(1 for _ in ledger.notifications()) == 60 * 9  # each event once
+
+
+def test_what_went_ahead_is_reported_with_the_share(ledger: Ledger) -> None:
+    """Which subjects are new, which keys their events shred and which snapshots are due
+    are taken with their events, and reported in the share; once the other end takes no
+    more, the rest of the events come in the share."""
+    busy, erased = str(uuid.uuid4()), str(uuid.uuid4())
+    commands = [
+        *onboarding(0)[:1],
+        *({**onboarding(1)[1], "value": f"Kunde {i}"} for i in range(60)),
+    ]
+    commands = [{**c, "subject": busy} for c in commands]  # 61 commands, 61 events
+    commands += [{**c, "subject": erased} for c in onboarding(2)]
+    commands.append({"type": "erase", "subject": erased})
+    commands += _batch(30, start=10)
+    sent: list[list[EventRow]] = []
+
+    def ahead(rows: list[EventRow]) -> bool:
+        sent.append(rows)
+        return False  # no more
+
+    share = ledger.app.prepare_share(list(enumerate(commands)), NOW, None, ahead)
+    assert share.rejected is None
+    assert len(sent) == 1  # after 100 commands, and then no more
+    ahead_subjects = {str(uuid.UUID(bytes=r[0])) for r in sent[0]}
+    assert {busy, erased} <= ahead_subjects
+    events = [(r[0], r[1]) for rows in [*sent, share.events] for r in rows]
+    whole = ledger.app.prepare_share(list(enumerate(commands)), NOW, None)  # none ahead
+    assert len(events) == len(set(events)) == len(whole.events)  # every event once
+    assert set(events) == {(r[0], r[1]) for r in whole.events}
+    assert sum(1 for subject, _ in events if subject == uuid.UUID(busy).bytes) == 63
+    assert {str(uuid.UUID(bytes=s.originator_id.bytes)) for s in share.snapshots} == {busy}
+    assert {subject for subject, _, _ in share.shreds} == {erased}
+    assert {busy, erased} <= share.registered_now and len(share.registered_now) == 32
+    assert ledger.max_position() == 0
+
+
+def test_the_share_is_kept_for_receive_when_looking_for_events_sent_ahead(
+    ledger: Ledger,
+) -> None:
+    helper = ledger.app.second_process
+    assert helper is not None
+    helper.warm_up()
+    wanted = list(enumerate(_batch(2)))  # too few commands to send any ahead
+    helper.submit(wanted, NOW, None)
+    deadline = time.monotonic() + 30
+    while helper._held is None:
+        assert time.monotonic() < deadline
+        assert helper.rows_ready() == []
+        time.sleep(0.01)
+    share = helper.receive()
+    assert isinstance(share, Share)
+    assert [i for i, _ in share.results] == [i for i, _ in wanted]
