@@ -10,9 +10,13 @@ while this process parses and runs the other. The second process writes nothing:
 sends back its results,
 its events already in stored form, its new keys (wrapped; never a key itself), its index
 rows, the keys it shreds and its snapshots (`Share`), and this process writes both
-shares as one unit of work in one transaction, as if it had run them all: its own share
-first, sent to the database while the other is still being made (on PostgreSQL the
-server inserts it meanwhile), then the other's (`insert_parts` of the recorders).
+shares as one unit of work in one transaction, as if it had run them all. Every 100
+commands, the second process sends the events of the subjects it is done with ahead of
+its share (as far as they fit in the pipe, which is enlarged to 1 MiB), and the writer
+inserts them meanwhile. On PostgreSQL the writer opens the transaction (and its COPY)
+first and sends its own finished subjects' events too while it runs its share, so the
+server inserts both shares' events while they are made (`writing_rows` of the
+recorders).
 
 A rejected command fails the batch as it would in one process: a command that does not
 parse comes first (the earliest of them), else the earliest command of either share
