@@ -551,9 +551,10 @@ class LedgerApplication(Application[UUID]):
         afterwards (their cached state would run ahead of the store if the batch is not
         written).
 
-        `ahead`, if given, is handed the events of subjects whose commands have all run,
-        while the rest of the share runs (`_RowsAhead`); it says whether it takes more.
-        The share returned holds the other events."""
+        `ahead`, if given, is offered the events of subjects whose commands have all run,
+        while the rest of the share runs (`_RowsAhead`); it says whether it took them
+        (once it has not, it is offered no more). The share returned holds the events
+        it did not take."""
         with collector_paused():
             try:
                 parsed = _parse_share(self._parse, commands, actor)
@@ -939,6 +940,7 @@ class _RowsAhead:
         self._last = last
         self._taken = 0  # of `_finishing`
         self._open = True  # the other end takes more
+        self._kept: list[EventRow] = []  # taken out, then not taken by the other end
         self.registered_now: set[str] = set()
         self.shreds: list[tuple[str, str, list[str]]] = []
         self.snapshots: list[StoredEvent] = []
@@ -960,11 +962,14 @@ class _RowsAhead:
         subjects = self._uow.subjects
         rows, snapshots = self._app._stored(subjects[s] for s in finished if s in subjects)
         self.snapshots.extend(snapshots)
-        if rows:
-            self._open = self._send(rows)
+        if rows and not self._send(rows):
+            self._open = False
+            self._kept = rows
 
     def add_to(self, share: Share) -> None:
-        """What the share reports of the subjects whose events went ahead."""
+        """What the share reports of the subjects whose events went ahead (and their
+        events, if the other end did not take them)."""
+        share.events[:0] = self._kept
         share.registered_now |= self.registered_now
         share.shreds[:0] = self.shreds
         share.snapshots[:0] = self.snapshots

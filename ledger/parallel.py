@@ -335,13 +335,20 @@ class SecondProcess:
         self._ready = False
 
 
-def _send(stream: IO[bytes] | None, message: object) -> int:
-    """Write one message; how many bytes it took."""
-    assert stream is not None
+def _send(stream: IO[bytes] | None, message: object) -> None:
+    _write(stream, _framed(message))
+
+
+def _framed(message: object) -> bytes:
+    """A message as sent: its length, then its pickle."""
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(len(data).to_bytes(8, "big") + data)
+    return len(data).to_bytes(8, "big") + data
+
+
+def _write(stream: IO[bytes] | None, framed: bytes) -> None:
+    assert stream is not None
+    stream.write(framed)
     stream.flush()
-    return len(data) + 8
 
 
 def _receive(stream: IO[bytes] | None) -> Any:
@@ -397,7 +404,7 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
 
 class _RowsSender:
     """Sends a share's events ahead of the share (`prepare_share`), as long as they fit
-    in the pipe with room to spare: the writing process reads them only once its own
+    in the pipe with room to spare: the writing process may read them only once its own
     share is made, and this process must not wait for that."""
 
     def __init__(self, replies: IO[bytes], number: int, budget: int) -> None:
@@ -406,9 +413,14 @@ class _RowsSender:
         self._left = budget
 
     def send(self, rows: list[EventRow]) -> bool:
-        """Send these rows; whether more may follow."""
-        self._left -= _send(self._replies, (self._number, "rows", rows))
-        return self._left > 0
+        """Send these rows if they fit; whether they were sent."""
+        framed = _framed((self._number, "rows", rows))
+        if len(framed) > self._left:
+            self._left = 0
+            return False
+        self._left -= len(framed)
+        _write(self._replies, framed)
+        return True
 
 
 def _pipe_size(stream: IO[bytes]) -> int:

@@ -26,13 +26,14 @@ USAGE the library's inserts need (the owner of the schema, the usual case, has b
 A save may bring other writes that must commit with its events (`alongside`, a
 `TransactionPart`: the key store's new keys and index rows). They are sent in the
 pipeline that takes the table lock, after it, and checked before the events are written;
-a failure of either rolls back both. A batch split between two processes is written in
-parts through one COPY (`insert_parts`), its writes alongside after the rows.
+a failure of either rolls back both. A batch split between two processes is written
+through one COPY that takes rows as they are made (`writing_rows`), its writes alongside
+after the rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final, Protocol, cast
 
@@ -74,9 +75,9 @@ class CopyingPostgresRecorder(PostgresApplicationRecorder):
             "FROM STDIN (FORMAT BINARY)"
         ).format(Identifier(schema), Identifier(table))
         self._copy_types = ["int8", datastore.originator_id_type, "int8", "text", "bytea"]
-        # `insert_parts`: no ids (the column's default), a subject as its UUID's 16 bytes
+        # `writing_rows`: no ids (the column's default), a subject as its UUID's 16 bytes
         self._copy_row_types = ["bytea", "int8", "text", "bytea"]
-        if datastore.originator_id_type != "uuid":  # `insert_parts` sends a UUID's bytes
+        if datastore.originator_id_type != "uuid":  # `writing_rows` sends a UUID's bytes
             raise ValueError("this ledger's events table keys its subjects by uuid")
 
     def insert_events(
@@ -143,17 +144,6 @@ class CopyingPostgresRecorder(PostgresApplicationRecorder):
                         (notification_id, e.originator_id, e.originator_version, e.topic, e.state)
                     )
         return ids
-
-    def insert_parts(
-        self, parts: Iterable[tuple[Sequence[EventRow], TransactionPart | None]]
-    ) -> None:
-        """Events (as rows) in parts, all in one transaction (`writing_rows`): each part
-        is asked for once the one before it is on its way. An exception raised by
-        `parts` rolls everything back."""
-        with self.writing_rows() as sink:
-            for rows, alongside in parts:
-                sink.write(rows)
-                sink.add(alongside)
 
     @contextmanager
     def writing_rows(self) -> Iterator[RowSink]:

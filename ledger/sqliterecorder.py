@@ -22,7 +22,7 @@ is longer between checkpoints, that is all.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 from uuid import UUID
@@ -100,15 +100,6 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder):
     def __init__(self, datastore: SQLiteDatastore, **kwargs: Any) -> None:
         register_adapters()
         super().__init__(datastore, **kwargs)
-
-    def insert_parts(self, parts: Iterable[tuple[Sequence[EventRow], Any]]) -> None:
-        """Events (as rows) in parts, all in one transaction (`writing_rows`): each part
-        is asked for once the one before it is written. An exception raised by `parts`
-        rolls everything back."""
-        with self.writing_rows() as sink:
-            for rows, alongside in parts:
-                sink.write(rows)
-                sink.add(alongside)
 
     @contextmanager
     def writing_rows(self) -> Iterator[RowSink]:

@@ -10,6 +10,8 @@ that is slow to come. SQLite and PostgreSQL.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import io
 import itertools
 import time
 import uuid
@@ -30,7 +32,14 @@ from ledger.clock import FixedClock
 from ledger.config import Settings
 from ledger.eventrows import EventRow
 from ledger.facade import Ledger
-from ledger.parallel import PARALLEL_FROM, Share, split_by_subject
+from ledger.parallel import (
+    PARALLEL_FROM,
+    REPLY_PIPE_BYTES,
+    Share,
+    _receive,
+    _RowsSender,
+    split_by_subject,
+)
 from ledger.persistence import application_env
 from tests.conftest import PG_URL, _conninfo, require_postgres
 
@@ -455,12 +464,10 @@ def test_the_writers_transaction_outlives_a_share_that_is_slow_to_come(
             for _ in range(count)
         ]
 
-    def slow() -> Iterator[Any]:
-        yield events(40), None
+    with recorder.writing_rows() as sink:
+        sink.write(events(40))
         time.sleep(2)  # the other share, slow to come
-        yield events(40), None
-
-    recorder.insert_parts(slow())
+        sink.write(events(40))
     assert recorder.max_notification_id() == 80
     assert [n.id for n in recorder.select_notifications(start=1, limit=100)] == list(range(1, 81))
     app.close()
@@ -574,8 +581,8 @@ def test_a_second_process_that_dies_after_sending_events_ahead_costs_a_retry(
 
 def test_what_went_ahead_is_reported_with_the_share(ledger: Ledger) -> None:
     """Which subjects are new, which keys their events shred and which snapshots are due
-    are taken with their events, and reported in the share; once the other end takes no
-    more, the rest of the events come in the share."""
+    are taken with their events, and reported in the share; events the other end does
+    not take come in the share, and it is offered no more."""
     busy, erased = str(uuid.uuid4()), str(uuid.uuid4())
     commands = [
         *onboarding(0)[:1],
@@ -585,18 +592,19 @@ def test_what_went_ahead_is_reported_with_the_share(ledger: Ledger) -> None:
     commands += [{**c, "subject": erased} for c in onboarding(2)]
     commands.append({"type": "erase", "subject": erased})
     commands += _batch(30, start=10)
-    sent: list[list[EventRow]] = []
+    offered: list[list[EventRow]] = []
 
     def ahead(rows: list[EventRow]) -> bool:
-        sent.append(rows)
-        return False  # no more
+        offered.append(rows)
+        return len(offered) == 1  # takes the first, not the second
 
     share = ledger.app.prepare_share(list(enumerate(commands)), NOW, None, ahead)
     assert share.rejected is None
-    assert len(sent) == 1  # after 100 commands, and then no more
-    ahead_subjects = {str(uuid.UUID(bytes=r[0])) for r in sent[0]}
-    assert {busy, erased} <= ahead_subjects
-    events = [(r[0], r[1]) for rows in [*sent, share.events] for r in rows]
+    assert len(offered) == 2  # after 100 and 200 commands, and then no more
+    taken = offered[0]
+    assert {busy, erased} <= {str(uuid.UUID(bytes=r[0])) for r in taken}
+    assert set(offered[1]) <= set(share.events)  # not taken: in the share
+    events = [(r[0], r[1]) for rows in [taken, share.events] for r in rows]
     whole = ledger.app.prepare_share(list(enumerate(commands)), NOW, None)  # none ahead
     assert len(events) == len(set(events)) == len(whole.events)  # every event once
     assert set(events) == {(r[0], r[1]) for r in whole.events}
@@ -623,3 +631,27 @@ def test_the_share_is_kept_for_receive_when_looking_for_events_sent_ahead(
     share = helper.receive()
     assert isinstance(share, Share)
     assert [i for i, _ in share.results] == [i for i, _ in wanted]
+
+
+def test_events_are_sent_ahead_only_while_they_fit_in_the_pipe() -> None:
+    """The writer may read them only once its own share is made: a message that would
+    fill the pipe is not sent (its events come with the share), nor is any after it."""
+    replies = io.BytesIO()
+    rows: list[EventRow] = [(uuid.uuid4().bytes, 1, "t", b"x" * 100) for _ in range(10)]
+    sender = _RowsSender(replies, 7, budget=2000)
+    assert sender.send(rows)  # ~1.5 kB
+    assert not sender.send(rows)  # would pass the budget
+    assert not sender.send(rows[:1])  # and nothing after it
+    replies.seek(0)
+    assert _receive(replies) == (7, "rows", rows)
+    assert replies.read() == b""
+
+
+def test_the_reply_pipe_is_enlarged_for_events_sent_ahead(ledger: Ledger) -> None:
+    helper = ledger.app.second_process
+    assert helper is not None
+    helper.warm_up()
+    assert helper._child is not None and helper._child.stdout is not None
+    size = fcntl.fcntl(helper._child.stdout.fileno(), fcntl.F_GETPIPE_SZ)
+    limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    assert size == min(REPLY_PIPE_BYTES, limit)
