@@ -47,6 +47,7 @@ from ledger.pgrecorder import CopyingPostgresRecorder, TransactionPart
 from ledger.policies import load_policy
 from ledger.receipts import RECEIPTS_HONOURED, CommandReceipt, payload_hash, receipt_period
 from ledger.unit_of_work import ScopeSealer, UnitOfWork
+from ledger.walcopy import WAL_COPY_FROM, WalCopier
 
 log = get_logger("ledger.app")
 
@@ -102,6 +103,8 @@ class LedgerApplication(Application[UUID]):
         )
         # another process that takes half of a large batch (`ledger.parallel`), if any
         self.second_process: SecondProcess | None = None
+        # copies SQLite's write-ahead logs back after large writes (`ledger.walcopy`)
+        self.wal_copier: WalCopier | None = None
         self._keys_with_events = keys_with_events and isinstance(
             self.recorder, CopyingPostgresRecorder
         )
@@ -209,7 +212,10 @@ class LedgerApplication(Application[UUID]):
         out and the rest are written together in one transaction.
         """
         with collector_paused():  # a full pass over the cached subjects cost ~8 % of a batch
-            return self._execute_many(commands, actor=actor, atomic=atomic)
+            results = self._execute_many(commands, actor=actor, atomic=atomic)
+        if self.wal_copier is not None and len(commands) >= WAL_COPY_FROM:
+            self.wal_copier.nudge()
+        return results
 
     def _execute_many(
         self, commands: Sequence[Any], *, actor: str | None, atomic: bool

@@ -32,6 +32,7 @@ from ledger.policies import load_policy
 from ledger.projections import ReadModels
 from ledger.queries import event_summary, request_is_late
 from ledger.storage import creation_lock, private_file
+from ledger.walcopy import WalCopier
 
 log = get_logger("ledger")
 
@@ -163,6 +164,13 @@ class Ledger:
             )
         if (batch_processes or settings.batch_processes) > 1:
             app.second_process = SecondProcess(settings, policy)
+        sqlite_files = [
+            url.sqlite_path
+            for url in (settings.database, settings.keystore)
+            if url.backend == "sqlite" and url.sqlite_path is not None
+        ]
+        if sqlite_files:
+            app.wal_copier = WalCopier(sqlite_files)
         ledger = cls(settings, app, keystore, policy)
         ledger.reconcile_keys()
         return ledger
@@ -172,6 +180,8 @@ class Ledger:
             self._read_models.close()
         if self.app.second_process is not None:
             self.app.second_process.close()
+        if self.app.wal_copier is not None:
+            self.app.wal_copier.close()
         self.app.close()
         self.keystore.close()
 
