@@ -36,6 +36,7 @@ from ledger.facade import Ledger
 from ledger.parallel import (
     PARALLEL_FROM,
     REPLY_PIPE_BYTES,
+    SecondProcess,
     Share,
     _receive,
     _RowsSender,
@@ -68,6 +69,14 @@ def twin(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
     )
     with psycopg.connect(_conninfo(PG_URL), autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _warmed_up(ledger: Ledger) -> SecondProcess:
+    """The ledger's second process, started and ready: the next large batch is split."""
+    helper = ledger.app.second_process
+    assert helper is not None
+    helper.warm_up()
+    return helper
 
 
 def _same_facts(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -165,9 +174,7 @@ def test_a_rejection_in_either_share_writes_nothing_and_names_the_earliest(
     assert shares == {True, False}  # one in each process's share
     assert (bad[refused[0]]["subject"] in in_first) == (earliest_in == "first share")
 
-    helper = ledger.app.second_process
-    assert helper is not None
-    helper.warm_up()
+    helper = _warmed_up(ledger)
     results = ledger.execute_many(bad)
     assert helper.shares_sent == 1  # the batch was split
     assert results[refused[0]]["error"]["code"] == "explicit_consent_required"
@@ -198,9 +205,7 @@ def test_the_first_large_batch_runs_while_the_second_process_starts(ledger: Ledg
 
 
 def test_a_second_process_that_dies_between_batches_is_replaced(ledger: Ledger) -> None:
-    helper = ledger.app.second_process
-    assert helper is not None
-    helper.warm_up()
+    helper = _warmed_up(ledger)
     assert all(r["ok"] for r in ledger.execute_many(_batch(40)))
     assert helper._child is not None
     helper._child.kill()
@@ -217,9 +222,7 @@ def test_a_second_process_that_dies_between_batches_is_replaced(ledger: Ledger) 
 def test_a_second_process_that_dies_during_a_batch_costs_a_retry(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    helper = ledger.app.second_process
-    assert helper is not None
-    helper.warm_up()
+    helper = _warmed_up(ledger)
     submit = helper.submit
     killed: list[int] = []
 
@@ -477,9 +480,7 @@ def test_the_writers_transaction_outlives_a_share_that_is_slow_to_come(
 def test_a_reply_to_an_abandoned_share_is_not_taken_for_the_next(ledger: Ledger) -> None:
     """A batch that stopped waiting (its own share failed first) leaves a reply behind:
     the next batch passes over it."""
-    helper = ledger.app.second_process
-    assert helper is not None
-    helper.warm_up()
+    helper = _warmed_up(ledger)
     abandoned = list(enumerate(_batch(3, start=100)))
     wanted = list(enumerate(_batch(2, start=200)))
     helper.submit(abandoned, NOW, None)
@@ -493,9 +494,7 @@ def test_a_reply_to_an_abandoned_share_is_not_taken_for_the_next(ledger: Ledger)
 def test_the_other_share_sends_its_finished_subjects_events_ahead(ledger: Ledger) -> None:
     """The writer inserts them while the rest of that share runs: each subject's events
     in one message, once it has had its last command; the share brings the others."""
-    helper = ledger.app.second_process
-    assert helper is not None
-    helper.warm_up()
+    helper = _warmed_up(ledger)
     commands = _batch(40)  # 280 commands, 360 events
     helper.submit(list(enumerate(commands)), NOW, None)
     messages: list[list[EventRow]] = []
@@ -528,9 +527,7 @@ def test_a_rejection_after_events_went_ahead_writes_nothing(ledger: Ledger, late
     last_subject = share[-1][1]["subject"]
     bad = _with_rejections(commands, {last_subject})
     refused = next(i for i, c in enumerate(bad) if c.get("category") == "health")
-    helper = ledger.app.second_process
-    assert helper is not None
-    helper.warm_up()
+    helper = _warmed_up(ledger)
     results = ledger.execute_many(bad)
     assert helper.shares_sent == 1
     assert results[refused]["error"]["code"] == "explicit_consent_required"
@@ -545,9 +542,7 @@ def test_a_rejection_after_events_went_ahead_writes_nothing(ledger: Ledger, late
 def test_a_second_process_that_dies_after_sending_events_ahead_costs_a_retry(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    helper = ledger.app.second_process
-    assert helper is not None
-    helper.warm_up()
+    helper = _warmed_up(ledger)
     killed: list[int] = []
     receive, rows_ready = helper.receive, helper.rows_ready
 
@@ -619,9 +614,7 @@ def test_what_went_ahead_is_reported_with_the_share(ledger: Ledger) -> None:
 def test_the_share_is_kept_for_receive_when_looking_for_events_sent_ahead(
     ledger: Ledger,
 ) -> None:
-    helper = ledger.app.second_process
-    assert helper is not None
-    helper.warm_up()
+    helper = _warmed_up(ledger)
     wanted = list(enumerate(_batch(2)))  # too few commands to send any ahead
     helper.submit(wanted, NOW, None)
     deadline = time.monotonic() + 30
@@ -649,9 +642,7 @@ def test_events_are_sent_ahead_only_while_they_fit_in_the_pipe() -> None:
 
 
 def test_the_reply_pipe_is_enlarged_for_events_sent_ahead(ledger: Ledger) -> None:
-    helper = ledger.app.second_process
-    assert helper is not None
-    helper.warm_up()
+    helper = _warmed_up(ledger)
     assert helper._child is not None and helper._child.stdout is not None
     size = fcntl.fcntl(helper._child.stdout.fileno(), fcntl.F_GETPIPE_SZ)
     limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
