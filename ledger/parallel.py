@@ -34,7 +34,6 @@ key conflict is retried there like any race). `LEDGER_BATCH_PROCESSES=1` turns i
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
 import os
 import pickle
@@ -299,7 +298,9 @@ class SecondProcess:
         )
         self._ready = False
         assert child.stdout is not None
-        with contextlib.suppress(AttributeError, OSError):  # not Linux: a smaller pipe
+        with contextlib.suppress(ImportError, AttributeError, OSError):  # not Linux: smaller
+            import fcntl
+
             fcntl.fcntl(child.stdout.fileno(), fcntl.F_SETPIPE_SZ, REPLY_PIPE_BYTES)
         with contextlib.suppress(OSError):  # it has gone already: `_ensure` reads its end
             _send(child.stdin, (self._settings, self._policy))
@@ -426,8 +427,10 @@ class _RowsSender:
 def _pipe_size(stream: IO[bytes]) -> int:
     """How many bytes the pipe holds unread (Linux says; elsewhere, POSIX's least)."""
     try:
+        import fcntl
+
         return int(fcntl.fcntl(stream.fileno(), fcntl.F_GETPIPE_SZ))
-    except (AttributeError, OSError):
+    except (ImportError, AttributeError, OSError):
         return PIPE_BUF_LEAST
 
 
