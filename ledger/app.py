@@ -381,11 +381,8 @@ class LedgerApplication(Application[UUID]):
         """Run this process's share of a split batch; `ahead` takes the events of its
         subjects as each is done with (else they all come in the share). A command the
         rules reject is reported unless the other share has an earlier one."""
-        early = _RowsAhead(self, uow, mine, ahead) if ahead is not None else None
         try:
-            done, key_rows = self._run_share(
-                uow, mine, atomic=True, now=now, after=early.after if early else None
-            )
+            return self._made_share(uow, mine, now, ahead)
         except _Rejected as rejected:  # in this share: is the other's to be named instead?
             other = batch.received(self._helper().result())
             if other.rejected is not None and (
@@ -393,10 +390,25 @@ class LedgerApplication(Application[UUID]):
             ):
                 raise _Rejected.of(other) from None
             raise
-        own = self._share_of(uow, done, key_rows)
+
+    def _made_share(
+        self,
+        uow: UnitOfWork,
+        parsed: list[tuple[int, Command]],
+        now: datetime,
+        ahead: Callable[[list[EventRow]], bool] | None,
+    ) -> Share:
+        """Run a parsed share of an atomic batch on the unit of work: what the process
+        that writes it needs of it, less the events `ahead` took as each subject was done
+        with (`_RowsAhead`). A command the rules reject is raised as `_Rejected`."""
+        early = _RowsAhead(self, uow, parsed, ahead) if ahead is not None else None
+        done, key_rows = self._run_share(
+            uow, parsed, atomic=True, now=now, after=early.after if early else None
+        )
+        share = self._share_of(uow, done, key_rows)
         if early is not None:
-            early.add_to(own)
-        return own
+            early.add_to(share)
+        return share
 
     def _other_share(self, batch: _SplitBatch, sink: RowSink) -> Share:
         """The second process's share: its events sent ahead go into `sink` as they come,
@@ -578,14 +590,8 @@ class LedgerApplication(Application[UUID]):
         briefs = [(index, c.type, c.subject, c.actor) for index, c in parsed]
         with self._writing:
             uow = UnitOfWork(registered=self._registered(c for _, c in parsed))
-            early = _RowsAhead(self, uow, parsed, ahead) if ahead is not None else None
             try:
-                done, key_rows = self._run_share(
-                    uow, parsed, atomic=True, now=now, after=early.after if early else None
-                )
-                share = self._share_of(uow, done, key_rows)
-                if early is not None:
-                    early.add_to(share)
+                share = self._made_share(uow, parsed, now, ahead)
                 share.briefs = briefs
                 return share
             except _Rejected as rejected:
